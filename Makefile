@@ -1,0 +1,21 @@
+# The two commands of the README: `make demo` (main job on embedded data) and `make test`.
+# Both create the virtual environment on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OUT ?= demo_out
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+.PHONY: demo test install
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/lddmm demo --out $(OUT)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest

@@ -1,0 +1,180 @@
+"""The dense / KeOps switch: one formula, two evaluations.
+
+Every kernel formula in the engine is written once on *pairwise objects*: the squared distances ``D2_ij`` and
+inner products ``<a_i, b_j>``. With ``backend="dense"`` these are ordinary ``(M, N)`` torch tensors; with
+``backend="keops"`` they are symbolic :class:`pykeops.torch.LazyTensor` s reduced on the fly. The same
+arithmetic (``exp``, ``sqrt``, products, ``@ p`` reductions) works on both, so nothing above this module ever
+asks which backend it runs on.
+
+Memory cost per backend, for ``M`` target and ``N`` source points:
+
+* ``dense``: materialises ``(M, N)`` matrices, i.e. ``8 M N`` bytes per matrix in float64 (``4 M N`` in float32),
+  a few of them alive at once during autograd. Fast for small problems (BLAS, no compilation).
+* ``keops``: ``O(M + N)`` memory; the ``(M, N)`` matrix is never stored. The first call of each new formula compiles
+  it with the system's C++ compiler (about 10 s, then cached under ``~/.cache/keops*``).
+
+The ``auto`` policy (:func:`select_backend`): dense while ``M * N <= AUTO_DENSE_MAX_PAIRS`` (``2**22``, about 4e6
+pairs: 32 MiB per float64 matrix) on the CPU; beyond that KeOps when it is available. On CUDA devices the threshold is
+``AUTO_DENSE_MAX_PAIRS_CUDA`` (``2**24``). When KeOps cannot compile, ``auto`` falls back to dense with one warning,
+while an explicit ``backend="keops"`` raises :class:`KeOpsUnavailableError` with the compiler's reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from functools import lru_cache
+
+import torch
+
+__all__ = [
+    "BACKENDS",
+    "AUTO_DENSE_MAX_PAIRS",
+    "AUTO_DENSE_MAX_PAIRS_CUDA",
+    "KeOpsUnavailableError",
+    "keops_available",
+    "select_backend",
+    "sqdist",
+    "inner",
+    "safe_sqrt",
+    "safe_rsqrt",
+    "reduce",
+]
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "dense", "keops")
+AUTO_DENSE_MAX_PAIRS = 2**22
+AUTO_DENSE_MAX_PAIRS_CUDA = 2**24
+
+
+class KeOpsUnavailableError(RuntimeError):
+    """KeOps was requested explicitly but cannot be imported or cannot compile a formula."""
+
+
+@lru_cache(maxsize=1)
+def _keops_status() -> tuple[bool, str]:
+    """Import pykeops and compile-test one tiny formula once per process: ``(ok, reason)``."""
+    try:
+        import pykeops
+        from pykeops.torch import LazyTensor
+
+        pykeops.set_verbose(False)
+        x = torch.zeros(2, 1, dtype=torch.float32)
+        (LazyTensor(x[:, None, :]) - LazyTensor(x[None, :, :])).sum(-1).sum(1)
+    except Exception as err:  # pragma: no cover - depends on the machine's compiler
+        return False, f"{type(err).__name__}: {err}"
+    return True, ""
+
+
+_warned_fallback = False
+
+
+def keops_available() -> bool:
+    """Whether pykeops imports and compiles here (checked once per process)."""
+    return _keops_status()[0]
+
+
+def select_backend(backend: str, n_targets: int, n_sources: int, device: torch.device | None = None) -> str:
+    """Resolve ``backend`` to ``"dense"`` or ``"keops"``.
+
+    Parameters
+    ----------
+    backend : {"auto", "dense", "keops"}
+        Requested backend.
+    n_targets, n_sources : int
+        Sizes ``M`` and ``N`` of the pairwise problem.
+    device : torch.device, optional
+        Device of the inputs; CUDA raises the dense threshold.
+
+    Returns
+    -------
+    str
+        ``"dense"`` or ``"keops"``.
+
+    Raises
+    ------
+    ValueError
+        Unknown backend name.
+    KeOpsUnavailableError
+        ``backend="keops"`` and KeOps cannot be used here (the reason is in the message).
+    """
+    global _warned_fallback
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    if backend == "dense":
+        return "dense"
+    if backend == "keops":
+        ok, reason = _keops_status()
+        if not ok:
+            raise KeOpsUnavailableError(f"backend='keops' requested but KeOps cannot be used: {reason}")
+        return "keops"
+    limit = AUTO_DENSE_MAX_PAIRS_CUDA if (device is not None and device.type == "cuda") else AUTO_DENSE_MAX_PAIRS
+    if n_targets * n_sources <= limit:
+        return "dense"
+    ok, reason = _keops_status()
+    if not ok:
+        if not _warned_fallback:
+            warnings.warn(f"KeOps unavailable, backend='auto' falls back to dense: {reason}", RuntimeWarning,
+                          stacklevel=3)
+            _warned_fallback = True
+        return "dense"
+    return "keops"
+
+
+def _lazy(x: torch.Tensor, axis: int):
+    from pykeops.torch import LazyTensor
+
+    return LazyTensor(x[:, None, :]) if axis == 0 else LazyTensor(x[None, :, :])
+
+
+def sqdist(x: torch.Tensor, y: torch.Tensor, backend: str):
+    """Pairwise squared distances ``|x_i - y_j|²`` as sums of squared differences.
+
+    Built from differences (not ``cdist``) so that the value is exactly 0 and differentiable at coincident
+    points (THEORY §7).
+
+    Parameters
+    ----------
+    x : (M, d) tensor
+    y : (N, d) tensor
+    backend : {"dense", "keops"}
+
+    Returns
+    -------
+    (M, N) tensor or LazyTensor
+    """
+    if backend == "keops":
+        return ((_lazy(x, 0) - _lazy(y, 1)) ** 2).sum(-1)
+    return ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+
+
+def inner(a: torch.Tensor, b: torch.Tensor, backend: str):
+    """Pairwise inner products ``<a_i, b_j>``: (M, N) tensor or LazyTensor."""
+    if backend == "keops":
+        return (_lazy(a, 0) | _lazy(b, 1))
+    return a @ b.T
+
+
+def safe_sqrt(d2):
+    """``sqrt(d2)`` whose derivative at ``d2 = 0`` is 0 (the symmetric subgradient), for both backends.
+
+    KeOps' ``Sqrt`` already differentiates through ``Rsqrt``, which KeOps defines as 0 at 0.
+    """
+    if isinstance(d2, torch.Tensor):
+        pos = d2 > 0
+        return torch.where(pos, torch.where(pos, d2, torch.ones_like(d2)).sqrt(), torch.zeros_like(d2))
+    return d2.sqrt()
+
+
+def safe_rsqrt(d2):
+    """``1 / sqrt(d2)`` with the value 0 at ``d2 = 0`` (KeOps' convention), for both backends."""
+    if isinstance(d2, torch.Tensor):
+        pos = d2 > 0
+        return torch.where(pos, torch.where(pos, d2, torch.ones_like(d2)).rsqrt(), torch.zeros_like(d2))
+    return d2.rsqrt()
+
+
+def reduce(matrix, p: torch.Tensor) -> torch.Tensor:
+    """``sum_j matrix_ij p_j``: (M, N) tensor or LazyTensor times (N, D) -> (M, D)."""
+    return matrix @ p

@@ -1,0 +1,367 @@
+"""Kernels: one mathematical object, used on point sets (dense | KeOps) and on regular grids (FFT).
+
+A radial kernel is given by its profile ``f`` as a function of the squared distance, ``k(x, y) = f(|x - y|²)``,
+and by the derivative ``f'`` (used by the closed-form Hamiltonian gradient), both written once on the backend's
+pairwise objects (see :mod:`lddmm_nets.backends`). Where the Fourier transform has a closed form,
+``spectral_density`` gives it and ``on_grid`` turns it into an FFT convolution operator on a :class:`~lddmm_nets.grid.Grid`.
+
+Conventions (DESIGN): every radial kernel takes its width as the keyword ``sigma`` (a length, in the data's units)
+and is normalised so that ``k(x, x) = 1``. A ``nugget`` ``r >= 0`` is added to the diagonal of the symmetric Gram
+matrix ``K(q, q)`` only (THEORY §5), never to cross matrices ``K(x, q)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+
+from . import backends as B
+from ._checks import check_points, check_positive, check_same_rows
+
+__all__ = [
+    "Kernel",
+    "RadialKernel",
+    "GaussianKernel",
+    "LaplaceKernel",
+    "MaternKernel",
+    "CauchyKernel",
+    "SumKernel",
+    "FeatureMapKernel",
+    "ACTIVATIONS",
+]
+
+
+class Kernel:
+    """Base class: a positive definite scalar kernel ``k(x, y)``, used as ``Γ = k I_d`` on vector fields.
+
+    Subclasses implement :meth:`_pairwise` (the kernel matrix as a dense tensor or a LazyTensor) and may override
+    :meth:`dq_quadratic` with a closed form; the autograd version here is the reference.
+    """
+
+    def __init__(self, *, nugget: float = 0.0):
+        self.nugget = float(check_positive("nugget", nugget, allow_zero=True))
+
+    # --- to implement ---------------------------------------------------------------------------------------------
+    def _pairwise(self, x: torch.Tensor, y: torch.Tensor, backend: str):
+        raise NotImplementedError
+
+    # --- public API -----------------------------------------------------------------------------------------------
+    def matvec(self, x: torch.Tensor, y: torch.Tensor | None, p: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+        """Kernel sum ``out_i = sum_j k(x_i, y_j) p_j``.
+
+        Parameters
+        ----------
+        x : (M, d) tensor
+            Target points.
+        y : (N, d) tensor or None
+            Source points; ``None`` means ``y = x`` and adds ``nugget * p`` (the symmetric Gram matrix ``K(x, x) + r I``).
+        p : (N, D) tensor
+            Weights (momenta) at the source points.
+        backend : {"auto", "dense", "keops"}
+            See :func:`lddmm_nets.backends.select_backend` for the auto policy and memory costs.
+
+        Returns
+        -------
+        (M, D) tensor
+        """
+        x = check_points("x", x)
+        if y is not None:
+            y = check_points("y", y, dim=x.shape[1])
+        p = check_points("p", p)
+        check_same_rows("p", p, "y" if y is not None else "x", x if y is None else y)
+        return self._matvec(x, y, p, backend)
+
+    def _matvec(self, x, y, p, backend="auto"):
+        """Unchecked :meth:`matvec` for the engine's inner loops."""
+        sym = y is None
+        y = x if sym else y
+        b = B.select_backend(backend, x.shape[0], y.shape[0], x.device)
+        out = B.reduce(self._pairwise(x, y, b), p)
+        if sym and self.nugget:
+            out = out + self.nugget * p
+        return out
+
+    def gram(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Dense kernel matrix ``K(x, y)``: (M, N) tensor, with ``nugget * I`` added when ``y`` is None."""
+        x = check_points("x", x)
+        sym = y is None
+        y = x if sym else check_points("y", y, dim=x.shape[1])
+        K = self._pairwise(x, y, "dense")
+        if sym and self.nugget:
+            K = K + self.nugget * torch.eye(x.shape[0], dtype=K.dtype, device=K.device)
+        return K
+
+    def dq_quadratic(self, q: torch.Tensor, p: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+        """Gradient in ``q`` of ``½ Σ_ij k(q_i, q_j) p_i·p_j``: (N, d) tensor (autograd reference)."""
+        need_graph = torch.is_grad_enabled() and (q.requires_grad or p.requires_grad)
+        with torch.enable_grad():
+            qq = q if q.requires_grad else q.detach().requires_grad_(True)
+            h = 0.5 * (p * self._matvec(qq, qq, p, backend)).sum()
+            (g,) = torch.autograd.grad(h, qq, create_graph=need_graph)
+        return g
+
+    def spectral_density(self, omega: torch.Tensor) -> torch.Tensor:
+        """Fourier transform ``k̂(ω) = ∫ k(x) e^{-i ω·x} dx`` at angular frequencies ``omega`` (..., d) -> (...).
+
+        Raises
+        ------
+        NotImplementedError
+            When the kernel has no closed-form (or no finite) Fourier transform in this dimension.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form Fourier transform")
+
+    def on_grid(self, grid, boundary: str = "periodic"):
+        """FFT operator ``m ↦ K ⋆ m`` on a regular grid, ``v(x) = ∫ k(x - y) m(y) dy``.
+
+        Parameters
+        ----------
+        grid : Grid
+            Regular grid with physical spacing.
+        boundary : {"periodic", "zero"}
+            ``"zero"`` pads every axis to twice its length so that nothing wraps around.
+
+        Returns
+        -------
+        GridOperator
+        """
+        from .grid import GridOperator
+
+        return GridOperator(grid, lambda omega, lap: self.spectral_density(omega), boundary=boundary,
+                            name=f"{self!r} on grid")
+
+
+class RadialKernel(Kernel):
+    """``k(x, y) = f(|x - y|²)`` with a width ``sigma``; subclasses give ``profile`` and ``dprofile``."""
+
+    def __init__(self, sigma: float = 1.0, *, nugget: float = 0.0):
+        super().__init__(nugget=nugget)
+        self.sigma = float(check_positive("sigma", sigma))
+
+    def profile(self, d2):
+        """``f(d2)`` on a dense tensor or LazyTensor of squared distances."""
+        raise NotImplementedError
+
+    def dprofile(self, d2):
+        """``f'(d2)`` (derivative in the squared distance); times ``(x - y)`` it is 0 at coincident points."""
+        raise NotImplementedError
+
+    def _pairwise(self, x, y, backend):
+        return self.profile(B.sqdist(x, y, backend))
+
+    def dq_quadratic(self, q, p, backend="auto"):
+        """Closed form ``2 Σ_j f'(|q_i - q_j|²) (p_i·p_j) (q_i - q_j)``, checked against autograd in the tests."""
+        b = B.select_backend(backend, q.shape[0], q.shape[0], q.device)
+        G = self.dprofile(B.sqdist(q, q, b)) * B.inner(p, p, b)
+        ones = torch.ones_like(q[:, :1])
+        s = B.reduce(G, torch.cat([ones, q], dim=1))
+        return 2.0 * (q * s[:, :1] - s[:, 1:])
+
+    def __repr__(self):
+        extra = f", nugget={self.nugget:g}" if self.nugget else ""
+        return f"{type(self).__name__}(sigma={self.sigma:g}{extra})"
+
+
+class GaussianKernel(RadialKernel):
+    """Gaussian kernel ``exp(-|x - y|² / 2σ²)``."""
+
+    def profile(self, d2):
+        return (-d2 * (0.5 / self.sigma**2)).exp()
+
+    def dprofile(self, d2):
+        return -(0.5 / self.sigma**2) * (-d2 * (0.5 / self.sigma**2)).exp()
+
+    def spectral_density(self, omega):
+        d = omega.shape[-1]
+        s2 = self.sigma**2
+        return (2 * math.pi * s2) ** (d / 2) * torch.exp(-0.5 * s2 * (omega**2).sum(-1))
+
+
+class MaternKernel(RadialKernel):
+    """Matérn kernel with smoothness ``nu`` in {1/2, 3/2, 5/2} and length ``sigma``.
+
+    ``nu = 1/2``: ``exp(-r/σ)``; ``nu = 3/2``: ``(1 + √3 r/σ) exp(-√3 r/σ)``;
+    ``nu = 5/2``: ``(1 + √5 r/σ + 5r²/3σ²) exp(-√5 r/σ)``. It is the Green's function of ``(I - α Δ)^{ν + d/2}``
+    with ``α = σ² / 2ν`` (up to a constant). At ``nu = 1/2`` the gradient at coincident points is defined as 0.
+    """
+
+    NUS = (0.5, 1.5, 2.5)
+
+    def __init__(self, nu: float = 1.5, sigma: float = 1.0, *, nugget: float = 0.0):
+        super().__init__(sigma, nugget=nugget)
+        if nu not in self.NUS:
+            raise ValueError(f"nu: expected one of {self.NUS}, got {nu!r}")
+        self.nu = float(nu)
+        self._a = math.sqrt(2 * self.nu) / self.sigma
+
+    def profile(self, d2):
+        a = self._a
+        r = B.safe_sqrt(d2)
+        e = (-a * r).exp()
+        if self.nu == 0.5:
+            return e
+        if self.nu == 1.5:
+            return (1 + a * r) * e
+        return (1 + a * r + (a * a / 3) * d2) * e
+
+    def dprofile(self, d2):
+        a = self._a
+        r = B.safe_sqrt(d2)
+        e = (-a * r).exp()
+        if self.nu == 0.5:
+            return (-0.5 * a) * B.safe_rsqrt(d2) * e
+        if self.nu == 1.5:
+            return (-0.5 * a * a) * e
+        return (-(a * a) / 6) * (1 + a * r) * e
+
+    def spectral_density(self, omega):
+        d = omega.shape[-1]
+        nu, ell = self.nu, self.sigma
+        c = (2**d * math.pi ** (d / 2) * math.gamma(nu + d / 2) * (2 * nu) ** nu
+             / (math.gamma(nu) * ell ** (2 * nu)))
+        return c * (2 * nu / ell**2 + (omega**2).sum(-1)) ** (-(nu + d / 2))
+
+    def __repr__(self):
+        extra = f", nugget={self.nugget:g}" if self.nugget else ""
+        return f"MaternKernel(nu={self.nu:g}, sigma={self.sigma:g}{extra})"
+
+
+class LaplaceKernel(MaternKernel):
+    """Laplace (exponential) kernel ``exp(-|x - y| / σ)``: the Matérn kernel with ``nu = 1/2``.
+
+    In 1-D it is the Green's function of ``(1 - σ² ∂²)`` up to ``1/(2σ)``: EPDiff becomes Camassa–Holm.
+    """
+
+    def __init__(self, sigma: float = 1.0, *, nugget: float = 0.0):
+        super().__init__(0.5, sigma, nugget=nugget)
+
+    def __repr__(self):
+        extra = f", nugget={self.nugget:g}" if self.nugget else ""
+        return f"LaplaceKernel(sigma={self.sigma:g}{extra})"
+
+
+class CauchyKernel(RadialKernel):
+    """Cauchy / inverse multiquadric kernel ``1 / (1 + |x - y|²/σ²)``.
+
+    Its Fourier transform is finite only in 1-D (``π σ e^{-σ|ω|}``): in 2-D and 3-D the kernel is not integrable,
+    so ``on_grid`` raises there.
+    """
+
+    def profile(self, d2):
+        return 1.0 / (1 + d2 * (1.0 / self.sigma**2))
+
+    def dprofile(self, d2):
+        f = 1.0 / (1 + d2 * (1.0 / self.sigma**2))
+        return -(1.0 / self.sigma**2) * f * f
+
+    def spectral_density(self, omega):
+        d = omega.shape[-1]
+        if d != 1:
+            raise NotImplementedError(
+                f"CauchyKernel: the Fourier transform is finite only in 1-D (the kernel is not integrable in {d}-D)")
+        return math.pi * self.sigma * torch.exp(-self.sigma * omega.abs().sum(-1))
+
+
+class SumKernel(RadialKernel):
+    """Positive combination ``Σ_k w_k k_k`` of radial kernels (multi-scale), normalised by ``Σ w_k``.
+
+    Parameters
+    ----------
+    kernels : sequence of RadialKernel
+    weights : sequence of float, optional
+        Positive weights (default equal); divided by their sum so that ``k(x, x) = 1``.
+    nugget : float
+    """
+
+    def __init__(self, kernels: Sequence[RadialKernel], weights: Sequence[float] | None = None, *,
+                 nugget: float = 0.0):
+        Kernel.__init__(self, nugget=nugget)
+        kernels = list(kernels)
+        if not kernels or not all(isinstance(k, RadialKernel) for k in kernels):
+            raise ValueError(f"kernels: expected a non-empty sequence of radial kernels, got {kernels!r}")
+        if weights is None:
+            weights = [1.0] * len(kernels)
+        weights = [float(w) for w in weights]
+        if len(weights) != len(kernels):
+            raise ValueError(f"weights: expected {len(kernels)} values (one per kernel), got {len(weights)}")
+        for w in weights:
+            check_positive("weights", w)
+        total = sum(weights)
+        self.kernels = kernels
+        self.weights = [w / total for w in weights]
+        self.sigma = max(k.sigma for k in kernels)
+
+    def profile(self, d2):
+        return sum(w * k.profile(d2) for w, k in zip(self.weights, self.kernels))
+
+    def dprofile(self, d2):
+        return sum(w * k.dprofile(d2) for w, k in zip(self.weights, self.kernels))
+
+    def spectral_density(self, omega):
+        return sum(w * k.spectral_density(omega) for w, k in zip(self.weights, self.kernels))
+
+    def __repr__(self):
+        parts = ", ".join(f"{w:.3g}*{k!r}" for w, k in zip(self.weights, self.kernels))
+        return f"SumKernel({parts})"
+
+
+def _sigmoid_prime(x):
+    s = torch.sigmoid(x)
+    return s * (1 - s)
+
+
+ACTIVATIONS: dict[str, tuple[Callable, Callable]] = {
+    "tanh": (torch.tanh, lambda x: 1 - torch.tanh(x) ** 2),
+    "relu": (torch.relu, lambda x: (x > 0).to(x.dtype)),
+    "sigmoid": (torch.sigmoid, _sigmoid_prime),
+    "softplus": (torch.nn.functional.softplus, torch.sigmoid),
+    "identity": (lambda x: x, torch.ones_like),
+}
+
+
+class FeatureMapKernel(Kernel):
+    """Finite-rank kernel ``k(x, y) = φ(x)·φ(y) + c`` with an elementwise activation φ (the ResNet kernel, THEORY §5).
+
+    The velocity field of momenta ``p`` at points ``q`` is ``v(x) = W φ(x) + c b`` with ``W = Σ_i p_i φ(q_i)ᵀ`` and
+    ``b = Σ_i p_i``. Kernel sums are evaluated exactly in low rank, ``O((M + N) d D)``, whatever the backend.
+
+    Parameters
+    ----------
+    activation : {"tanh", "relu", "sigmoid", "softplus", "identity"}
+    c : float
+        Non-negative constant (the bias part of the kernel).
+    nugget : float
+    """
+
+    def __init__(self, activation: str = "tanh", c: float = 1.0, *, nugget: float = 0.0):
+        super().__init__(nugget=nugget)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        self.activation = activation
+        self.c = float(check_positive("c", c, allow_zero=True))
+        self._phi, self._dphi = ACTIVATIONS[activation]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """``φ(x)``: (N, d) -> (N, d)."""
+        return self._phi(x)
+
+    def _pairwise(self, x, y, backend):
+        return self._phi(x) @ self._phi(y).T + self.c
+
+    def _matvec(self, x, y, p, backend="auto"):
+        sym = y is None
+        y = x if sym else y
+        out = self._phi(x) @ (self._phi(y).T @ p) + self.c * p.sum(0, keepdim=True)
+        if sym and self.nugget:
+            out = out + self.nugget * p
+        return out
+
+    def dq_quadratic(self, q, p, backend="auto"):
+        """Closed form ``φ'(q_i) ⊙ (Wᵀ p_i)`` with ``W = Σ_j p_j φ(q_j)ᵀ``."""
+        W = p.T @ self._phi(q)  # (D, d)
+        return self._dphi(q) * (p @ W)
+
+    def __repr__(self):
+        extra = f", nugget={self.nugget:g}" if self.nugget else ""
+        return f"FeatureMapKernel(activation={self.activation!r}, c={self.c:g}{extra})"
