@@ -1,0 +1,798 @@
+"""Image registration by geodesic shooting (LDDMM with scalar momentum), multi-resolution.
+
+``register_images(fixed, moving)`` finds the initial scalar momentum ``P_0`` (THEORY §4) that minimises
+
+    E(P_0) = (λ / 2|Ω|) ‖v_0‖_V²  +  D(M ∘ ψ_1, F),        v_0 = -K ⋆ (P_0 ∇M),
+
+where ``ψ_1`` is the inverse map of the geodesic shot from ``P_0`` (:func:`lddmm_nets.epdiff.shoot_image`),
+``D`` the similarity loss (:mod:`registration.metrics`) and ``K`` a kernel normalised to unit mass
+(``K ⋆ 1 = 1``, so ``‖v‖_V² ≈ ∫|v|²`` for smooth ``v`` and ``λ`` has units of mm⁻²). The gradient is
+autograd through the discrete scheme.
+
+Pipeline: read both images in physical space; resample the moving image onto the fixed grid through the
+affines; normalise intensities robustly (0.5 / 99.5 percentiles to [0, 1]); optionally pre-align with an
+affine map using the same metric; then a pyramid of levels (shrink factor, Gaussian smoothing in fine voxels,
+iteration budget), each initialised with the previous level's momentum, optimised by L-BFGS with a strong-Wolfe
+line search. Stopping rule per level: stop when the iteration budget is spent, when the relative decrease of
+the objective over the last ``patience`` iterations is below ``tol``, or when the line search makes no progress.
+The result records which rule fired.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from lddmm_nets.epdiff import image_momentum, shoot_image, shoot_vector_momentum
+from lddmm_nets.fields import identity_map, interpolate, resize
+
+from .io import Image, load_image, resample_image, save_image, voxel_spacing
+from .metrics import get_metric
+from .transforms import DisplacementTransform, ndv_percent, sdlogj
+
+__all__ = ["register_images", "ImageRegistration", "LevelReport", "normalize_intensity", "RegistrationConfig"]
+
+KERNELS = ("gaussian", "matern", "sum")
+
+
+@dataclass
+class RegistrationConfig:
+    """Options of :func:`register_images` (all validated; see its docstring)."""
+
+    metric: str = "lncc"
+    window: int = 5
+    sigma: float | None = None
+    kernel: str = "sum"
+    regularization: float = 0.5
+    shrink_factors: tuple = (4, 2, 1)
+    smoothing_sigmas: tuple = (2.0, 1.0, 0.0)
+    iterations: tuple = (60, 40, 15)
+    n_steps: int = 6
+    momentum: str = "scalar"
+    deformation_shrink: int | None = None
+    affine: bool = False
+    affine_iterations: int = 50
+    tol: float = 1e-4
+    patience: int = 5
+    dtype: str = "float32"
+    device: str = "cpu"
+
+
+@dataclass
+class LevelReport:
+    """What happened at one pyramid level."""
+
+    shrink: int
+    shape: tuple
+    spacing: tuple
+    iterations: int
+    evaluations: int
+    objective: list
+    similarity: list
+    stop_reason: str
+    seconds: float
+
+
+@dataclass
+class ImageRegistration:
+    """Result of :func:`register_images`.
+
+    Attributes
+    ----------
+    fixed : Image
+        The fixed image (original intensities).
+    moving : Image
+        The moving image (original intensities and grid).
+    transform : DisplacementTransform
+        Fixed-space point ``x`` -> moving-space point ``x + u(x)`` (mm), with its inverse.
+    warped : Image
+        The moving image resampled on the fixed grid through the transform (one interpolation).
+    momentum : Image
+        Initial scalar momentum ``P_0`` on the fixed grid (finest level).
+    config : RegistrationConfig
+    similarity_before, similarity_after : float
+        The metric's loss (lower is better) between normalised images before and after.
+    energy : float
+        ``½‖v_0‖_V²/|Ω|`` of the final geodesic (mm², kernel normalised to unit mass).
+    levels : list of LevelReport
+    seconds : float
+        Wall time of the registration.
+    stop_reason : str
+        Why the finest level stopped.
+    affine_matrix : numpy.ndarray or None
+        ``(d+1, d+1)`` pre-alignment in fixed grid millimetres (about the grid centre), if any.
+    """
+
+    fixed: Image
+    moving: Image
+    transform: DisplacementTransform
+    warped: Image
+    momentum: Image
+    config: RegistrationConfig
+    similarity_before: float
+    similarity_after: float
+    energy: float
+    levels: list
+    seconds: float
+    stop_reason: str
+    affine_matrix: np.ndarray | None = None
+
+    @property
+    def displacement(self) -> np.ndarray:
+        """``(d, *shape)`` mm, world components (fixed -> moving)."""
+        return self.transform.displacement
+
+    @property
+    def inverse_displacement(self) -> np.ndarray:
+        """``(d, *shape)`` mm, world components (moving -> fixed), sampled on the fixed grid."""
+        return self.transform.inverse_displacement
+
+    def jacobian_determinant(self) -> np.ndarray:
+        """``det D(x + u(x))`` on the fixed grid, ``(*shape)``."""
+        return self.transform.jacobian_determinant()
+
+    @property
+    def ndv_percent(self) -> float:
+        """Percentage of fixed voxels with a non-positive Jacobian determinant."""
+        return ndv_percent(self.jacobian_determinant())
+
+    @property
+    def sdlogj(self) -> float:
+        """Standard deviation of the log Jacobian determinant over the fixed grid."""
+        return sdlogj(self.jacobian_determinant())
+
+    def apply(self, image, *, interp: str = "linear", fill: float = 0.0) -> Image:
+        """Warp any moving-space image or label map into the fixed space (see ``DisplacementTransform.apply``)."""
+        return self.transform.apply(image, interp=interp, fill=fill)
+
+    def report(self) -> dict:
+        """JSON-serialisable summary (config, similarity, energy, NDV %, SDlogJ, iterations, seconds, stop)."""
+        jac = self.jacobian_determinant()
+        return {
+            "config": asdict(self.config),
+            "fixed": self.fixed.path, "moving": self.moving.path,
+            "metric": self.config.metric,
+            "similarity_before": self.similarity_before, "similarity_after": self.similarity_after,
+            "energy": self.energy,
+            "ndv_percent": ndv_percent(jac), "sdlogj": sdlogj(jac),
+            "jacobian_min": float(jac.min()), "jacobian_max": float(jac.max()),
+            "iterations": [lv.iterations for lv in self.levels],
+            "evaluations": [lv.evaluations for lv in self.levels],
+            "levels": [asdict(lv) for lv in self.levels],
+            "seconds": self.seconds,
+            "stop_reason": self.stop_reason,
+            "affine_matrix": None if self.affine_matrix is None else self.affine_matrix.tolist(),
+        }
+
+    def save(self, directory, *, overview: bool = True) -> list[str]:
+        """Write the result files into ``directory`` atomically.
+
+        Files: ``warped.nii.gz``, ``displacement.nii.gz`` (ITK convention, see
+        :func:`registration.io.save_displacement`), ``inverse_displacement.nii.gz``, ``jacobian.nii.gz``,
+        ``momentum.nii.gz``, ``report.json`` and ``overview.png``. Everything is written into a temporary
+        directory next to ``directory`` first and moved into place at the end (``report.json`` last), so an
+        interrupted save never leaves a complete-looking result.
+
+        Returns
+        -------
+        list of str
+            The paths written.
+        """
+        directory = os.path.abspath(os.fspath(directory))
+        parent = os.path.dirname(directory)
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".lddmm-partial-", dir=parent)
+        try:
+            names = []
+            fixed_affine = self.fixed.affine
+            save_image(os.path.join(tmp, "warped.nii.gz"), Image(self.warped.data.astype(np.float32), fixed_affine))
+            self.transform.save(tmp)
+            names += ["warped.nii.gz", "displacement.nii.gz", "inverse_displacement.nii.gz"]
+            save_image(os.path.join(tmp, "jacobian.nii.gz"),
+                       Image(self.jacobian_determinant().astype(np.float32), fixed_affine))
+            save_image(os.path.join(tmp, "momentum.nii.gz"), Image(self.momentum.data.astype(np.float32), fixed_affine))
+            names += ["jacobian.nii.gz", "momentum.nii.gz"]
+            if overview:
+                save_overview(self, os.path.join(tmp, "overview.png"))
+                names.append("overview.png")
+            with open(os.path.join(tmp, "report.json"), "w") as fh:
+                json.dump(self.report(), fh, indent=2, default=_json_default)
+            names.append("report.json")
+            os.makedirs(directory, exist_ok=True)
+            stale = os.path.join(directory, "report.json")
+            if os.path.exists(stale):  # an older result is being replaced: invalidate it first
+                os.remove(stale)
+            out = []
+            for name in names:
+                os.replace(os.path.join(tmp, name), os.path.join(directory, name))
+                out.append(os.path.join(directory, name))
+            return out
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
+
+
+def _middle_slice(a: np.ndarray) -> np.ndarray:
+    return a if a.ndim == 2 else a[:, :, a.shape[2] // 2]
+
+
+def save_overview(res: ImageRegistration, path: str) -> None:
+    """A PNG with fixed, moving, warped, |difference| before/after and the Jacobian determinant (mid slice)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fixed = normalize_intensity(res.fixed.data.astype(np.float32), name="fixed")
+    moving = resample_image(res.moving, res.fixed.affine, res.fixed.shape).data
+    moving = normalize_intensity(moving, name="moving", allow_constant=True)
+    warped = normalize_intensity(res.warped.data.astype(np.float32), name="warped", allow_constant=True)
+    jac = res.jacobian_determinant()
+    panels = [("fixed", fixed, "gray", None), ("moving (fixed grid)", moving, "gray", None),
+              ("warped", warped, "gray", None), ("|fixed - moving|", np.abs(fixed - moving), "magma", (0, 1)),
+              ("|fixed - warped|", np.abs(fixed - warped), "magma", (0, 1)),
+              ("det Jacobian", jac, "coolwarm", (0, 2))]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.2))
+    for ax, (title, img, cmap, lim) in zip(axes, panels):
+        sl = np.rot90(_middle_slice(img))
+        im = ax.imshow(sl, cmap=cmap, vmin=None if lim is None else lim[0], vmax=None if lim is None else lim[1])
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+        if title == "det Jacobian":
+            fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(f"{res.config.metric}: {res.similarity_before:.3f} -> {res.similarity_after:.3f}; "
+                 f"NDV {ndv_percent(jac):.3f}%  SDlogJ {sdlogj(jac):.3f}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def normalize_intensity(data: np.ndarray, *, name: str = "image", allow_constant: bool = False,
+                        lower: float = 0.5, upper: float = 99.5) -> np.ndarray:
+    """Robust intensity normalisation to [0, 1]: clip to the ``lower``/``upper`` percentiles and rescale.
+
+    Raises
+    ------
+    ValueError
+        If the image has NaN / infinite values, or (unless ``allow_constant``) no contrast.
+    """
+    data = np.asarray(data, dtype=np.float32)
+    if not np.all(np.isfinite(data)):
+        raise ValueError(f"{name}: contains {int(np.sum(~np.isfinite(data)))} NaN or infinite voxels")
+    lo, hi = np.percentile(data, [lower, upper])
+    if not hi > lo:
+        lo, hi = float(data.min()), float(data.max())
+    if not hi > lo:
+        if allow_constant:
+            return np.zeros_like(data)
+        raise ValueError(f"{name}: the image is constant (all voxels {lo:g}); nothing to register")
+    return np.clip((data - lo) / (hi - lo), 0.0, 1.0)
+
+
+def _gaussian_smooth(data: np.ndarray, sigma: float) -> np.ndarray:
+    if sigma <= 0:
+        return data
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(data, sigma, mode="nearest")
+
+
+def _fft_size(n: int) -> int:
+    """Smallest 2,3,5-smooth integer >= n (fast FFT sizes)."""
+    m = n
+    while True:
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 1
+
+
+class _Smoother:
+    """``m ↦ K ⋆ m / k̂(0)`` on a grid, zero-padded by a margin of ``3 σ_max`` (no wrap-around), via the engine's
+    FFT grid operator on the padded grid."""
+
+    def __init__(self, kernel, shape, spacing, reach: float):
+        from lddmm_nets.grid import Grid
+
+        self.shape = tuple(shape)
+        pads = [min(int(math.ceil(reach / h)), 2 * n) for n, h in zip(shape, spacing)]
+        self.padded = tuple(_fft_size(n + 2 * p) for n, p in zip(shape, pads))
+        self.op = kernel.on_grid(Grid(self.padded, spacing), boundary="periodic")
+        d = len(shape)
+        self.mass = float(kernel.spectral_density(torch.zeros(d, dtype=torch.float64)))
+
+    def __call__(self, m: torch.Tensor) -> torch.Tensor:
+        d = len(self.shape)
+        pad = []
+        for n, p in zip(reversed(self.shape), reversed(self.padded)):
+            pad += [0, p - n]
+        mp = torch.nn.functional.pad(m, pad)
+        v = self.op(mp) / self.mass
+        return v[(...,) + tuple(slice(0, n) for n in self.shape)]
+
+
+def _make_kernel(name: str, sigma: float):
+    from lddmm_nets import kernels as K
+
+    if name == "gaussian":
+        return K.GaussianKernel(sigma=sigma), 3.0 * sigma
+    if name == "matern":
+        return K.MaternKernel(nu=2.5, sigma=sigma), 6.0 * sigma
+    # multi-scale: a positive sum of Gaussians at sigma, 2 sigma, 4 sigma (each normalised to unit mass)
+    d_mass = None
+    ks = [K.GaussianKernel(sigma=sigma * s) for s in (1.0, 2.0, 4.0)]
+    return _NormalisedSum(ks), 12.0 * sigma
+
+
+class _NormalisedSum:
+    """Sum of kernels, each scaled to unit mass, with equal weights (a multi-scale kernel)."""
+
+    def __init__(self, kernels):
+        self.kernels = kernels
+
+    def on_grid(self, grid, boundary="periodic"):
+        from lddmm_nets.grid import GridOperator
+
+        d = grid.ndim
+
+        def symbol(omega, lap):
+            z = torch.zeros(d, dtype=omega.dtype, device=omega.device)
+            return sum(k.spectral_density(omega) / k.spectral_density(z) for k in self.kernels) / len(self.kernels)
+
+        return GridOperator(grid, symbol, boundary=boundary, name="multiscale")
+
+    def spectral_density(self, omega):
+        return torch.ones((), dtype=omega.dtype)
+
+
+def _check_config(cfg: RegistrationConfig) -> RegistrationConfig:
+    get_metric(cfg.metric, window=cfg.window)
+    if cfg.kernel not in KERNELS:
+        raise ValueError(f"kernel: expected one of {KERNELS}, got {cfg.kernel!r}")
+    if cfg.sigma is not None and not cfg.sigma > 0:
+        raise ValueError(f"sigma: expected a positive kernel width in mm, got {cfg.sigma!r}")
+    if not cfg.regularization > 0:
+        raise ValueError(f"regularization: expected > 0, got {cfg.regularization!r}")
+    n = len(cfg.shrink_factors)
+    if n == 0 or len(cfg.smoothing_sigmas) != n or len(cfg.iterations) != n:
+        raise ValueError(f"shrink_factors, smoothing_sigmas, iterations: expected equal non-empty lengths, got "
+                         f"{len(cfg.shrink_factors)}, {len(cfg.smoothing_sigmas)}, {len(cfg.iterations)}")
+    if any(int(f) < 1 for f in cfg.shrink_factors):
+        raise ValueError(f"shrink_factors: expected integers >= 1, got {cfg.shrink_factors}")
+    if any(s < 0 for s in cfg.smoothing_sigmas):
+        raise ValueError(f"smoothing_sigmas: expected values >= 0 (voxels), got {cfg.smoothing_sigmas}")
+    if any(int(i) < 0 for i in cfg.iterations):
+        raise ValueError(f"iterations: expected integers >= 0, got {cfg.iterations}")
+    if not isinstance(cfg.n_steps, int) or cfg.n_steps < 1:
+        raise ValueError(f"n_steps: expected a positive integer, got {cfg.n_steps!r}")
+    if cfg.momentum not in ("scalar", "vector"):
+        raise ValueError(f"momentum: expected 'scalar' or 'vector', got {cfg.momentum!r}")
+    if cfg.dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype: expected 'float32' or 'float64', got {cfg.dtype!r}")
+    return cfg
+
+
+def _prepare_mask(mask, fixed: Image, name: str):
+    if mask is None:
+        return None
+    img = load_image(mask, name=name)
+    if img.ndim != fixed.ndim:
+        raise ValueError(f"{name}: expected a {fixed.ndim}-D mask, got {img.ndim}-D")
+    if img.shape != fixed.shape or not np.allclose(img.affine, fixed.affine, atol=1e-3):
+        img = resample_image(Image(img.data.astype(np.float32), img.affine), fixed.affine, fixed.shape,
+                             interp="nearest")
+    data = (np.asarray(img.data) > 0).astype(np.float32)
+    if data.sum() == 0:
+        raise ValueError(f"{name}: the mask is empty")
+    return data
+
+
+def _lbfgs_level(objective, x0: torch.Tensor, iterations: int, tol: float, patience: int, callback, level: int,
+                 history: int = 10):
+    """Minimise ``objective(x) -> (loss, similarity)`` by L-BFGS with a backtracking (Armijo) line search.
+
+    The first direction is the steepest descent scaled to a unit max-norm step (the parameters are
+    preconditioned so that this is about one voxel of motion) and is extended by doubling while the loss
+    decreases. Returns ``(x, objective history, similarity history, stop reason, evaluations)``.
+    """
+    evals = 0
+
+    def fg(x):
+        nonlocal evals
+        x = x.detach().requires_grad_(True)
+        loss, sim = objective(x)
+        (g,) = torch.autograd.grad(loss, x)
+        evals += 1
+        return float(loss.detach()), g.detach(), float(sim.detach())
+
+    x = x0.detach().clone()
+    if iterations == 0:
+        return x, [], [], "no iterations requested", 0
+    f, g, sim = fg(x)
+    S, Y = [], []
+    losses, sims = [], []
+    reason = "iteration budget spent"
+    for it in range(iterations):
+        # two-loop recursion
+        q = g.clone()
+        alphas = []
+        for s_, y_ in reversed(list(zip(S, Y))):
+            rho = 1.0 / float((y_ * s_).sum())
+            a = rho * float((s_ * q).sum())
+            alphas.append((a, rho))
+            q = q - a * y_
+        if S:
+            q = q * (float((S[-1] * Y[-1]).sum()) / float((Y[-1] * Y[-1]).sum()))
+            for (s_, y_), (a, rho) in zip(zip(S, Y), reversed(alphas)):
+                b = rho * float((y_ * q).sum())
+                q = q + (a - b) * s_
+            d = -q
+        else:
+            d = -g / max(float(g.abs().max()), 1e-30)
+        gtd = float((g * d).sum())
+        if not gtd < 0:  # not a descent direction: restart from steepest descent
+            S, Y = [], []
+            d = -g / max(float(g.abs().max()), 1e-30)
+            gtd = float((g * d).sum())
+        if gtd == 0:
+            reason = "gradient is zero"
+            break
+        t, accepted = 1.0, None
+        for _ in range(12):
+            f_new, g_new, sim_new = fg(x + t * d)
+            if math.isfinite(f_new) and f_new <= f + 1e-4 * t * gtd:
+                accepted = (t, f_new, g_new, sim_new)
+                break
+            t *= 0.3
+        if accepted is None:
+            reason = "line search made no progress"
+            break
+        if not S and t == 1.0:  # first (steepest descent) step: extend while it keeps paying off
+            for _ in range(6):
+                f2, g2, s2 = fg(x + 2 * t * d)
+                if not (math.isfinite(f2) and f2 < accepted[1]):
+                    break
+                t *= 2
+                accepted = (t, f2, g2, s2)
+        t, f_new, g_new, sim_new = accepted
+        step = t * d
+        yv = g_new - g
+        sy = float((step * yv).sum())
+        if sy > 1e-12 * float((yv * yv).sum()) ** 0.5 * float((step * step).sum()) ** 0.5 and sy > 0:
+            S.append(step)
+            Y.append(yv)
+            if len(S) > history:
+                S.pop(0), Y.pop(0)
+        x, f, g, sim = x + step, f_new, g_new, sim_new
+        losses.append(f)
+        sims.append(sim)
+        if callback is not None:
+            callback({"level": level, "iteration": it + 1, "objective": f, "similarity": sim})
+        if len(losses) > patience:
+            ref = losses[-1 - patience]
+            if ref - losses[-1] <= tol * max(abs(ref), 1e-12):
+                reason = f"relative decrease over {patience} iterations below tol={tol:g}"
+                break
+    return x, losses, sims, reason, evals
+
+
+def _affine_prealign(moving: torch.Tensor, fixed: torch.Tensor, spacing, metric, mask, iterations: int,
+                     callback) -> torch.Tensor:
+    """Affine map ``A`` (``(d+1, d+1)`` in grid mm, about the grid centre) minimising ``metric(M ∘ A, F)``,
+    estimated on a 4× shrunk, smoothed copy. Starts from the centre-of-mass translation."""
+    d = fixed.dim()
+    shape = fixed.shape
+    lv_shape = tuple(max(n // 4, 8) if n >= 16 else n for n in shape)
+    sp_lv = tuple(h * (n - 1) / (m - 1) for h, n, m in zip(spacing, shape, lv_shape))
+    f = resize(torch.as_tensor(_gaussian_smooth(fixed.numpy(), 2.0)), lv_shape)
+    m = resize(torch.as_tensor(_gaussian_smooth(moving.numpy(), 2.0)), lv_shape)
+    msk = None if mask is None else resize(mask, lv_shape)
+    ident = identity_map(lv_shape, sp_lv, dtype=f.dtype)
+    centre = torch.tensor([(n - 1) * h / 2 for n, h in zip(lv_shape, sp_lv)], dtype=f.dtype).reshape((d,) + (1,) * d)
+
+    def com(img):
+        w = img.clamp_min(0)
+        return (ident * w).reshape(d, -1).sum(1) / w.sum().clamp_min(1e-12)
+
+    params = torch.zeros(d * d + d, dtype=f.dtype)
+    params[d * d:] = com(m) - com(f)
+
+    def mapping(p):
+        B = p[: d * d].reshape(d, d) + torch.eye(d, dtype=f.dtype)
+        y = ident - centre
+        return centre + torch.einsum("ij,j...->i...", B, y) + p[d * d:].reshape((d,) + (1,) * d)
+
+    def objective(p):
+        w = interpolate(m, mapping(p), sp_lv, padding="zeros")
+        s = metric(w, f, msk)
+        return s, s
+
+    p, *_ = _lbfgs_level(objective, params, iterations, 1e-5, 5, callback, -1)
+    B = p[: d * d].reshape(d, d) + torch.eye(d, dtype=p.dtype)
+    t = p[d * d:]
+    # map in the full-resolution grid mm: same centre in physical units
+    c_full = torch.tensor([(n - 1) * h / 2 for n, h in zip(shape, spacing)], dtype=p.dtype)
+    A = torch.eye(d + 1, dtype=p.dtype)
+    A[:d, :d] = B
+    A[:d, d] = c_full + t - B @ c_full
+    return A
+
+
+def _apply_affine_grid(A: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    d = x.shape[0]
+    return torch.einsum("ij,j...->i...", A[:d, :d].to(x.dtype), x) + A[:d, d].to(x.dtype).reshape((d,) + (1,) * d)
+
+
+def _shrunk(shape, shrink: int) -> tuple:
+    return tuple(max(int(math.ceil(n / shrink)), 2) if n > 1 else 1 for n in shape)
+
+
+def _shrunk_spacing(spacing, shape, new_shape) -> tuple:
+    """Spacing of a grid of ``new_shape`` nodes covering the same box (corner nodes aligned)."""
+    return tuple(h * (n - 1) / (m - 1) if m > 1 else h for h, n, m in zip(spacing, shape, new_shape))
+
+
+class _Geodesic:
+    """The shooting of one pyramid level, on its deformation grid (possibly coarser than the image grid).
+
+    All grids cover the same physical box with origin 0, so maps (physical coordinates) are valid on every grid
+    and are moved between grids by resampling their displacement.
+    """
+
+    def __init__(self, cfg, kern, reach, moving_np, shape, spacing, shrink, smooth, dtype, device):
+        self.cfg = cfg
+        self.d = len(shape)
+        self.shape = _shrunk(shape, shrink)
+        self.spacing = _shrunk_spacing(spacing, shape, self.shape)
+        self.smoother = _Smoother(kern, self.shape, self.spacing, reach)
+        if cfg.momentum == "scalar":
+            extra = 0.5 * shrink if shrink > 1 else 0.0  # anti-aliasing before the image is shrunk
+            img = _gaussian_smooth(moving_np, math.hypot(smooth, extra)) if extra else moving_np
+            self.image = resize(torch.as_tensor(img, dtype=dtype, device=device), self.shape)
+        self.dtype, self.device = dtype, device
+
+    def zeros(self) -> torch.Tensor:
+        lead = (self.d,) if self.cfg.momentum == "vector" else ()
+        return torch.zeros(lead + self.shape, dtype=self.dtype, device=self.device)
+
+    def scale(self) -> float:
+        """Parameter scale such that a unit parameter moves by about one voxel of this grid (preconditioning:
+        without it the gradient is tiny and L-BFGS wastes its first steps)."""
+        if self.cfg.momentum == "vector":
+            return max(self.spacing)  # the kernel has unit mass: v = K m ≈ m for smooth m
+        with torch.no_grad():
+            v_unit = self.smoother(image_momentum(self.image, torch.ones_like(self.image), self.spacing))
+        return max(self.spacing) / max(float(v_unit.norm(dim=0).max()), 1e-12)
+
+    def shoot(self, p: torch.Tensor, forward_map: bool = False):
+        """Shoot from momentum ``p``; returns ``(psi_1, ½‖v_0‖²)`` (and ``phi_1`` if ``forward_map``)."""
+        if self.cfg.momentum == "vector":
+            res = shoot_vector_momentum(p, self.smoother, self.spacing, n_steps=self.cfg.n_steps,
+                                        forward_map=forward_map)
+        else:
+            res = shoot_image(self.image, p, self.smoother, self.spacing, n_steps=self.cfg.n_steps,
+                              forward_map=forward_map)
+        if forward_map:
+            return res.inverse_map, res.energy[0], res.forward_map
+        return res.inverse_map, res.energy[0]
+
+    def upsample_map(self, psi: torch.Tensor, shape, spacing) -> torch.Tensor:
+        """A map on this grid resampled (through its displacement) onto the grid ``shape``/``spacing``."""
+        shape = tuple(shape)
+        if shape == self.shape:
+            return psi
+        ident = identity_map(self.shape, self.spacing, dtype=psi.dtype, device=psi.device)
+        target = identity_map(shape, spacing, dtype=psi.dtype, device=psi.device)
+        return target + resize(psi - ident, shape)
+
+
+def register_images(fixed, moving, *, metric: str = "lncc", window: int = 5, sigma: float | None = None,
+                    kernel: str = "sum", regularization: float = 0.5,
+                    shrink_factors: Sequence[int] | None = None, smoothing_sigmas: Sequence[float] | None = None,
+                    iterations: Sequence[int] | None = None, n_steps: int = 6, momentum: str = "scalar",
+                    deformation_shrink: int | None = None,
+                    affine: bool = False,
+                    affine_iterations: int = 50, fixed_mask=None, moving_mask=None, tol: float = 1e-4,
+                    patience: int = 5, dtype: str = "float32", device: str = "cpu",
+                    callback: Callable[[dict], None] | None = None) -> ImageRegistration:
+    """Register ``moving`` onto ``fixed`` by geodesic shooting (diffeomorphic, in physical space).
+
+    Parameters
+    ----------
+    fixed, moving : path, Image, nibabel image or numpy array
+        2-D or 3-D scalar images of the same dimension (arrays: unit spacing). The moving image is resampled
+        onto the fixed grid through the affines first; any intensity range is fine (normalised inside).
+    metric : {"lncc", "ncc", "ssd"}
+        Similarity loss (:mod:`registration.metrics`). ``lncc`` (default) suits MRI and multi-contrast pairs.
+    window : int
+        LNCC box width in voxels of each level (odd).
+    sigma : float, optional
+        Kernel width in mm (default: 2 finest voxels; the pyramid's coarse levels use the same physical
+        kernel).
+    kernel : {"sum", "gaussian", "matern"}
+        ``"sum"`` (default): equal-weight sum of unit-mass Gaussians of widths σ, 2σ, 4σ (multi-scale);
+        ``"gaussian"``: one Gaussian; ``"matern"``: Matérn ν = 5/2.
+    regularization : float
+        λ in mm⁻² (see the module docstring); larger is smoother.
+    shrink_factors, smoothing_sigmas, iterations : sequences
+        The pyramid: per level the shrink factor, the Gaussian smoothing (fine voxels) of both images and
+        the L-BFGS iteration budget. Defaults: ``(4, 2, 1)``, ``(2, 1, 0)``, ``(60, 40, 15)``; levels whose
+        grid would be smaller than 16 voxels along an axis are dropped.
+    n_steps : int
+        Time steps of the shooting.
+    affine : bool
+        Pre-align with an affine map (same metric) before the deformable registration.
+    affine_iterations : int
+        L-BFGS budget of the affine stage.
+    fixed_mask, moving_mask : optional
+        Binary masks (fixed / moving space) that restrict the similarity to their voxels.
+    tol, patience : float, int
+        Stopping rule: stop a level when the objective decreased by less than ``tol`` (relative) over the
+        last ``patience`` iterations.
+    dtype : {"float32", "float64"}
+    device : str
+        Torch device, e.g. ``"cpu"`` or ``"cuda"``.
+    callback : callable, optional
+        Called after every iteration with a dict (level, iteration, objective, similarity); the CLI uses it
+        for its progress bar.
+
+    Returns
+    -------
+    ImageRegistration
+
+    Raises
+    ------
+    ValueError
+        Different dimensions, constant images, NaNs, 4-D images, bad options.
+    FileNotFoundError
+        A missing file.
+    """
+    t0 = time.perf_counter()
+    fixed_img = load_image(fixed, name="fixed")
+    moving_img = load_image(moving, name="moving")
+    if fixed_img.ndim != moving_img.ndim:
+        raise ValueError(f"moving: expected a {fixed_img.ndim}-D image like fixed, got {moving_img.ndim}-D "
+                         f"(shapes {fixed_img.shape} and {moving_img.shape})")
+    d = fixed_img.ndim
+    if shrink_factors is None:
+        shrink_factors = (4, 2, 1)
+    if smoothing_sigmas is None:
+        smoothing_sigmas = tuple(float(max(f // 2, 0)) if f > 1 else 0.0 for f in shrink_factors) \
+            if len(shrink_factors) != 3 else (2.0, 1.0, 0.0)
+    if iterations is None:
+        iterations = (60, 40, 15)[-len(shrink_factors):] if len(shrink_factors) <= 3 else (40,) * len(shrink_factors)
+    cfg = _check_config(RegistrationConfig(
+        metric=metric, window=window, sigma=sigma, kernel=kernel, regularization=float(regularization),
+        shrink_factors=tuple(int(f) for f in shrink_factors), smoothing_sigmas=tuple(float(s) for s in smoothing_sigmas),
+        iterations=tuple(int(i) for i in iterations), n_steps=n_steps, momentum=momentum,
+        deformation_shrink=None if deformation_shrink is None else int(deformation_shrink), affine=bool(affine),
+        affine_iterations=int(affine_iterations), tol=float(tol), patience=int(patience), dtype=dtype,
+        device=str(device)))
+    tdtype = torch.float32 if dtype == "float32" else torch.float64
+    loss_fn = get_metric(cfg.metric, window=cfg.window)
+
+    f_np = normalize_intensity(np.asarray(fixed_img.data, dtype=np.float32), name="fixed")
+    m_on_f = resample_image(Image(np.asarray(moving_img.data, dtype=np.float32), moving_img.affine),
+                            fixed_img.affine, fixed_img.shape)
+    m_np = normalize_intensity(np.asarray(moving_img.data, dtype=np.float32), name="moving")
+    # normalise with the moving image's own statistics, then resample (background outside its FOV -> 0)
+    lo, hi = np.percentile(np.asarray(moving_img.data, dtype=np.float32), [0.5, 99.5])
+    if not hi > lo:
+        lo, hi = float(np.min(moving_img.data)), float(np.max(moving_img.data))
+    m_np = np.clip((m_on_f.data - lo) / (hi - lo), 0, 1).astype(np.float32)
+    if float(m_np.max() - m_np.min()) <= 0:
+        raise ValueError("moving: after resampling onto the fixed grid the image is constant "
+                         "(no overlap between the fields of view?)")
+    fmask = _prepare_mask(fixed_mask, fixed_img, "fixed_mask")
+    mmask = _prepare_mask(moving_mask, fixed_img, "moving_mask")
+    mask_np = fmask if mmask is None else (mmask if fmask is None else fmask * mmask)
+
+    spacing = voxel_spacing(fixed_img.affine, d)
+    shape = fixed_img.shape
+    dev = torch.device(cfg.device)
+    F_full = torch.as_tensor(f_np, dtype=tdtype, device=dev)
+    M_full = torch.as_tensor(m_np, dtype=tdtype, device=dev)
+    mask_full = None if mask_np is None else torch.as_tensor(mask_np, dtype=tdtype, device=dev)
+
+    sim_before = float(loss_fn(M_full, F_full, mask_full))
+    A = None
+    if cfg.affine:
+        A = _affine_prealign(M_full.cpu().double(), F_full.cpu().double(), spacing, loss_fn,
+                             None if mask_full is None else mask_full.cpu().double(), cfg.affine_iterations, callback)
+        A = A.to(device=dev, dtype=tdtype)
+        ident_full = identity_map(shape, spacing, dtype=tdtype, device=dev)
+        M_full = interpolate(M_full, _apply_affine_grid(A, ident_full), spacing, padding="zeros")
+    M_full_np = M_full.cpu().numpy()
+
+    sig = cfg.sigma if cfg.sigma is not None else 2.0 * max(spacing)
+    kern, reach = _make_kernel(cfg.kernel, sig)
+    volume = math.prod((n - 1) * h if n > 1 else h for n, h in zip(shape, spacing))
+
+    levels = []
+    P = None
+    def_shrink_min = cfg.deformation_shrink
+    if def_shrink_min is None:  # large volumes: the (smooth) deformation lives on a 2x coarser grid
+        def_shrink_min = 2 if math.prod(shape) > 400_000 else 1
+    lam = cfg.regularization
+    n_levels = len(cfg.shrink_factors)
+    for li, (shrink, smooth, iters) in enumerate(zip(cfg.shrink_factors, cfg.smoothing_sigmas, cfg.iterations)):
+        lv_shape = _shrunk(shape, shrink)
+        if shrink > 1 and min(n for n in lv_shape if n > 1) < 16 and li < n_levels - 1:
+            continue
+        tl = time.perf_counter()
+        lv_spacing = _shrunk_spacing(spacing, shape, lv_shape)
+        Fl = resize(torch.as_tensor(_gaussian_smooth(f_np, smooth), dtype=tdtype, device=dev), lv_shape)
+        Ml_np = _gaussian_smooth(M_full_np, smooth)
+        Ml = resize(torch.as_tensor(Ml_np, dtype=tdtype, device=dev), lv_shape)
+        maskl = None if mask_full is None else (resize(mask_full, lv_shape) > 0.5).to(tdtype)
+        geo = _Geodesic(cfg, kern, reach, Ml_np, shape, spacing, max(shrink, def_shrink_min), smooth, tdtype, dev)
+        P0 = geo.zeros() if P is None else resize(P, geo.shape)
+        scale = geo.scale()
+
+        def objective(q, Ml=Ml, Fl=Fl, maskl=maskl, geo=geo, lv_shape=lv_shape, lv_spacing=lv_spacing,
+                      scale=scale):
+            psi, energy = geo.shoot(q * scale)
+            psi = geo.upsample_map(psi, lv_shape, lv_spacing)
+            sim = loss_fn(interpolate(Ml, psi, lv_spacing), Fl, maskl)
+            return lam * energy / volume + sim, sim
+
+        Q, obj_hist, sim_hist, reason, evals = _lbfgs_level(objective, P0 / scale, iters, cfg.tol, cfg.patience,
+                                                            callback, li)
+        P = Q * scale
+        levels.append(LevelReport(shrink=shrink, shape=lv_shape, spacing=lv_spacing, iterations=len(obj_hist),
+                                  evaluations=evals, objective=obj_hist, similarity=sim_hist, stop_reason=reason,
+                                  seconds=time.perf_counter() - tl))
+
+    # final geodesic on the finest deformation grid; maps upsampled to the full grid
+    with torch.no_grad():
+        geo = _Geodesic(cfg, kern, reach, M_full_np, shape, spacing, def_shrink_min, 0.0, tdtype, dev)
+        if tuple(P.shape[-d:]) != geo.shape:
+            P = resize(P, geo.shape)
+        psi, energy, phi = geo.shoot(P, forward_map=True)
+        psi = geo.upsample_map(psi, shape, spacing)
+        phi = geo.upsample_map(phi, shape, spacing)
+        sim_after = float(loss_fn(interpolate(M_full, psi, spacing), F_full, mask_full))
+        energy = float(energy / volume)
+        ident = identity_map(shape, spacing, dtype=tdtype, device=dev)
+        if A is not None:
+            psi_total = _apply_affine_grid(A, psi)
+            Ainv = torch.linalg.inv(A.double()).to(tdtype)
+            phi_total = ident + interpolate(phi - ident, _apply_affine_grid(Ainv, ident), spacing) \
+                + (_apply_affine_grid(Ainv, ident) - ident)
+        else:
+            psi_total, phi_total = psi, phi
+        u_grid = (psi_total - ident).cpu().double().numpy()
+        w_grid = (phi_total - ident).cpu().double().numpy()
+        P_full = P if P.shape[-d:] == tuple(shape) else resize(P, shape)
+    rot = fixed_img.affine[:d, :d] / np.asarray(spacing)[None, :]
+    disp = np.tensordot(rot, u_grid, axes=1)
+    inv_disp = np.tensordot(rot, w_grid, axes=1)
+    transform = DisplacementTransform(disp, fixed_img.affine.copy(), inv_disp)
+    warped = transform.apply(Image(np.asarray(moving_img.data, dtype=np.float32), moving_img.affine))
+    P_np = P_full.cpu().numpy().astype(np.float32)
+    momentum = Image(P_np if P_np.ndim == d else np.moveaxis(P_np, 0, -1), fixed_img.affine.copy())
+    A_np = None if A is None else A.cpu().double().numpy()
+    return ImageRegistration(fixed=fixed_img, moving=moving_img, transform=transform, warped=warped,
+                             momentum=momentum, config=cfg, similarity_before=sim_before,
+                             similarity_after=sim_after, energy=energy, levels=levels,
+                             seconds=time.perf_counter() - t0, stop_reason=levels[-1].stop_reason if levels else "",
+                             affine_matrix=A_np)

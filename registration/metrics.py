@@ -1,0 +1,98 @@
+"""Image similarity measures, each a loss to minimise (0 at a perfect match for NCC / LNCC).
+
+Sign and scale (all dimensionless, all resolution independent because they are means over voxels):
+
+- ``ssd``:  ``mean((I - J)²)`` over the mask; images are normalised to [0, 1] upstream, so it lies in [0, 1].
+- ``ncc``:  ``1 - ncc(I, J)`` with the global normalised cross-correlation, in [0, 2].
+- ``lncc``: ``1 - mean(lncc²)`` where ``lncc`` is the local correlation in a box window of ``window`` voxels per
+  side (ANTs' CC uses the square of the local correlation; so do we), in [0, 1].
+
+Each takes tensors of the same shape ``(*shape)`` (d = 1, 2 or 3 spatial axes) and an optional mask (same shape,
+values in [0, 1]) that weights the voxels. One implementation for every dimension.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["METRICS", "ssd", "ncc", "lncc", "get_metric"]
+
+_EPS = 1e-5
+
+
+def _wmean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return x.mean()
+    return (x * mask).sum() / mask.sum().clamp_min(1e-12)
+
+
+def _check_pair(warped: torch.Tensor, fixed: torch.Tensor, mask):
+    if warped.shape != fixed.shape:
+        raise ValueError(f"warped: expected the fixed image's shape {tuple(fixed.shape)}, got {tuple(warped.shape)}")
+    if mask is not None and mask.shape != fixed.shape:
+        raise ValueError(f"mask: expected the fixed image's shape {tuple(fixed.shape)}, got {tuple(mask.shape)}")
+
+
+def ssd(warped: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared difference ``mean((I - J)²)`` (weighted by ``mask``). Scalar tensor."""
+    _check_pair(warped, fixed, mask)
+    return _wmean((warped - fixed) ** 2, mask)
+
+
+def ncc(warped: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``1 - NCC(I, J)`` with the global normalised cross-correlation (weighted by ``mask``). Scalar tensor."""
+    _check_pair(warped, fixed, mask)
+    a = warped - _wmean(warped, mask)
+    b = fixed - _wmean(fixed, mask)
+    num = _wmean(a * b, mask)
+    den = torch.sqrt(_wmean(a * a, mask) * _wmean(b * b, mask) + _EPS ** 2)
+    return 1.0 - num / den
+
+
+def _box(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Local mean over a centred box of ``window`` voxels per side (cropped at the border)."""
+    d = x.dim()
+    pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[d - 1]
+    r = window // 2
+    return pool(x[None, None], kernel_size=window, stride=1, padding=r, count_include_pad=False)[0, 0]
+
+
+def lncc(warped: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None = None, *,
+         window: int = 5) -> torch.Tensor:
+    """``1 - mean(lncc²)``: local normalised cross-correlation in a ``window``-voxel box. Scalar tensor.
+
+    Parameters
+    ----------
+    warped, fixed : torch.Tensor
+        ``(*shape)`` images, ``d = 1..3`` spatial axes.
+    mask : torch.Tensor, optional
+        ``(*shape)`` weights of the voxels in the mean.
+    window : int
+        Odd box width in voxels (``>= 3``).
+    """
+    _check_pair(warped, fixed, mask)
+    if not isinstance(window, int) or window < 3 or window % 2 == 0:
+        raise ValueError(f"window: expected an odd integer >= 3 (voxels), got {window!r}")
+    if not 1 <= fixed.dim() <= 3:
+        raise ValueError(f"fixed: expected 1 to 3 spatial axes, got shape {tuple(fixed.shape)}")
+    mi, mj = _box(warped, window), _box(fixed, window)
+    cross = _box(warped * fixed, window) - mi * mj
+    vi = (_box(warped * warped, window) - mi * mi).clamp_min(0)
+    vj = (_box(fixed * fixed, window) - mj * mj).clamp_min(0)
+    cc2 = cross * cross / (vi * vj + _EPS ** 2)
+    return 1.0 - _wmean(cc2, mask)
+
+
+METRICS = {"ssd": ssd, "ncc": ncc, "lncc": lncc}
+
+
+def get_metric(name: str, *, window: int = 5):
+    """The loss function for ``name`` in ``METRICS`` (``window`` applies to ``lncc``)."""
+    if name not in METRICS:
+        raise ValueError(f"metric: expected one of {sorted(METRICS)}, got {name!r}")
+    if name == "lncc":
+        if not isinstance(window, int) or window < 3 or window % 2 == 0:
+            raise ValueError(f"window: expected an odd integer >= 3 (voxels), got {window!r}")
+        return lambda w, f, mask=None: lncc(w, f, mask, window=window)
+    return METRICS[name]

@@ -1,0 +1,157 @@
+"""The deformation as an object: a dense displacement field in world coordinates on the fixed grid.
+
+Convention (the same as ITK / ANTs "displacement field transforms"): the transform maps a point ``x`` of the
+fixed space to ``y = x + u(x)`` in the moving space, both in world millimetres (RAS+ here; LPS in the files
+written for ITK, see :func:`registration.io.save_displacement`). Warping an image ``M`` into the fixed space is
+the pull-back ``M(x + u(x))``. The inverse displacement ``w`` maps moving-space points back,
+``x = y + w(y)``, and is sampled on the same grid.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lddmm_nets.fields import interpolate, jacobian_determinant
+
+from .io import Image, load_displacement, load_image, resample_image, save_displacement, voxel_spacing
+
+__all__ = ["DisplacementTransform", "ndv_percent", "sdlogj"]
+
+_INTERPS = ("linear", "nearest")
+
+
+def ndv_percent(jac: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Percentage of voxels with a non-positive Jacobian determinant (inside ``mask`` if given)."""
+    j = jac if mask is None else jac[mask > 0]
+    return float(100.0 * np.mean(j <= 0)) if j.size else 0.0
+
+
+def sdlogj(jac: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Standard deviation of ``log det`` (non-positive determinants clipped to 1e-9), inside ``mask`` if given."""
+    j = jac if mask is None else jac[mask > 0]
+    return float(np.std(np.log(np.clip(j, 1e-9, None)))) if j.size else 0.0
+
+
+def _grid_world(affine: np.ndarray, shape) -> np.ndarray:
+    d = len(shape)
+    idx = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"))
+    return np.tensordot(affine[:d, :d], idx, axes=1) + affine[:d, 3].reshape((d,) + (1,) * d)
+
+
+@dataclass
+class DisplacementTransform:
+    """A dense deformation on the fixed grid.
+
+    Attributes
+    ----------
+    displacement : numpy.ndarray
+        ``(d, *shape)`` mm, world (RAS) components: fixed point ``x`` -> moving point ``x + u(x)``.
+    affine : numpy.ndarray
+        ``(4, 4)`` fixed grid affine (voxel -> world mm).
+    inverse_displacement : numpy.ndarray or None
+        ``(d, *shape)`` mm: moving point ``y`` -> fixed point ``y + w(y)``, sampled on the same grid.
+    """
+
+    displacement: np.ndarray
+    affine: np.ndarray
+    inverse_displacement: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.displacement.shape[1:])
+
+    @property
+    def ndim(self) -> int:
+        return self.displacement.shape[0]
+
+    def world_map(self) -> np.ndarray:
+        """``x + u(x)`` at every fixed voxel: ``(d, *shape)`` mm."""
+        return _grid_world(self.affine, self.shape) + self.displacement
+
+    def apply(self, image, *, interp: str = "linear", fill: float = 0.0) -> Image:
+        """Warp an image (any grid, with its own affine) into the fixed space.
+
+        Parameters
+        ----------
+        image : Image, path, nibabel image or array
+            Moving-space image (an array is taken on the fixed grid).
+        interp : {"linear", "nearest"}
+            ``"nearest"`` for label maps (integer labels keep their type).
+        fill : float
+            Value outside the image's field of view.
+
+        Returns
+        -------
+        Image
+            On the fixed grid with the fixed affine.
+        """
+        if interp not in _INTERPS:
+            raise ValueError(f"interp: expected one of {_INTERPS}, got {interp!r}")
+        if isinstance(image, np.ndarray):
+            image = Image(image, self.affine.copy())
+        img = load_image(image)
+        if img.ndim != self.ndim:
+            raise ValueError(f"image: expected a {self.ndim}-D image (the transform's), got {img.ndim}-D "
+                             f"shape {img.shape}")
+        return resample_image(img, self.affine, self.shape, interp=interp, world_map=self.world_map(), fill=fill)
+
+    def transform_points(self, points: np.ndarray) -> np.ndarray:
+        """Map fixed-space world points ``(N, d)`` (mm) to the moving space: ``x + u(x)`` (linear interpolation)."""
+        return points + self._sample(self.displacement, points)
+
+    def inverse_transform_points(self, points: np.ndarray) -> np.ndarray:
+        """Map moving-space world points ``(N, d)`` to the fixed space with the inverse displacement."""
+        if self.inverse_displacement is None:
+            raise ValueError("inverse_displacement: this transform has none")
+        return points + self._sample(self.inverse_displacement, points)
+
+    def _sample(self, field: np.ndarray, points: np.ndarray) -> np.ndarray:
+        points = np.asarray(points, dtype=np.float64)
+        d = self.ndim
+        if points.ndim != 2 or points.shape[1] != d:
+            raise ValueError(f"points: expected shape (N, {d}), got {points.shape}")
+        inv = np.linalg.inv(self.affine)
+        vox = points @ inv[:d, :d].T + inv[:d, 3]
+        out = interpolate(torch.as_tensor(field), torch.as_tensor(vox.T.copy()), (1.0,) * d, padding="border")
+        return out.numpy().T
+
+    def _grid_displacement(self, field: np.ndarray) -> tuple[np.ndarray, tuple[float, ...]]:
+        """Displacement in grid axes (mm along the voxel axes) and the voxel spacing."""
+        d = self.ndim
+        spacing = voxel_spacing(self.affine, d)
+        rot = self.affine[:d, :d] / np.asarray(spacing)[None, :]
+        return np.tensordot(rot.T, field, axes=1), spacing
+
+    def jacobian_determinant(self, *, inverse: bool = False) -> np.ndarray:
+        """``det(I + Du)`` at every voxel, ``(*shape)``; positive everywhere for a diffeomorphism."""
+        field = self.inverse_displacement if inverse else self.displacement
+        if field is None:
+            raise ValueError("inverse_displacement: this transform has none")
+        u, spacing = self._grid_displacement(field)
+        return jacobian_determinant(torch.as_tensor(u), spacing, displacement=True).numpy()
+
+    def save(self, directory) -> None:
+        """Write ``displacement.nii.gz`` (and ``inverse_displacement.nii.gz``) into ``directory`` (ITK readable)."""
+        os.makedirs(directory, exist_ok=True)
+        save_displacement(os.path.join(directory, "displacement.nii.gz"), self.displacement, self.affine)
+        if self.inverse_displacement is not None:
+            save_displacement(os.path.join(directory, "inverse_displacement.nii.gz"), self.inverse_displacement,
+                              self.affine)
+
+    @classmethod
+    def load(cls, directory) -> "DisplacementTransform":
+        """Read a transform saved by :meth:`save` (or by ``lddmm register``) from ``directory``."""
+        directory = os.fspath(directory)
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(f"directory: no such result directory: {directory}")
+        path = os.path.join(directory, "displacement.nii.gz")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"directory: {directory} has no displacement.nii.gz (not a registration result)")
+        disp, affine = load_displacement(path)
+        inv_path = os.path.join(directory, "inverse_displacement.nii.gz")
+        inv = load_displacement(inv_path)[0] if os.path.exists(inv_path) else None
+        return cls(disp, affine, inv)
