@@ -90,8 +90,8 @@ class Grid:
         shape = tuple(shape or self.shape)
         freqs = []
         for i, (n, h) in enumerate(zip(shape, self.spacing)):
-            f = torch.fft.rfftfreq(n, d=h) if i == len(shape) - 1 else torch.fft.fftfreq(n, d=h)
-            freqs.append(2 * math.pi * f.to(dtype=dtype, device=device))
+            fn = torch.fft.rfftfreq if i == len(shape) - 1 else torch.fft.fftfreq
+            freqs.append(2 * math.pi * fn(n, d=h, dtype=torch.float64, device=device).to(dtype))
         return torch.stack(torch.meshgrid(*freqs, indexing="ij"), dim=-1)
 
 
