@@ -2,10 +2,11 @@
 
 ``register_images(fixed, moving)`` finds the initial scalar momentum ``P_0`` (THEORY §4) that minimises
 
-    E(P_0) = (λ / 2|Ω|) ‖v_0‖_V²  +  D(M ∘ ψ_1, F),        v_0 = -K ⋆ (P_0 ∇M),
+    E(P_0) = (λ / 2|Ω|) ‖v_0‖_V²  +  D(M ∘ ψ_1, F) / D(M, F),        v_0 = -K ⋆ (P_0 ∇M),
 
 where ``ψ_1`` is the inverse map of the geodesic shot from ``P_0`` (:func:`lddmm_nets.epdiff.shoot_image`),
-``D`` the similarity loss (:mod:`registration.metrics`) and ``K`` a kernel normalised to unit mass
+``D`` the similarity loss (:mod:`registration.metrics`), measured relative to its value before registration
+(so that one ``λ`` suits every metric and intensity range), and ``K`` a kernel normalised to unit mass
 (``K ⋆ 1 = 1``, so ``‖v‖_V² ≈ ∫|v|²`` for smooth ``v`` and ``λ`` has units of mm⁻²). The gradient is
 autograd through the discrete scheme.
 
@@ -52,7 +53,7 @@ class RegistrationConfig:
     window: int = 5
     sigma: float | None = None
     kernel: str = "sum"
-    regularization: float = 0.5
+    regularization: float = 0.01
     shrink_factors: tuple = (4, 2, 1)
     smoothing_sigmas: tuple = (2.0, 1.0, 0.0)
     iterations: tuple = (60, 40, 15)
@@ -334,13 +335,13 @@ def _make_kernel(name: str, sigma: float):
     from lddmm_nets import kernels as K
 
     if name == "gaussian":
-        return K.GaussianKernel(sigma=sigma), 3.0 * sigma
+        return K.GaussianKernel(sigma=sigma), 2.5 * sigma
     if name == "matern":
         return K.MaternKernel(nu=2.5, sigma=sigma), 6.0 * sigma
     # multi-scale: a positive sum of Gaussians at sigma, 2 sigma, 4 sigma (each normalised to unit mass)
     d_mass = None
     ks = [K.GaussianKernel(sigma=sigma * s) for s in (1.0, 2.0, 4.0)]
-    return _NormalisedSum(ks), 12.0 * sigma
+    return _NormalisedSum(ks), 8.0 * sigma
 
 
 class _NormalisedSum:
@@ -606,7 +607,7 @@ class _Geodesic:
 
 
 def register_images(fixed, moving, *, metric: str = "lncc", window: int = 5, sigma: float | None = None,
-                    kernel: str = "sum", regularization: float = 0.5,
+                    kernel: str = "sum", regularization: float = 0.01,
                     shrink_factors: Sequence[int] | None = None, smoothing_sigmas: Sequence[float] | None = None,
                     iterations: Sequence[int] | None = None, n_steps: int = 6, momentum: str = "scalar",
                     deformation_shrink: int | None = None,
@@ -747,13 +748,17 @@ def register_images(fixed, moving, *, metric: str = "lncc", window: int = 5, sig
         geo = _Geodesic(cfg, kern, reach, Ml_np, shape, spacing, max(shrink, def_shrink_min), smooth, tdtype, dev)
         P0 = geo.zeros() if P is None else resize(P, geo.shape)
         scale = geo.scale()
+        # the data term is measured relative to its value before registration at this level, so that one
+        # regularisation weight suits every metric and intensity range
+        with torch.no_grad():
+            sim0 = max(float(loss_fn(Ml, Fl, maskl)), 1e-12)
 
         def objective(q, Ml=Ml, Fl=Fl, maskl=maskl, geo=geo, lv_shape=lv_shape, lv_spacing=lv_spacing,
-                      scale=scale):
+                      scale=scale, sim0=sim0):
             psi, energy = geo.shoot(q * scale)
             psi = geo.upsample_map(psi, lv_shape, lv_spacing)
             sim = loss_fn(interpolate(Ml, psi, lv_spacing), Fl, maskl)
-            return lam * energy / volume + sim, sim
+            return lam * energy / volume + sim / sim0, sim
 
         Q, obj_hist, sim_hist, reason, evals = _lbfgs_level(objective, P0 / scale, iters, cfg.tol, cfg.patience,
                                                             callback, li)

@@ -1,0 +1,108 @@
+"""register_images: recovers known translations and smooth warps in 2-D and 3-D, keeps the map diffeomorphic,
+rejects bad input before doing any work."""
+
+import numpy as np
+import pytest
+
+from registration.data import random_diffeomorphism
+from registration.images import register_images
+from registration.io import Image
+from registration.transforms import DisplacementTransform
+
+FAST = dict(shrink_factors=(2, 1), smoothing_sigmas=(1.0, 0.0), iterations=(40, 20))
+
+
+def _blobs(shape, seed=0, n=6, width=None):
+    """A smooth textured test image: a sum of Gaussian blobs away from the border."""
+    rng = np.random.default_rng(seed)
+    d = len(shape)
+    grid = np.stack(np.meshgrid(*[np.arange(s, dtype=float) for s in shape], indexing="ij"))
+    out = np.zeros(shape)
+    width = width or min(shape) / 8
+    for _ in range(n):
+        c = np.array([rng.uniform(0.2 * s, 0.8 * s) for s in shape])
+        out += rng.uniform(0.5, 1.0) * np.exp(-((grid - c.reshape((d,) + (1,) * d)) ** 2).sum(0) / (2 * width ** 2))
+    return out.astype(np.float32)
+
+
+def _shifted(img, shift, spacing):
+    """``img(x + shift)`` on a grid with ``spacing`` (mm): the moving image seen through a translation."""
+    aff = np.diag(list(spacing) + [1.0] * (4 - len(spacing)))
+    tr = DisplacementTransform(np.broadcast_to(np.asarray(shift, float).reshape((-1,) + (1,) * img.ndim),
+                                               (img.ndim,) + img.shape).copy(), aff)
+    return Image(img, aff), tr.apply(Image(img, aff)).data
+
+
+@pytest.mark.parametrize("shape,spacing,shift", [((40, 36), (1.0, 1.0), (2.5, -1.5)),
+                                                 ((20, 22, 18), (2.0, 2.0, 2.0), (3.0, 0.0, -2.0))])
+def test_recovers_a_known_translation(shape, spacing, shift):
+    img = _blobs(shape)
+    # moving(y) = img(y - shift): the registration must find u(x) = -shift... pick sign via the transform
+    fixed_img, moved = _shifted(img, -np.asarray(shift), spacing)
+    fixed = Image(img, fixed_img.affine)
+    moving = Image(moved, fixed_img.affine)
+    res = register_images(fixed, moving, metric="ssd", **FAST)
+    # where the image has structure, the displacement's normal component must be the shift's (aperture problem:
+    # the tangential component of a minimal-energy deformation is not determined by the images)
+    grad = np.stack(np.gradient(img, *spacing))
+    gnorm = np.linalg.norm(grad, axis=0)
+    sel = gnorm > np.percentile(gnorm, 80)
+    normal = grad[:, sel] / gnorm[sel]
+    err = np.abs(((res.displacement[:, sel] - np.reshape(shift, (-1, 1))) * normal).sum(0)).mean()
+    before = np.abs((np.reshape(shift, (-1, 1)) * normal).sum(0)).mean()
+    assert err < 0.2 * before, (err, before)
+    assert res.ndv_percent == 0.0
+    assert res.similarity_after < 0.2 * res.similarity_before
+
+
+def test_recovers_a_known_smooth_warp_2d():
+    shape = (56, 56)
+    img = _blobs(shape, seed=3, n=60, width=2.5)
+    warp = random_diffeomorphism(shape, max_displacement=3.0, smoothness=8.0, seed=1, n_steps=16)
+    moving = warp.transform().apply(Image(img, np.eye(4))).data  # moving = img ∘ (id + u)
+    res = register_images(img, moving, metric="ssd", **FAST)
+    # moving ∘ (id + u_est) ≈ img  =>  u_est ≈ inverse of the known warp
+    gnorm = np.linalg.norm(np.stack(np.gradient(img)), axis=0)
+    sel = gnorm > np.percentile(gnorm, 50)  # where the texture determines the displacement
+    err_before = np.linalg.norm(warp.inverse_displacement[:, sel], axis=0).mean()
+    err_after = np.linalg.norm(res.displacement[:, sel] - warp.inverse_displacement[:, sel], axis=0).mean()
+    assert err_after < 0.4 * err_before, (err_before, err_after)
+    jac = res.jacobian_determinant()
+    assert jac.min() > 0 and res.ndv_percent == 0.0
+    # the inverse displacement undoes the displacement (composition ≈ identity) inside the image
+    pts = np.stack(np.meshgrid(np.arange(16, 40.0), np.arange(16, 40.0), indexing="ij")).reshape(2, -1).T
+    back = res.transform.inverse_transform_points(res.transform.transform_points(pts))
+    assert np.abs(back - pts).max() < 0.3
+
+
+def test_labels_warp_with_nearest_and_keep_their_values():
+    shape = (40, 36)
+    img = _blobs(shape)
+    fixed_img, moved = _shifted(img, (-2.0, 1.0), (1.0, 1.0))
+    res = register_images(img, moved, metric="ncc", shrink_factors=(1,), iterations=(5,))
+    labels = (np.arange(np.prod(shape)).reshape(shape) % 3).astype(np.int16)
+    out = res.apply(labels, interp="nearest")
+    assert out.data.dtype == np.int16 and set(np.unique(out.data)) <= {0, 1, 2}
+    assert res.warped.data.shape == shape and np.allclose(res.warped.affine, np.eye(4))
+
+
+def test_bad_input_is_rejected(tmp_path):
+    img = _blobs((20, 20))
+    with pytest.raises(ValueError, match="moving: expected a 2-D"):
+        register_images(img, np.zeros((8, 8, 8), np.float32) + _blobs((8, 8, 8)))
+    with pytest.raises(ValueError, match="constant"):
+        register_images(img, np.ones((20, 20), np.float32))
+    bad = img.copy()
+    bad[3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        register_images(bad, img)
+    with pytest.raises(ValueError, match="4-D"):
+        register_images(img, np.zeros((4, 4, 4, 3), np.float32))
+    with pytest.raises(FileNotFoundError):
+        register_images(str(tmp_path / "nope.nii.gz"), img)
+    with pytest.raises(ValueError, match="metric"):
+        register_images(img, img, metric="mutual")
+    with pytest.raises(ValueError, match="shrink_factors"):
+        register_images(img, img, shrink_factors=(2, 1), iterations=(3,))
+    with pytest.raises(ValueError, match="empty"):
+        register_images(img, img, fixed_mask=np.zeros((20, 20)))

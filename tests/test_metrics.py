@@ -1,0 +1,56 @@
+"""Similarity losses: documented zeros and ranges, invariances, masks, exact gradients."""
+
+import pytest
+import torch
+
+from registration.metrics import get_metric, lncc, ncc, ssd
+
+
+def _pair(shape=(12, 10), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(shape, generator=g, dtype=torch.float64), torch.rand(shape, generator=g, dtype=torch.float64))
+
+
+def test_ssd_value():
+    a, b = _pair()
+    assert float(ssd(a, a)) == 0.0
+    assert float(ssd(a, b)) == pytest.approx(float(((a - b) ** 2).mean()))
+
+
+@pytest.mark.parametrize("shape", [(12, 10), (8, 7, 6), (30,)])
+def test_ncc_and_lncc_are_invariant_to_affine_intensity_changes(shape):
+    a, b = _pair(shape)
+    assert float(ncc(3 * a + 1, a)) == pytest.approx(0.0, abs=1e-6)
+    assert float(ncc(-a, a)) == pytest.approx(2.0, abs=1e-6)
+    assert float(lncc(2 * a - 5, a, window=3)) == pytest.approx(0.0, abs=1e-4)
+    assert float(lncc(-a, a, window=3)) == pytest.approx(0.0, abs=1e-4)  # squared local correlation
+    assert 0.3 < float(lncc(b, a, window=3)) <= 1.0
+
+
+def test_mask_restricts_the_metrics():
+    a, b = _pair()
+    mask = torch.zeros_like(a)
+    mask[:, :5] = 1
+    c = b.clone()
+    c[:, :5] = a[:, :5]
+    assert float(ssd(c, a, mask)) == 0.0
+    assert float(ncc(c, a, mask)) == pytest.approx(0.0, abs=1e-8)
+    assert float(ssd(c, a)) > 0
+
+
+def test_gradients_match_finite_differences():
+    a, b = _pair((7, 6))
+    a.requires_grad_(True)
+    for name in ("ssd", "ncc", "lncc"):
+        fn = get_metric(name, window=3)
+        assert torch.autograd.gradcheck(lambda x: fn(x, b), (a,)), name
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="metric"):
+        get_metric("mi")
+    with pytest.raises(ValueError, match="window"):
+        get_metric("lncc", window=4)
+    a, b = _pair()
+    with pytest.raises(ValueError, match="warped"):
+        ssd(a[:5], b)
