@@ -1,0 +1,391 @@
+"""Scikit-learn estimators of idea registration: warp the inputs by a flow, then kernel ridge regression (THEORY §5).
+
+``KernelWarpingRegressor`` and ``KernelWarpingClassifier`` minimise, over the momenta of the data points,
+
+    ν · (kinetic energy of the warp) + ℓ(q_L) / N,      ℓ(q) = λ tr(Yᵀ (K(q, q) + λI)^{-1} Y),
+
+where the warp is either the continuous Hamiltonian flow shot from the initial momentum (``mode="shooting"``,
+energy ``H(q_0, p_0)``) or L explicit-Euler layers with one momentum per layer (``mode="layers"``, energy
+``Δt Σ_k H(q_k, p_k)``: the discrete ResNet trained by backpropagation). The readout is the closed-form ridge
+regressor on the warped training points; new points are warped along the stored trajectory, then read out.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+import lddmm_nets as _engine
+from lddmm_nets import shoot
+
+from ._kernels import KERNELS
+from ._readout import RidgeReadout, loo_select, ridge_loss, ridge_solve
+from ._warping import LayerTrajectory, forward_layers
+
+_KERNEL_NAMES = ("gaussian", "laplace", "matern", "cauchy")
+_MODES = ("shooting", "layers")
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+# Candidate readout widths (times the median pairwise distance) and ridge parameters for the "auto" choice.
+_SIGMA_FACTORS = (0.0625, 0.125, 0.25, 0.5, 1.0)
+# Leave-one-out selection runs on a random subsample of at most this many points (one eigh per width).
+_LOO_MAX_POINTS = 800
+_LAM_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+
+def _make_kernel(spec, sigma: float, nugget: float, name: str):
+    """Build an engine kernel from a name (with width ``sigma``) or accept a kernel object as given."""
+    if isinstance(spec, str):
+        if spec not in _KERNEL_NAMES:
+            raise ValueError(f"{name} must be one of {_KERNEL_NAMES} or an engine kernel object; got {spec!r}")
+        kwargs = {"sigma": float(sigma)}
+        if spec == "matern":
+            kwargs["nu"] = 1.5
+        if nugget:
+            kwargs["nugget"] = float(nugget)
+        return KERNELS[spec](**kwargs)
+    if not (hasattr(spec, "matvec") and hasattr(spec, "gram")):
+        raise ValueError(f"{name} must be one of {_KERNEL_NAMES} or an engine kernel object (with matvec and gram); "
+                         f"got {type(spec).__name__}")
+    return spec
+
+
+def _median_distance(X: np.ndarray, rng: np.random.Generator, n_max: int = 500) -> float:
+    if X.shape[0] > n_max:
+        X = X[rng.choice(X.shape[0], n_max, replace=False)]
+    d2 = ((X[:, None, :] - X[None, :, :]) ** 2).sum(-1)
+    d = np.sqrt(d2[np.triu_indices(X.shape[0], 1)])
+    d = d[d > 0]
+    return float(np.median(d)) if d.size else 1.0
+
+
+class _KernelWarpingBase(BaseEstimator):
+    """Shared fit/predict machinery; see the public subclasses for the parameters."""
+
+    _classification = False
+
+    def __init__(self, *, mode="shooting", n_layers=5, integrator="rk2", warp_kernel="gaussian", warp_sigma="auto",
+                 readout_kernel="gaussian", readout_sigma="auto", nu=0.1, lam="auto", nugget=1e-3, augment=0,
+                 max_iter=30, tol=1e-5, backend="auto", dtype="float32", device="cpu", random_state=None):
+        self.mode = mode
+        self.n_layers = n_layers
+        self.integrator = integrator
+        self.warp_kernel = warp_kernel
+        self.warp_sigma = warp_sigma
+        self.readout_kernel = readout_kernel
+        self.readout_sigma = readout_sigma
+        self.nu = nu
+        self.lam = lam
+        self.nugget = nugget
+        self.augment = augment
+        self.max_iter = max_iter
+        self.tol = tol
+        self.backend = backend
+        self.dtype = dtype
+        self.device = device
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ validation
+    def _check_params(self):
+        if self.mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}; got {self.mode!r}")
+        for name in ("n_layers", "max_iter"):
+            v = getattr(self, name)
+            if not isinstance(v, Integral) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer; got {v!r}")
+        if not isinstance(self.augment, Integral) or isinstance(self.augment, bool) or self.augment < 0:
+            raise ValueError(f"augment must be a non-negative integer; got {self.augment!r}")
+        for name in ("nu", "tol"):
+            v = getattr(self, name)
+            if not isinstance(v, Real) or isinstance(v, bool) or not v > 0 or not math.isfinite(v):
+                raise ValueError(f"{name} must be a positive finite number; got {v!r}")
+        if not isinstance(self.nugget, Real) or isinstance(self.nugget, bool) or not self.nugget >= 0:
+            raise ValueError(f"nugget must be a non-negative number; got {self.nugget!r}")
+        for name in ("warp_sigma", "readout_sigma", "lam"):
+            v = getattr(self, name)
+            if isinstance(v, str):
+                if v != "auto":
+                    raise ValueError(f"{name} must be 'auto' or a positive number; got {v!r}")
+            elif not isinstance(v, Real) or isinstance(v, bool) or not v > 0 or not math.isfinite(v):
+                raise ValueError(f"{name} must be 'auto' or a positive number; got {v!r}")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {tuple(_DTYPES)}; got {self.dtype!r}")
+        if self.backend not in ("auto", "dense", "keops"):
+            raise ValueError(f"backend must be one of ('auto', 'dense', 'keops'); got {self.backend!r}")
+        if self.mode == "shooting":
+            names = getattr(getattr(_engine, "integrators", None), "available", None)
+            valid = tuple(names()) if callable(names) else None
+            if valid is not None and self.integrator not in valid:
+                raise ValueError(f"integrator must be one of {valid}; got {self.integrator!r}")
+
+    def _to_tensor(self, X):
+        return torch.as_tensor(np.ascontiguousarray(X), dtype=_DTYPES[self.dtype], device=self.device)
+
+    def _lift(self, X: torch.Tensor) -> torch.Tensor:
+        if self.augment:
+            X = torch.cat([X, X.new_zeros(X.shape[0], self.augment)], dim=1)
+        return X
+
+    # ------------------------------------------------------------------ fitting
+    def _fit(self, X: np.ndarray, Y: np.ndarray):
+        """Fit the warp and the readout to X (N, d) and real targets Y (N, k)."""
+        self._check_params()
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(self.random_state)
+        n = X.shape[0]
+        q0 = self._lift(self._to_tensor(X))
+        Yt = self._to_tensor(Y)
+        self.offset_ = Yt.mean(0)
+        Yc = Yt - self.offset_
+
+        scale = _median_distance(X, rng)
+        self.median_distance_ = scale
+        make_readout = lambda s: _make_kernel(self.readout_kernel, s, 0.0, "readout_kernel")  # noqa: E731
+        auto_sigma = self.readout_sigma == "auto" and isinstance(self.readout_kernel, str)
+        if auto_sigma or self.lam == "auto":
+            sigmas = [scale * f for f in _SIGMA_FACTORS] if auto_sigma else [float(self.readout_sigma or 1.0)]
+            lams = _LAM_GRID if self.lam == "auto" else [float(self.lam)]
+            idx = (rng.choice(n, _LOO_MAX_POINTS, replace=False) if n > _LOO_MAX_POINTS else np.arange(n))
+            idx = torch.as_tensor(np.sort(idx), device=q0.device)
+            sel = loo_select(make_readout, q0[idx].double(), Yc[idx].double(), sigmas, lams,
+                             classification=self._classification)
+            self.readout_sigma_, self.lam_ = sel.sigma, sel.lam
+            self.loo_initial_ = sel.score
+        else:
+            self.readout_sigma_ = None if self.readout_sigma == "auto" else float(self.readout_sigma)
+            self.lam_ = float(self.lam)
+        readout_kernel = make_readout(self.readout_sigma_ if self.readout_sigma_ is not None else 1.0)
+        if self.warp_sigma == "auto":
+            self.warp_sigma_ = 2.0 * (self.readout_sigma_ if self.readout_sigma_ is not None else scale / 4)
+        else:
+            self.warp_sigma_ = float(self.warp_sigma)
+        warp_kernel = _make_kernel(self.warp_kernel, self.warp_sigma_, self.nugget, "warp_kernel")
+        self.warp_kernel_, self.readout_kernel_ = warp_kernel, readout_kernel
+
+        L = self.n_layers
+        nu, lam = float(self.nu), self.lam_
+        # Scale of the momenta: the linearised optimum p ≈ -∇_q(ℓ/N)(q_0) / ν (one Euler layer). Optimising
+        # P = p / c with c its largest entry, on the objective divided by its initial value, makes L-BFGS's
+        # variables and gradients O(1) whatever N, ν and λ (THEORY §7: the data term is scaled by 1/N).
+        qq = q0.detach().requires_grad_(True)
+        d0, _ = ridge_loss(readout_kernel, qq, Yc, lam, backend=self.backend)
+        (gq,) = torch.autograd.grad(d0 / n, qq)
+        self.initial_data_term_ = float(d0.detach()) / n
+        c = float(gq.abs().max()) / nu
+        with torch.no_grad():
+            # The objective is divided by the kinetic energy of the linearised step, the size of the decrease
+            # one can expect, so that its gradient in P is O(1).
+            j0 = nu * float(_engine.hamiltonian(warp_kernel, q0, gq / nu))
+        if not (c > 0 and j0 > 0 and math.isfinite(j0)):
+            c, j0 = 1.0 / n, max(self.initial_data_term_, torch.finfo(q0.dtype).tiny)
+        shape = (n, q0.shape[1]) if self.mode == "shooting" else (L, n, q0.shape[1])
+        P = torch.zeros(shape, dtype=q0.dtype, device=q0.device, requires_grad=True)
+
+        def objective(P):
+            p = c * P
+            if self.mode == "shooting":
+                traj = shoot(warp_kernel, q0, p, n_steps=L, integrator=self.integrator, backend=self.backend)
+                energy = _engine.hamiltonian(warp_kernel, q0, p)
+                qL = traj.q[-1]
+            else:
+                qs, energies = forward_layers(warp_kernel, q0, p, backend=self.backend)
+                energy = energies.sum() / L
+                qL = qs[-1]
+            data, _ = ridge_loss(readout_kernel, qL, Yc, lam, backend=self.backend)
+            return nu * energy + data / n, energy, data / n
+
+        history = []
+        opt = torch.optim.LBFGS([P], lr=1.0, max_iter=self.max_iter, max_eval=int(self.max_iter * 1.25) + 1,
+                                tolerance_grad=self.tol, tolerance_change=1e-4 * self.tol, history_size=20,
+                                line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss, _, _ = objective(P)
+            loss = loss / j0
+            loss.backward()
+            history.append(float(loss.detach()) * j0)
+            return loss
+
+        opt.step(closure)
+        state = opt.state[opt._params[0]]
+        self.n_iter_ = int(state.get("n_iter", 0))
+        self.loss_curve_ = np.asarray(history)
+        self.converged_ = self.n_iter_ < self.max_iter
+
+        P = P.detach()
+        p = c * P
+        with torch.no_grad():
+            if self.mode == "shooting":
+                traj = shoot(warp_kernel, q0, p, n_steps=L, integrator=self.integrator, backend=self.backend)
+                traj_q = traj.q.detach()
+                energy_path = traj.energy().detach()
+                qL = traj_q[-1]
+                p0 = p
+            else:
+                qs, energies = forward_layers(warp_kernel, q0, p, backend=self.backend)
+                traj = LayerTrajectory(warp_kernel, qs.detach(), p)
+                energy_path = energies.detach()
+                qL = qs[-1]
+                p0 = p[0]
+            loss, energy, data = objective(P)
+        self.trajectory_ = traj
+        self.objective_ = float(loss)
+        self.kinetic_energy_ = float(energy)
+        self.data_term_ = float(data)
+        self.energy_ = energy_path.cpu().numpy()
+        self.momentum_ = p0.cpu().numpy()
+        row = p0.norm(dim=1)
+        self.momentum_sparsity_ = float((row <= 1e-3 * row.max().clamp_min(torch.finfo(row.dtype).tiny)).double().mean())
+        alpha = ridge_solve(readout_kernel, qL, Yc, lam, backend=self.backend)
+        self.readout_ = RidgeReadout(readout_kernel, lam, qL, alpha, self.offset_)
+        self.displacement_ = float((qL - q0).norm(dim=1).mean())
+        self.fit_time_ = time.perf_counter() - t0
+        return self
+
+    # ------------------------------------------------------------------ prediction
+    def transform(self, X):
+        """Warp points with the fitted flow.
+
+        Parameters
+        ----------
+        X : array-like of shape (M, d)
+
+        Returns
+        -------
+        ndarray of shape (M, d + augment)
+            ``Φ(X)``, the inputs carried along the stored trajectory.
+        """
+        check_is_fitted(self, "readout_")
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        with torch.no_grad():
+            return self._warp(self._to_tensor(X)).cpu().numpy()
+
+    def _warp(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trajectory_.flow(self._lift(x))
+
+    def _raw_predict(self, X) -> torch.Tensor:
+        check_is_fitted(self, "readout_")
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        with torch.no_grad():
+            return self.readout_(self._warp(self._to_tensor(X)), backend=self.backend)
+
+
+_PARAM_DOC = """
+    Parameters
+    ----------
+    mode : {"shooting", "layers"}, default="shooting"
+        "shooting" optimises the initial momentum only and warps by the continuous Hamiltonian flow (geodesic);
+        "layers" optimises one momentum per layer of ``n_layers`` explicit-Euler steps (a ResNet trained by
+        backpropagation).
+    n_layers : int, default=5
+        Time steps of the flow over [0, 1] (layers of the network).
+    integrator : str, default="rk2"
+        Engine integrator of the shooting mode (``lddmm_nets.integrators.available()``).
+    warp_kernel, readout_kernel : {"gaussian", "laplace", "matern", "cauchy"} or engine kernel, default="gaussian"
+        Warping kernel Γ and readout kernel K; names are built with the widths below.
+    warp_sigma : float or "auto", default="auto"
+        Width of Γ in input units; "auto" is twice the readout width.
+    readout_sigma : float or "auto", default="auto"
+        Width of K; "auto" is selected with ``lam`` by exact leave-one-out on the unwarped data among
+        (1/16, 1/8, 1/4, 1/2, 1) times the median pairwise distance.
+    nu : float, default=0.1
+        Weight of the kinetic energy relative to the data term ``ℓ / N``.
+    lam : float or "auto", default="auto"
+        Ridge parameter λ of the readout ("auto": leave-one-out among 1e-4 ... 1).
+    nugget : float, default=1e-3
+        Nugget r added to Γ(q, q) (kernel regularisation, R2's alternative to dropout).
+    augment : int, default=0
+        Extra zero input dimensions (augmented flows can untangle what a homeomorphism of R^d cannot).
+    max_iter : int, default=30
+        L-BFGS iterations.
+    tol : float, default=1e-5
+        L-BFGS stops when the largest gradient entry of the normalised objective is below tol.
+    backend : {"auto", "dense", "keops"}, default="auto"
+        Kernel backend for the kernel sums.
+    dtype : {"float32", "float64"}, default="float32"
+        Precision of the warp and readout (the leave-one-out selection always runs in float64).
+    device : str, default="cpu"
+    random_state : int, Generator or None
+        Seeds the subsample of the median-distance heuristic.
+"""
+
+_ATTR_DOC = """
+    Attributes
+    ----------
+    trajectory_ : Trajectory or LayerTrajectory
+        The warp of the training points; ``trajectory_.flow(x)`` warps new (lifted) points.
+    energy_ : ndarray
+        H along the trajectory ((n_layers + 1,) for shooting, (n_layers,) for layers).
+    momentum_ : ndarray of shape (N, d + augment)
+        Initial momentum p_0 of the data points.
+    momentum_sparsity_ : float
+        Fraction of points whose momentum is below 1e-3 of the largest (the "support vectors" are the rest).
+    readout_ : RidgeReadout
+        Closed-form ridge readout on the warped training points.
+    readout_sigma_, warp_sigma_, lam_ : float
+        The widths and ridge parameter used.
+    objective_, kinetic_energy_, data_term_, initial_data_term_ : float
+        Final objective ``ν E + ℓ/N``, its parts, and ℓ/N before warping.
+    displacement_ : float
+        Mean displacement of the training points.
+    n_iter_, converged_, loss_curve_, fit_time_ :
+        Optimiser diagnostics.
+"""
+
+
+class KernelWarpingRegressor(RegressorMixin, _KernelWarpingBase):
+    __doc__ = ("Idea-registration regressor: a learned flow of the inputs followed by kernel ridge regression.\n"
+               + _PARAM_DOC + _ATTR_DOC)
+
+    def fit(self, X, y):
+        """Fit to X (N, d) and y (N,) or (N, k); returns self."""
+        X, y = validate_data(self, X, y, dtype=np.float64, multi_output=True, y_numeric=True)
+        y = np.asarray(y, dtype=np.float64)
+        self._y_1d = y.ndim == 1
+        Y = y.reshape(len(y), -1)
+        self.y_scale_ = np.where(Y.std(0) > 0, Y.std(0), 1.0)
+        return self._fit(X, Y / self.y_scale_)
+
+    def predict(self, X):
+        """Predictions (M,) or (M, k)."""
+        out = self._raw_predict(X).cpu().numpy() * self.y_scale_
+        return out[:, 0] if self._y_1d else out
+
+
+class KernelWarpingClassifier(ClassifierMixin, _KernelWarpingBase):
+    __doc__ = ("Idea-registration classifier: a learned flow of the inputs followed by kernel ridge regression of\n"
+               "the one-hot labels; the predicted class is the largest score.\n" + _PARAM_DOC + _ATTR_DOC
+               + "    classes_ : ndarray\n        Class labels.\n")
+
+    _classification = True
+
+    def fit(self, X, y):
+        """Fit to X (N, d) and class labels y (N,); returns self."""
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        check_classification_targets(y)
+        enc = LabelEncoder().fit(y)
+        self.classes_ = enc.classes_
+        if len(self.classes_) < 2:
+            raise ValueError(f"Classifier can't train when only one class is present: got only class "
+                             f"{self.classes_[0]!r} in y")
+        Y = np.eye(len(self.classes_))[enc.transform(y)]
+        return self._fit(X, Y)
+
+    def decision_function(self, X):
+        """Readout scores: (M,) for two classes (positive means ``classes_[1]``), else (M, n_classes)."""
+        s = self._raw_predict(X).cpu().numpy()
+        return s[:, 1] - s[:, 0] if s.shape[1] == 2 else s
+
+    def predict(self, X):
+        """Class labels (M,)."""
+        s = self._raw_predict(X).cpu().numpy()
+        return self.classes_[s.argmax(1)]
