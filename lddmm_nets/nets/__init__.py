@@ -3,10 +3,15 @@
 - ``KernelWarpingRegressor`` / ``KernelWarpingClassifier``: scikit-learn estimators that warp the inputs with a
   flow of RKHS velocity fields (continuous shooting or discrete layers), then read out by kernel ridge regression.
 - ``LayerTrajectory``, ``discrete_hamiltonian_shoot``: the discrete network and its least-action system.
+- ``ResNetFlow`` (torch module) with ``train_resnet``, ``backprop_momenta``, ``least_action_weights``,
+  ``shoot_weights``, ``layer_diagnostics``, ``min_jacobian_determinant``, ``depth_consistency``.
 """
 
 from ._estimators import KernelWarpingClassifier, KernelWarpingRegressor
 from ._readout import LOOSelection, RidgeReadout, loo_select, ridge_loss, ridge_solve
+from .resnet import (InverseResult, LayerDiagnostics, Momenta, ResNetFlow, ShotWeights, TrainResult,
+                     backprop_momenta, depth_consistency, layer_diagnostics, least_action_weights,
+                     min_jacobian_determinant, shoot_weights, train_resnet)
 from ._warping import (DiscreteHamiltonianResult, LayerTrajectory, discrete_hamiltonian_residuals,
                        discrete_hamiltonian_shoot, forward_layers)
 
@@ -15,4 +20,7 @@ __all__ = [
     "RidgeReadout", "LOOSelection", "loo_select", "ridge_loss", "ridge_solve",
     "LayerTrajectory", "DiscreteHamiltonianResult", "discrete_hamiltonian_shoot", "discrete_hamiltonian_residuals",
     "forward_layers",
+    "ResNetFlow", "TrainResult", "train_resnet", "Momenta", "backprop_momenta", "least_action_weights",
+    "ShotWeights", "shoot_weights", "LayerDiagnostics", "layer_diagnostics", "InverseResult",
+    "min_jacobian_determinant", "depth_consistency",
 ]
