@@ -126,8 +126,8 @@ class _KernelWarpingBase(BaseEstimator):
             if valid is not None and self.integrator not in valid:
                 raise ValueError(f"integrator must be one of {valid}; got {self.integrator!r}")
 
-    def _to_tensor(self, X):
-        return torch.as_tensor(np.ascontiguousarray(X), dtype=_DTYPES[self.dtype], device=self.device)
+    def _to_tensor(self, X, dtype=None):
+        return torch.tensor(np.asarray(X), dtype=dtype or _DTYPES[self.dtype], device=self.device)
 
     def _lift(self, X: torch.Tensor) -> torch.Tensor:
         if self.augment:
@@ -221,26 +221,30 @@ class _KernelWarpingBase(BaseEstimator):
         self.loss_curve_ = np.asarray(history)
         self.converged_ = self.n_iter_ < self.max_iter
 
-        P = P.detach()
-        p = c * P
         with torch.no_grad():
-            if self.mode == "shooting":
-                traj = shoot(warp_kernel, q0, p, n_steps=L, integrator=self.integrator, backend=self.backend)
-                traj_q = traj.q.detach()
-                energy_path = traj.energy().detach()
-                qL = traj_q[-1]
-                p0 = p
-            else:
-                qs, energies = forward_layers(warp_kernel, q0, p, backend=self.backend)
-                traj = LayerTrajectory(warp_kernel, qs.detach(), p)
-                energy_path = energies.detach()
-                qL = qs[-1]
-                p0 = p[0]
-            loss, energy, data = objective(P)
-        self.trajectory_ = traj
+            loss, energy, data = objective(P.detach())
         self.objective_ = float(loss)
         self.kinetic_energy_ = float(energy)
         self.data_term_ = float(data)
+        # The fitted model (trajectory and readout) is rebuilt in float64 from the optimised momenta, so that
+        # predictions do not depend on float32 round-off (e.g. on how test points are batched).
+        p = (c * P.detach()).double()
+        q0 = q0.double()
+        Yc = Yc.double()
+        self.offset_ = self.offset_.double()
+        with torch.no_grad():
+            if self.mode == "shooting":
+                traj = shoot(warp_kernel, q0, p, n_steps=L, integrator=self.integrator, backend=self.backend)
+                energy_path = traj.energy()
+                qL = traj.q[-1]
+                p0 = p
+            else:
+                qs, energies = forward_layers(warp_kernel, q0, p, backend=self.backend)
+                traj = LayerTrajectory(warp_kernel, qs, p)
+                energy_path = energies
+                qL = qs[-1]
+                p0 = p[0]
+        self.trajectory_ = traj
         self.energy_ = energy_path.cpu().numpy()
         self.momentum_ = p0.cpu().numpy()
         row = p0.norm(dim=1)
@@ -252,7 +256,7 @@ class _KernelWarpingBase(BaseEstimator):
         return self
 
     # ------------------------------------------------------------------ prediction
-    def transform(self, X):
+    def warp(self, X):
         """Warp points with the fitted flow.
 
         Parameters
@@ -267,7 +271,7 @@ class _KernelWarpingBase(BaseEstimator):
         check_is_fitted(self, "readout_")
         X = validate_data(self, X, reset=False, dtype=np.float64)
         with torch.no_grad():
-            return self._warp(self._to_tensor(X)).cpu().numpy()
+            return self._warp(self._to_tensor(X, torch.float64)).cpu().numpy()
 
     def _warp(self, x: torch.Tensor) -> torch.Tensor:
         return self.trajectory_.flow(self._lift(x))
@@ -276,7 +280,7 @@ class _KernelWarpingBase(BaseEstimator):
         check_is_fitted(self, "readout_")
         X = validate_data(self, X, reset=False, dtype=np.float64)
         with torch.no_grad():
-            return self.readout_(self._warp(self._to_tensor(X)), backend=self.backend)
+            return self.readout_(self._warp(self._to_tensor(X, torch.float64)), backend=self.backend)
 
 
 _PARAM_DOC = """
@@ -312,7 +316,8 @@ _PARAM_DOC = """
     backend : {"auto", "dense", "keops"}, default="auto"
         Kernel backend for the kernel sums.
     dtype : {"float32", "float64"}, default="float32"
-        Precision of the warp and readout (the leave-one-out selection always runs in float64).
+        Precision of the optimisation; the leave-one-out selection and the fitted model (final trajectory,
+        readout, predictions) are always float64.
     device : str, default="cpu"
     random_state : int, Generator or None
         Seeds the subsample of the median-distance heuristic.
@@ -345,6 +350,11 @@ _ATTR_DOC = """
 class KernelWarpingRegressor(RegressorMixin, _KernelWarpingBase):
     __doc__ = ("Idea-registration regressor: a learned flow of the inputs followed by kernel ridge regression.\n"
                + _PARAM_DOC + _ATTR_DOC)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
 
     def fit(self, X, y):
         """Fit to X (N, d) and y (N,) or (N, k); returns self."""
