@@ -1,0 +1,228 @@
+"""Idea-registration estimators: scikit-learn conventions, bad input, the ridge readout's maths, the two modes."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.datasets import make_moons
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import check_estimator
+
+from lddmm_nets.nets import (KernelWarpingClassifier, KernelWarpingRegressor, LayerTrajectory,
+                             discrete_hamiltonian_residuals, loo_select, ridge_loss, ridge_solve)
+from lddmm_nets.nets._kernels import WideGaussianKernel, matmul_sqdist
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Two cores shared by several processes: one BLAS thread is several times faster than two oversubscribed.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def moons():
+    X, y = make_moons(120, noise=0.2, random_state=0)
+    return StandardScaler().fit_transform(X), y
+
+
+# ------------------------------------------------------------------------------------------------ sklearn conventions
+@pytest.mark.parametrize("est", [KernelWarpingClassifier(max_iter=5), KernelWarpingRegressor(max_iter=5)],
+                         ids=lambda e: type(e).__name__)
+def test_check_estimator(est):
+    results = check_estimator(est, on_fail=None)
+    failed = [(r["check_name"], str(r["exception"])[:200]) for r in results if r["status"] == "failed"]
+    assert not failed
+
+
+def test_clone_cv_and_grid_search(moons):
+    X, y = moons
+    clf = KernelWarpingClassifier(n_layers=3, max_iter=10, nu=0.05)
+    c = clone(clf)
+    assert c.get_params() == clf.get_params()
+    c.set_params(nu=0.2)
+    assert c.nu == 0.2 and clf.nu == 0.05
+    scores = cross_val_score(clf, X, y, cv=3)
+    assert scores.mean() > 0.85
+    gs = GridSearchCV(clf, {"nu": [0.05, 0.5]}, cv=2).fit(X, y)
+    assert gs.best_params_["nu"] in (0.05, 0.5)
+    assert gs.predict(X).shape == (len(y),)
+
+
+def test_default_pipeline_beats_chance_and_warps(moons):
+    X, y = moons
+    pipe = make_pipeline(StandardScaler(), KernelWarpingClassifier()).fit(X, y)
+    clf = pipe[-1]
+    assert pipe.score(X, y) > 0.9
+    # The warp lowers the objective below the data term of the identity map (p = 0).
+    assert clf.objective_ < clf.initial_data_term_
+    assert clf.displacement_ > 0
+    assert clf.energy_.shape == (clf.n_layers + 1,)
+    assert clf.momentum_.shape == X.shape
+    assert 0.0 <= clf.momentum_sparsity_ <= 1.0
+    s = clf.decision_function(X)
+    assert s.shape == (len(y),)
+    np.testing.assert_array_equal(clf.predict(X), clf.classes_[(s > 0).astype(int)])
+
+
+def test_multiclass_and_string_labels():
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(c, 0.3, size=(20, 2)) for c in ([0, 0], [2, 0], [0, 2])])
+    y = np.repeat(np.array(["a", "b", "c"]), 20)
+    clf = KernelWarpingClassifier(max_iter=5).fit(X, y)
+    assert list(clf.classes_) == ["a", "b", "c"]
+    assert clf.decision_function(X).shape == (60, 3)
+    assert clf.score(X, y) > 0.95
+
+
+def test_regressor_fits_a_curve_and_multioutput():
+    rng = np.random.default_rng(1)
+    X = rng.uniform(-3, 3, size=(80, 1))
+    y = np.sin(2 * X[:, 0]) + 0.05 * rng.normal(size=80)
+    reg = KernelWarpingRegressor(max_iter=10).fit(X, y)
+    assert reg.score(X, y) > 0.95
+    Y2 = np.stack([y, 3 * y + 1], 1)
+    reg2 = KernelWarpingRegressor(max_iter=5, mode="layers").fit(X, Y2)
+    assert reg2.predict(X).shape == (80, 2)
+
+
+def test_augment_lifts_the_warp(moons):
+    X, y = moons
+    clf = KernelWarpingClassifier(augment=2, max_iter=5).fit(X, y)
+    Z = clf.warp(X)
+    assert Z.shape == (len(X), 4)
+    assert clf.momentum_.shape == (len(X), 4)
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+@pytest.mark.parametrize("Est", [KernelWarpingClassifier, KernelWarpingRegressor])
+def test_bad_input_errors(Est, moons):
+    X, y = moons
+    est = Est(max_iter=2)
+    with pytest.raises(NotFittedError):
+        est.predict(X)
+    Xn = X.copy()
+    Xn[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        est.fit(Xn, y)
+    Xi = X.copy()
+    Xi[0, 0] = np.inf
+    with pytest.raises(ValueError, match="infinity"):
+        est.fit(Xi, y)
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        est.fit(X, y[:-1])
+    est.fit(X, y)
+    with pytest.raises(ValueError, match="3 features, but .* is expecting 2 features"):
+        est.predict(np.zeros((4, 3)))
+
+
+def test_one_class_is_an_error(moons):
+    X, _ = moons
+    with pytest.raises(ValueError, match="only one class"):
+        KernelWarpingClassifier().fit(X, np.zeros(len(X)))
+
+
+@pytest.mark.parametrize("params, name", [
+    ({"mode": "flow"}, "mode"), ({"nu": -1.0}, "nu"), ({"n_layers": 0}, "n_layers"), ({"augment": -1}, "augment"),
+    ({"lam": "big"}, "lam"), ({"warp_kernel": "rbf"}, "warp_kernel"), ({"dtype": "float16"}, "dtype"),
+    ({"integrator": "magic"}, "integrator"), ({"nugget": -1e-3}, "nugget"), ({"readout_sigma": 0.0}, "readout_sigma"),
+])
+def test_bad_parameters_name_the_argument(params, name, moons):
+    X, y = moons
+    with pytest.raises(ValueError, match=name):
+        KernelWarpingClassifier(**params).fit(X, y)
+
+
+# ------------------------------------------------------------------------------------------------ readout maths
+def test_ridge_loss_value_and_gradient_match_the_closed_form():
+    torch.manual_seed(0)
+    k = WideGaussianKernel(sigma=0.7)
+    q = torch.randn(15, 2, dtype=torch.float64, requires_grad=True)
+    Y = torch.randn(15, 3, dtype=torch.float64)
+    lam = 0.1
+
+    def direct(q):
+        A = k.gram(q, q) + lam * torch.eye(15, dtype=q.dtype)
+        return lam * (Y * torch.linalg.solve(A, Y)).sum()
+
+    val, alpha = ridge_loss(k, q, Y, lam)
+    ref = direct(q)
+    assert torch.allclose(val, ref, rtol=1e-12)
+    (g,) = torch.autograd.grad(val, q)
+    (g_ref,) = torch.autograd.grad(ref, q)
+    assert torch.allclose(g, g_ref, rtol=1e-9, atol=1e-12)
+
+
+def test_conjugate_gradients_match_cholesky():
+    torch.manual_seed(1)
+    k = WideGaussianKernel(sigma=0.5)
+    q = torch.randn(50, 3, dtype=torch.float64)
+    Y = torch.randn(50, 2, dtype=torch.float64)
+    a = ridge_solve(k, q, Y, 0.05, solver="dense")
+    b = ridge_solve(k, q, Y, 0.05, solver="cg", backend="dense", tol=1e-12)
+    assert torch.allclose(a, b, rtol=1e-8, atol=1e-10)
+    with pytest.raises(ValueError, match="solver"):
+        ridge_solve(k, q, Y, 0.05, solver="qr")
+
+
+def test_leave_one_out_matches_brute_force():
+    rng = np.random.default_rng(2)
+    q = torch.tensor(rng.normal(size=(25, 2)))
+    Y = torch.tensor(rng.normal(size=(25, 1)))
+    lam, sigma = 0.05, 0.8
+    sel = loo_select(lambda s: WideGaussianKernel(sigma=s), q, Y, [sigma], [lam], classification=False)
+    k = WideGaussianKernel(sigma=sigma)
+    errs = []
+    for i in range(25):
+        m = torch.arange(25) != i
+        alpha = ridge_solve(k, q[m], Y[m], lam)
+        pred = k.gram(q[i:i + 1], q[m]) @ alpha
+        errs.append(float(((pred - Y[i]) ** 2).sum()))
+    assert sel.score == pytest.approx(-np.mean(errs), rel=1e-8)
+
+
+def test_matmul_distance_matches_differences():
+    torch.manual_seed(3)
+    x, y = torch.randn(7, 12, dtype=torch.float64), torch.randn(5, 12, dtype=torch.float64)
+    ref = ((x[:, None] - y[None]) ** 2).sum(-1)
+    assert torch.allclose(matmul_sqdist(x, y), ref, atol=1e-12)
+    assert float(matmul_sqdist(x, x).diagonal().abs().max()) < 1e-12
+
+
+# ------------------------------------------------------------------------------------------------ the two modes
+def test_shooting_and_layers_reach_the_same_objective(moons):
+    X, y = moons
+    kw = dict(n_layers=5, nu=0.05, lam=0.1, readout_sigma=0.5, warp_sigma=1.0, max_iter=200, dtype="float64",
+              tol=1e-8)
+    a = KernelWarpingClassifier(mode="shooting", **kw).fit(X, y)
+    b = KernelWarpingClassifier(mode="layers", **kw).fit(X, y)
+    assert a.objective_ < 0.99 * a.initial_data_term_
+    assert abs(a.objective_ - b.objective_) <= 0.01 * a.objective_
+    # The shooting mode's H is conserved by the Hamiltonian flow (to the integrator's accuracy).
+    assert np.ptp(a.energy_) <= 1e-3 * a.energy_.mean()
+
+
+def test_layers_mode_momenta_solve_the_discrete_hamiltonian_system():
+    X, y = make_moons(40, noise=0.1, random_state=3)
+    nu, L = 0.05, 4
+    clf = KernelWarpingClassifier(mode="layers", n_layers=L, nu=nu, lam=0.1, readout_sigma=0.5, warp_sigma=1.0,
+                                  max_iter=2000, tol=1e-12, dtype="float64").fit(X, y)
+    traj = clf.trajectory_
+    assert isinstance(traj, LayerTrajectory)
+    res = discrete_hamiltonian_residuals(traj.kernel, traj.q, traj.p)
+    assert float(res.max()) < 1e-3
+    # Terminal condition p_{L-1} = -(1/ν) ∇(ℓ/N)(q_L).
+    Y = torch.eye(2, dtype=torch.float64)[torch.as_tensor(y)]
+    qL = traj.q[-1].clone().requires_grad_(True)
+    val, _ = ridge_loss(clf.readout_kernel_, qL, Y - Y.mean(0), clf.lam_)
+    (g,) = torch.autograd.grad(val / len(X), qL)
+    rel = float((traj.p[-1] + g / nu).norm() / traj.p[-1].norm())
+    assert rel < 1e-3
+    # An arbitrary set of momenta does not satisfy the system (the check can fail).
+    bad = discrete_hamiltonian_residuals(traj.kernel, traj.q, traj.p.flip(0))
+    assert float(bad.max()) > 1e-2
