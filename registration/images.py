@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from lddmm_nets.epdiff import image_momentum, shoot_image, shoot_vector_momentum
-from lddmm_nets.fields import identity_map, interpolate, resize
+from lddmm_nets.fields import identity_map, interpolate, jacobian_determinant, resize
 
 from .io import Image, load_image, resample_image, save_image, voxel_spacing
 from .metrics import get_metric
@@ -411,6 +411,7 @@ def _lbfgs_level(objective, x0: torch.Tensor, iterations: int, tol: float, patie
                  history: int = 10):
     """Minimise ``objective(x) -> (loss, similarity)`` by L-BFGS with a backtracking (Armijo) line search.
 
+    ``objective`` returns ``(None, None)`` at infeasible points (a folded map); the line search backtracks.
     The first direction is the steepest descent scaled to a unit max-norm step (the parameters are
     preconditioned so that this is about one voxel of motion) and is extended by doubling while the loss
     decreases. Returns ``(x, objective history, similarity history, stop reason, evaluations)``.
@@ -421,14 +422,19 @@ def _lbfgs_level(objective, x0: torch.Tensor, iterations: int, tol: float, patie
         nonlocal evals
         x = x.detach().requires_grad_(True)
         loss, sim = objective(x)
-        (g,) = torch.autograd.grad(loss, x)
         evals += 1
+        if loss is None:  # infeasible point (e.g. a folded map): an infinite loss for the line search
+            return math.inf, None, math.nan
+        (g,) = torch.autograd.grad(loss, x)
         return float(loss.detach()), g.detach(), float(sim.detach())
 
     x = x0.detach().clone()
     if iterations == 0:
         return x, [], [], "no iterations requested", 0
     f, g, sim = fg(x)
+    if g is None:  # the initial guess (upsampled from a coarser level) folds on this grid: restart from zero
+        x = torch.zeros_like(x)
+        f, g, sim = fg(x)
     S, Y = [], []
     losses, sims = [], []
     reason = "iteration budget spent"
@@ -465,6 +471,9 @@ def _lbfgs_level(objective, x0: torch.Tensor, iterations: int, tol: float, patie
                 break
             t *= 0.3
         if accepted is None:
+            if S:  # the quasi-Newton model is stale: forget it and try steepest descent once more
+                S, Y = [], []
+                continue
             reason = "line search made no progress"
             break
         if not S and t == 1.0:  # first (steepest descent) step: extend while it keeps paying off
@@ -756,6 +765,9 @@ def register_images(fixed, moving, *, metric: str = "lncc", window: int = 5, sig
         def objective(q, Ml=Ml, Fl=Fl, maskl=maskl, geo=geo, lv_shape=lv_shape, lv_spacing=lv_spacing,
                       scale=scale, sim0=sim0):
             psi, energy = geo.shoot(q * scale)
+            with torch.no_grad():  # the discrete map must stay invertible: folds are infeasible steps
+                if float(jacobian_determinant(psi.detach(), geo.spacing).min()) <= 0:
+                    return None, None
             psi = geo.upsample_map(psi, lv_shape, lv_spacing)
             sim = loss_fn(interpolate(Ml, psi, lv_spacing), Fl, maskl)
             return lam * energy / volume + sim / sim0, sim

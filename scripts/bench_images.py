@@ -1,0 +1,333 @@
+"""Side-by-side image registration benchmark: lddmm-nets vs ANTs SyN, dipy SyN and SimpleITK diffeomorphic demons.
+
+Cases (all data bundled with installed packages; nothing is downloaded):
+
+(a) ``circle``: dipy's circle -> C (2-D, 256², large deformation). Label = the shape itself.
+(b) ``mni``: nilearn's MNI152 T1 at 2 mm (fixed) and the same T1 warped by a random smooth diffeomorphism with a
+    known ground truth (moving); GM / WM masks warped by the same known warp are the moving-space labels.
+
+Every method registers moving onto fixed and then warps, with its own transform, (i) the moving labels
+(nearest neighbour) and (ii) the moving space's world-coordinate images (linear, exact for linear functions).
+From (i): Dice against the fixed labels. From (ii), the method's map ``x -> y(x)``: the Jacobian determinant
+(NDV %, SDlogJ; voxels 3 or more from the border) and, for (b), the mean distance to the known map inside the
+brain (mm). Each method runs in its own forked process: wall time of the registration alone, and the peak
+resident memory of that process above the parent's at fork time.
+
+Threads: ``--threads`` (default 1) is applied to every method (torch, ITK, OpenMP), a fair single-core
+comparison that is also robust to a shared machine.
+
+Usage::
+
+    python scripts/bench_images.py [--cases circle,mni] [--methods ours,ants,ants_long,dipy,sitk]
+                                   [--threads 1] [--max-displacement 8] [--out bench_images_out]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+# threads must be fixed before numpy / torch / ITK start their pools
+_pre = argparse.ArgumentParser(add_help=False)
+_pre.add_argument("--threads", type=int, default=1)
+_THREADS = _pre.parse_known_args()[0].threads
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"):
+    os.environ[_var] = str(_THREADS)
+
+import multiprocessing as mp  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from registration.io import Image, _sitk_geometry  # noqa: E402
+
+METHODS = ("ours", "ours_ssd", "ants", "ants_long", "dipy", "sitk")
+
+
+# --------------------------------------------------------------------------------------------------- methods
+# Each returns (seconds, warp) where warp(array_on_moving_grid, interp) -> array on the fixed grid.
+
+def _ours(fixed: Image, moving: Image, case: str, metric: str | None = None):
+    import torch
+
+    from registration.images import register_images
+
+    torch.set_num_threads(_THREADS)
+    t0 = time.perf_counter()
+    res = register_images(fixed, moving, **({} if metric is None else {"metric": metric}))
+    sec = time.perf_counter() - t0
+
+    def warp(arr, interp):
+        return res.apply(Image(arr, moving.affine), interp=interp).data
+
+    return sec, warp, {"stop_reason": res.stop_reason, "iterations": [lv.iterations for lv in res.levels]}
+
+
+def _to_sitk(img: Image):
+    import SimpleITK as sitk
+
+    data = img.data.astype(np.float32)
+    s = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose()))
+    origin, spacing, direction = _sitk_geometry(img.affine, img.ndim)
+    s.SetOrigin(origin), s.SetSpacing(spacing), s.SetDirection(direction)
+    return s
+
+
+def _to_ants(img: Image):
+    import ants
+
+    origin, spacing, direction = _sitk_geometry(img.affine, img.ndim)
+    d = img.ndim
+    return ants.from_numpy(img.data.astype(np.float32), origin=list(origin), spacing=list(spacing),
+                           direction=np.asarray(direction).reshape(d, d))
+
+
+def _ants(fixed: Image, moving: Image, case: str, long: bool = False):
+    import ants
+
+    f, m = _to_ants(fixed), _to_ants(moving)
+    kw = {"reg_iterations": (100, 70, 50, 20)} if long else {}
+    t0 = time.perf_counter()
+    reg = ants.registration(fixed=f, moving=m, type_of_transform="SyN", **kw)
+    sec = time.perf_counter() - t0
+
+    def warp(arr, interp):
+        out = ants.apply_transforms(fixed=f, moving=_to_ants(Image(arr.astype(np.float32), moving.affine)),
+                                    transformlist=reg["fwdtransforms"],
+                                    interpolator="nearestNeighbor" if interp == "nearest" else "linear")
+        return out.numpy()
+
+    return sec, warp, {"reg_iterations": kw.get("reg_iterations", "default (40, 20, 0)")}
+
+
+def _dipy(fixed: Image, moving: Image, case: str):
+    from dipy.align.imwarp import SymmetricDiffeomorphicRegistration
+    from dipy.align.metrics import CCMetric, SSDMetric
+
+    d = fixed.ndim
+    if case == "circle":
+        metric, iters = SSDMetric(d), [200, 100, 50, 25]
+    else:
+        metric, iters = CCMetric(d), [20, 10, 5]
+    sdr = SymmetricDiffeomorphicRegistration(metric, iters)
+    aff_f = _affine_d(fixed.affine, d)
+    aff_m = _affine_d(moving.affine, d)
+    t0 = time.perf_counter()
+    mapping = sdr.optimize(fixed.data.astype(np.float64), moving.data.astype(np.float64), aff_f, aff_m)
+    sec = time.perf_counter() - t0
+
+    def warp(arr, interp):
+        return mapping.transform(arr.astype(np.float64), interpolation=interp)
+
+    return sec, warp, {"metric": type(metric).__name__, "level_iters": iters}
+
+
+def _affine_d(affine: np.ndarray, d: int) -> np.ndarray:
+    if d == 3:
+        return affine
+    out = np.eye(3)
+    out[:2, :2] = affine[:2, :2]
+    out[:2, 2] = affine[:2, 3]
+    return out
+
+
+def _sitk(fixed: Image, moving: Image, case: str):
+    """Multi-resolution diffeomorphic demons (shrink 4, 2, 1), after histogram matching."""
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(_THREADS)
+    f, m = _to_sitk(fixed), _to_sitk(moving)
+    t0 = time.perf_counter()
+    m_matched = sitk.HistogramMatching(m, f, numberOfHistogramLevels=256, numberOfMatchPoints=15,
+                                       thresholdAtMeanIntensity=True)
+    disp = None
+    for shrink, iters in ((4, 100), (2, 50), (1, 25)):
+        fs = sitk.Shrink(sitk.SmoothingRecursiveGaussian(f, 0.5 * shrink * min(f.GetSpacing())),
+                         [shrink] * f.GetDimension()) if shrink > 1 else f
+        ms = sitk.Shrink(sitk.SmoothingRecursiveGaussian(m_matched, 0.5 * shrink * min(f.GetSpacing())),
+                         [shrink] * f.GetDimension()) if shrink > 1 else m_matched
+        demons = sitk.DiffeomorphicDemonsRegistrationFilter()
+        demons.SetNumberOfIterations(iters)
+        demons.SetStandardDeviations(1.5)
+        if disp is None:
+            disp = demons.Execute(fs, ms)
+        else:
+            init = sitk.Resample(disp, fs, sitk.Transform(), sitk.sitkLinear, 0.0, disp.GetPixelID())
+            disp = demons.Execute(fs, ms, init)
+    disp = sitk.Resample(disp, f, sitk.Transform(), sitk.sitkLinear, 0.0, disp.GetPixelID())
+    tx = sitk.DisplacementFieldTransform(sitk.Cast(disp, sitk.sitkVectorFloat64))
+    sec = time.perf_counter() - t0
+
+    def warp(arr, interp):
+        img = _to_sitk(Image(arr.astype(np.float32), moving.affine))
+        out = sitk.Resample(img, f, tx, sitk.sitkNearestNeighbor if interp == "nearest" else sitk.sitkLinear, 0.0)
+        return sitk.GetArrayFromImage(out).transpose()
+
+    return sec, warp, {"shrink": [4, 2, 1], "iterations": [100, 50, 25], "std": 1.5}
+
+
+RUNNERS = {
+    "ours": _ours,
+    "ours_ssd": lambda f, m, c: _ours(f, m, c, metric="ssd"),
+    "ants": _ants,
+    "ants_long": lambda f, m, c: _ants(f, m, c, long=True),
+    "dipy": _dipy,
+    "sitk": _sitk,
+}
+
+
+# --------------------------------------------------------------------------------------------------- cases
+
+def _world_coords(img: Image) -> np.ndarray:
+    d = img.ndim
+    idx = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in img.shape], indexing="ij"))
+    return np.tensordot(img.affine[:d, :d], idx, axes=1) + img.affine[:d, 3].reshape((d,) + (1,) * d)
+
+
+def make_case(name: str, max_displacement: float):
+    from registration.data import load_circle_c, load_mni152, random_diffeomorphism
+
+    if name == "circle":
+        circle, c = load_circle_c()
+        return {"fixed": c, "moving": circle, "labels_moving": {"shape": (circle.data > 0.5).astype(np.uint8)},
+                "labels_fixed": {"shape": (c.data > 0.5).astype(np.uint8)}, "truth": None, "roi": None}
+    mni = load_mni152(2)
+    warp = random_diffeomorphism(mni.t1.shape, mni.t1.affine, max_displacement=max_displacement, smoothness=12.0,
+                                 seed=0)
+    tr = warp.transform()
+    moving = tr.apply(mni.t1)
+    labels_m = {k: tr.apply(getattr(mni, k), interp="nearest").data for k in ("gm", "wm")}
+    truth = _world_coords(mni.t1) + warp.inverse_displacement  # fixed x -> moving-space point of the true map
+    roi = mni.t1.data > 0.1 * mni.t1.data.max()
+    return {"fixed": mni.t1, "moving": Image(moving.data.astype(np.float32), mni.t1.affine),
+            "labels_moving": labels_m, "labels_fixed": {"gm": mni.gm.data, "wm": mni.wm.data}, "truth": truth,
+            "roi": roi, "warp_max_mm": warp.max_displacement}
+
+
+def _dice(a, b) -> float:
+    a, b = a > 0, b > 0
+    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+
+
+def _evaluate(case, warped_labels, warped_coords) -> dict:
+    from lddmm_nets.fields import jacobian_determinant
+    import torch
+
+    fixed = case["fixed"]
+    d = fixed.ndim
+    out = {f"dice_{k}": _dice(warped_labels[k], case["labels_fixed"][k]) for k in warped_labels}
+    spacing = tuple(float(np.linalg.norm(fixed.affine[:d, i])) for i in range(d))
+    rot = fixed.affine[:d, :d] / np.asarray(spacing)[None, :]
+    y = np.tensordot(rot.T, warped_coords, axes=1)  # the map in grid-aligned mm
+    jac = jacobian_determinant(torch.as_tensor(y), spacing).numpy()
+    inner = (slice(3, -3),) * d
+    j = jac[inner]
+    out["ndv_percent"] = float(100 * np.mean(j <= 0))
+    out["sdlogj"] = float(np.std(np.log(np.clip(j, 1e-9, None))))
+    if case["truth"] is not None:
+        err = np.linalg.norm(warped_coords - case["truth"], axis=0)
+        out["mean_error_mm"] = float(err[case["roi"]].mean())
+        out["mean_error_before_mm"] = float(np.linalg.norm(_world_coords(fixed) - case["truth"],
+                                                           axis=0)[case["roi"]].mean())
+    return out
+
+
+def _child(method, case, queue):
+    try:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        sec, warp, info = RUNNERS[method](case["fixed"], case["moving"], case["name"])
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        labels = {k: warp(v.astype(np.float32), "nearest") for k, v in case["labels_moving"].items()}
+        coords = _world_coords(case["moving"])
+        wc = np.stack([warp(c.astype(np.float64), "linear") for c in coords])
+        res = _evaluate(case, labels, wc)
+        res.update(seconds=sec, peak_mb=max(peak - base, 0) / 1024.0, info=info)
+        queue.put(res)
+    except Exception as exc:  # report the failure in the table instead of crashing the benchmark
+        queue.put({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def run_method(method, case):
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(method, case, q))
+    p.start()
+    res = q.get()
+    p.join()
+    return res
+
+
+def _fmt(v, f="{:.3f}"):
+    return "-" if v is None else (f.format(v) if isinstance(v, (int, float)) else str(v))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", default="circle,mni")
+    ap.add_argument("--methods", default="ours,ours_ssd,ants,ants_long,dipy,sitk")
+    ap.add_argument("--threads", type=int, default=1, help="threads for every method (default 1)")
+    ap.add_argument("--max-displacement", type=float, default=8.0, help="max of the random warp (mm), case mni")
+    ap.add_argument("--out", default="bench_images_out")
+    args = ap.parse_args(argv)
+    methods = [m for m in args.methods.split(",") if m]
+    for m in methods:
+        if m not in RUNNERS:
+            ap.error(f"--methods: unknown {m!r}; choose from {sorted(RUNNERS)}")
+    os.makedirs(args.out, exist_ok=True)
+    results = {}
+    for name in [c for c in args.cases.split(",") if c]:
+        case = make_case(name, args.max_displacement)
+        case["name"] = name
+        for m in methods:
+            if name == "mni" and m == "ours_ssd":
+                continue
+            print(f"[{name}] {m} ...", file=sys.stderr, flush=True)
+            results[(name, m)] = run_method(m, case)
+    rows = []
+    header = ["case", "method", "time s", "peak MB", "Dice shape/GM", "Dice WM", "NDV %", "SDlogJ", "err mm"]
+    for (name, m), r in results.items():
+        if "error" in r:
+            rows.append([name, m, "failed: " + r["error"][:60]] + [""] * 6)
+            continue
+        rows.append([name, m, _fmt(r["seconds"], "{:.1f}"), _fmt(r["peak_mb"], "{:.0f}"),
+                     _fmt(r.get("dice_shape", r.get("dice_gm"))), _fmt(r.get("dice_wm")),
+                     _fmt(r["ndv_percent"]), _fmt(r["sdlogj"]), _fmt(r.get("mean_error_mm"), "{:.2f}")])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = ["| " + " | ".join(str(x).ljust(w) for x, w in zip(row, widths)) + " |" for row in [header] + rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    table = "\n".join(lines)
+    print(table)
+    with open(os.path.join(args.out, "results.md"), "w") as fh:
+        fh.write(f"threads per method: {args.threads}\n\n{table}\n")
+    with open(os.path.join(args.out, "results.json"), "w") as fh:
+        json.dump({f"{k[0]}/{k[1]}": v for k, v in results.items()}, fh, indent=2, default=str)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        ok = [(k, v) for k, v in results.items() if "error" not in v]
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        labels = [f"{k[0]}\n{k[1]}" for k, _ in ok]
+        axes[0].bar(labels, [v.get("dice_shape", v.get("dice_gm", 0)) for _, v in ok])
+        axes[0].set_ylim(0.5, 1.0)
+        axes[0].set_title("Dice (shape / GM)")
+        axes[1].bar(labels, [v["seconds"] for _, v in ok])
+        axes[1].set_title("wall time (s)")
+        for ax in axes:
+            ax.tick_params(axis="x", labelsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(args.out, "results.png"), dpi=90)
+    except Exception as exc:  # the table is the product; the plot is a convenience
+        print(f"plot skipped: {exc}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
