@@ -35,10 +35,10 @@ _MODES = ("shooting", "layers")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 # Candidate readout widths (times the median pairwise distance) and ridge parameters for the "auto" choice.
-_SIGMA_FACTORS = (0.0625, 0.125, 0.25, 0.5, 1.0)
+_SIGMA_FACTORS = tuple(2.0 ** (e / 2) for e in range(-9, 1))  # 2^-4.5 ... 1 in steps of √2
 # Leave-one-out selection runs on a random subsample of at most this many points (one eigh per width).
 _LOO_MAX_POINTS = 800
-_LAM_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+_LAM_GRID = tuple(10.0 ** (e / 2) for e in range(-8, 2))  # 1e-4 ... √10 in steps of √10
 
 
 def _make_kernel(spec, sigma: float, nugget: float, name: str):
@@ -74,7 +74,8 @@ class _KernelWarpingBase(BaseEstimator):
 
     def __init__(self, *, mode="shooting", n_layers=5, integrator="rk2", warp_kernel="gaussian", warp_sigma="auto",
                  readout_kernel="gaussian", readout_sigma="auto", nu=0.1, lam="auto", nugget=1e-3, augment=0,
-                 max_iter=30, tol=1e-5, backend="auto", dtype="float32", device="cpu", random_state=None):
+                 max_iter=30, tol=1e-5, refit_lam=False, backend="auto", dtype="float32", device="cpu",
+                 random_state=None):
         self.mode = mode
         self.n_layers = n_layers
         self.integrator = integrator
@@ -88,6 +89,7 @@ class _KernelWarpingBase(BaseEstimator):
         self.augment = augment
         self.max_iter = max_iter
         self.tol = tol
+        self.refit_lam = refit_lam
         self.backend = backend
         self.dtype = dtype
         self.device = device
@@ -116,6 +118,8 @@ class _KernelWarpingBase(BaseEstimator):
                     raise ValueError(f"{name} must be 'auto' or a positive number; got {v!r}")
             elif not isinstance(v, Real) or isinstance(v, bool) or not v > 0 or not math.isfinite(v):
                 raise ValueError(f"{name} must be 'auto' or a positive number; got {v!r}")
+        if not isinstance(self.refit_lam, (bool, np.bool_)):
+            raise ValueError(f"refit_lam must be True or False; got {self.refit_lam!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {tuple(_DTYPES)}; got {self.dtype!r}")
         if self.backend not in ("auto", "dense", "keops"):
@@ -183,9 +187,10 @@ class _KernelWarpingBase(BaseEstimator):
         with torch.no_grad():
             # The objective is divided by the kinetic energy of the linearised step, the size of the decrease
             # one can expect, so that its gradient in P is O(1).
-            j0 = nu * float(_engine.hamiltonian(warp_kernel, q0, gq / nu))
-        if not (c > 0 and j0 > 0 and math.isfinite(j0)):
-            c, j0 = 1.0 / n, max(self.initial_data_term_, torch.finfo(q0.dtype).tiny)
+            j0 = nu * float(_engine.hamiltonian(warp_kernel, q0.double(), gq.double() / nu))
+        # When the possible decrease is below round-off (the identity warp is already optimal to working
+        # precision, e.g. data the readout interpolates), there is nothing to optimise.
+        trivial = not (c > 0 and math.isfinite(j0) and j0 > 1e-10 * max(self.initial_data_term_, 1e-30))
         shape = (n, q0.shape[1]) if self.mode == "shooting" else (L, n, q0.shape[1])
         P = torch.zeros(shape, dtype=q0.dtype, device=q0.device, requires_grad=True)
 
@@ -215,11 +220,19 @@ class _KernelWarpingBase(BaseEstimator):
             history.append(float(loss.detach()) * j0)
             return loss
 
-        opt.step(closure)
+        if trivial:
+            c, j0 = 1.0, 1.0
+        else:
+            opt.step(closure)
         state = opt.state[opt._params[0]]
         self.n_iter_ = int(state.get("n_iter", 0))
         self.loss_curve_ = np.asarray(history)
         self.converged_ = self.n_iter_ < self.max_iter
+        if not bool(torch.isfinite(P).all()):
+            # A line search that left the finite range: keep the identity warp rather than NaN momenta.
+            with torch.no_grad():
+                P.zero_()
+            self.converged_ = False
 
         with torch.no_grad():
             loss, energy, data = objective(P.detach())
@@ -249,8 +262,15 @@ class _KernelWarpingBase(BaseEstimator):
         self.momentum_ = p0.cpu().numpy()
         row = p0.norm(dim=1)
         self.momentum_sparsity_ = float((row <= 1e-3 * row.max().clamp_min(torch.finfo(row.dtype).tiny)).double().mean())
-        alpha = ridge_solve(readout_kernel, qL, Yc, lam, backend=self.backend)
-        self.readout_ = RidgeReadout(readout_kernel, lam, qL, alpha, self.offset_)
+        if self.lam == "auto" and self.refit_lam:
+            # Re-select λ by leave-one-out on the warped points (the width stays: the warp was fitted for it).
+            idx = (rng.choice(n, _LOO_MAX_POINTS, replace=False) if n > _LOO_MAX_POINTS else np.arange(n))
+            idx = torch.as_tensor(np.sort(idx), device=qL.device)
+            sel = loo_select(lambda s: readout_kernel, qL[idx], Yc[idx], [0.0], _LAM_GRID,
+                             classification=self._classification)
+            self.lam_, self.loo_final_ = sel.lam, sel.score
+        alpha = ridge_solve(readout_kernel, qL, Yc, self.lam_, backend=self.backend)
+        self.readout_ = RidgeReadout(readout_kernel, self.lam_, qL, alpha, self.offset_)
         self.displacement_ = float((qL - q0).norm(dim=1).mean())
         self.fit_time_ = time.perf_counter() - t0
         return self
@@ -299,12 +319,12 @@ _PARAM_DOC = """
     warp_sigma : float or "auto", default="auto"
         Width of Γ in input units; "auto" is twice the readout width.
     readout_sigma : float or "auto", default="auto"
-        Width of K; "auto" is selected with ``lam`` by exact leave-one-out on the unwarped data among
-        (1/16, 1/8, 1/4, 1/2, 1) times the median pairwise distance.
+        Width of K; "auto" is selected with ``lam`` by exact leave-one-out on the unwarped data (at most 800
+        points) among 2^-4.5 ... 1 (steps of √2) times the median pairwise distance.
     nu : float, default=0.1
         Weight of the kinetic energy relative to the data term ``ℓ / N``.
     lam : float or "auto", default="auto"
-        Ridge parameter λ of the readout ("auto": leave-one-out among 1e-4 ... 1).
+        Ridge parameter λ of the readout ("auto": leave-one-out among 1e-4 ... √10, steps of √10).
     nugget : float, default=1e-3
         Nugget r added to Γ(q, q) (kernel regularisation, R2's alternative to dropout).
     augment : int, default=0
@@ -313,6 +333,8 @@ _PARAM_DOC = """
         L-BFGS iterations.
     tol : float, default=1e-5
         L-BFGS stops when the largest gradient entry of the normalised objective is below tol.
+    refit_lam : bool, default=False
+        With ``lam="auto"``, select λ again by leave-one-out on the warped training points before the final solve.
     backend : {"auto", "dense", "keops"}, default="auto"
         Kernel backend for the kernel sums.
     dtype : {"float32", "float64"}, default="float32"
