@@ -99,6 +99,19 @@ def test_augment_lifts_the_warp(moons):
     assert clf.momentum_.shape == (len(X), 4)
 
 
+def test_engine_kernel_objects_are_accepted(moons):
+    from lddmm_nets import GaussianKernel, LaplaceKernel
+
+    X, y = moons
+    clf = KernelWarpingClassifier(warp_kernel=LaplaceKernel(sigma=1.0, nugget=1e-3),
+                                  readout_kernel=GaussianKernel(sigma=0.5), max_iter=5).fit(X, y)
+    assert clf.warp_kernel_.sigma == 1.0 and clf.warp_sigma_ == 1.0
+    assert clf.readout_sigma_ is None and clf.lam_ > 0
+    assert clf.score(X, y) > 0.9
+    with pytest.raises(ValueError, match="warp_kernel"):
+        KernelWarpingClassifier(warp_kernel=object()).fit(X, y)
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("Est", [KernelWarpingClassifier, KernelWarpingRegressor])
 def test_bad_input_errors(Est, moons):

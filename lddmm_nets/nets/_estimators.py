@@ -155,13 +155,17 @@ class _KernelWarpingBase(BaseEstimator):
         make_readout = lambda s: _make_kernel(self.readout_kernel, s, 0.0, "readout_kernel")  # noqa: E731
         auto_sigma = self.readout_sigma == "auto" and isinstance(self.readout_kernel, str)
         if auto_sigma or self.lam == "auto":
-            sigmas = [scale * f for f in _SIGMA_FACTORS] if auto_sigma else [float(self.readout_sigma or 1.0)]
+            if auto_sigma:
+                sigmas = [scale * f for f in _SIGMA_FACTORS]
+            else:  # a given width, or a kernel object (which keeps its own width)
+                sigmas = [1.0 if self.readout_sigma == "auto" else float(self.readout_sigma)]
             lams = _LAM_GRID if self.lam == "auto" else [float(self.lam)]
             idx = (rng.choice(n, _LOO_MAX_POINTS, replace=False) if n > _LOO_MAX_POINTS else np.arange(n))
             idx = torch.as_tensor(np.sort(idx), device=q0.device)
             sel = loo_select(make_readout, q0[idx].double(), Yc[idx].double(), sigmas, lams,
                              classification=self._classification)
-            self.readout_sigma_, self.lam_ = sel.sigma, sel.lam
+            self.readout_sigma_ = sel.sigma if self.readout_sigma != "auto" or auto_sigma else None
+            self.lam_ = sel.lam
             self.loo_initial_ = sel.score
         else:
             self.readout_sigma_ = None if self.readout_sigma == "auto" else float(self.readout_sigma)
@@ -172,21 +176,21 @@ class _KernelWarpingBase(BaseEstimator):
         else:
             self.warp_sigma_ = float(self.warp_sigma)
         warp_kernel = _make_kernel(self.warp_kernel, self.warp_sigma_, self.nugget, "warp_kernel")
+        if not isinstance(self.warp_kernel, str):
+            self.warp_sigma_ = getattr(warp_kernel, "sigma", None)
         self.warp_kernel_, self.readout_kernel_ = warp_kernel, readout_kernel
 
         L = self.n_layers
         nu, lam = float(self.nu), self.lam_
         # Scale of the momenta: the linearised optimum p ≈ -∇_q(ℓ/N)(q_0) / ν (one Euler layer). Optimising
-        # P = p / c with c its largest entry, on the objective divided by its initial value, makes L-BFGS's
-        # variables and gradients O(1) whatever N, ν and λ (THEORY §7: the data term is scaled by 1/N).
+        # P = p / c with c its largest entry, on the objective divided by the kinetic energy of that step,
+        # makes L-BFGS's variables and gradients O(1) whatever N, ν and λ (THEORY §7: data term scaled by 1/N).
         qq = q0.detach().requires_grad_(True)
         d0, _ = ridge_loss(readout_kernel, qq, Yc, lam, backend=self.backend)
         (gq,) = torch.autograd.grad(d0 / n, qq)
         self.initial_data_term_ = float(d0.detach()) / n
         c = float(gq.abs().max()) / nu
         with torch.no_grad():
-            # The objective is divided by the kinetic energy of the linearised step, the size of the decrease
-            # one can expect, so that its gradient in P is O(1).
             j0 = nu * float(_engine.hamiltonian(warp_kernel, q0.double(), gq.double() / nu))
         # When the possible decrease is below round-off (the identity warp is already optimal to working
         # precision, e.g. data the readout interpolates), there is nothing to optimise.
