@@ -1,0 +1,48 @@
+"""The `lddmm` command: the demo on embedded data, and one-line errors for user mistakes."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from registration.cli import main
+
+
+def test_demo_quick_writes_a_complete_report(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    html = (out / "index.html").read_text()
+    pictures = re.findall(r"src='([^']+)'", html)
+    assert pictures and all((out / p).is_file() and (out / p).stat().st_size > 1000 for p in pictures)
+    numbers = json.loads((out / "report.json").read_text())["sections"]["Landmarks: circle onto a C"]
+    assert numbers["RMS residual"] < 0.05
+    assert numbers["min det Dphi on grid"] > 0
+    assert numbers["max |phi^-1(phi(x)) - x|"] < 1e-8
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".lddmm-demo-")]  # no temporary leftovers
+
+
+def test_user_errors_print_one_line_and_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "registration.cli", "register", str(tmp_path / "missing.nii.gz"),
+                           str(tmp_path / "other.nii.gz"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lddmm: error:") and "missing.nii.gz" in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_verbose_shows_the_traceback(tmp_path):
+    with pytest.raises((FileNotFoundError, ValueError)):
+        main(["--verbose", "register", str(tmp_path / "missing.nii.gz"), str(tmp_path / "b.nii.gz"),
+              "--out", str(tmp_path / "out")])
+
+
+def test_unknown_option_value_is_rejected_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["register", "a.nii", "b.nii", "--out", "d", "--metric", "mutual"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'mutual'" in capsys.readouterr().err
