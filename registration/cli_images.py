@@ -52,10 +52,10 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--shrink-factors", type=_int_list, default=None, help="pyramid shrink factors, e.g. 4,2,1")
     p.add_argument("--smoothing-sigmas", type=_float_list, default=None,
                    help="pyramid smoothing in voxels, e.g. 2,1,0")
-    p.add_argument("--iterations", type=_int_list, default=None, help="iterations per level, e.g. 60,20,10")
+    p.add_argument("--iterations", type=_int_list, default=None, help="iterations per level, e.g. 50,10")
     p.add_argument("--n-steps", type=int, default=None, help="time steps of the shooting")
-    p.add_argument("--momentum", default="scalar", choices=["scalar", "vector"],
-                   help="scalar image momentum (default) or vector momentum (EPDiff)")
+    p.add_argument("--momentum", default="vector", choices=["vector", "scalar"],
+                   help="vector momentum (EPDiff, default) or scalar image momentum")
     p.add_argument("--affine", action="store_true", help="affine pre-alignment with the same metric")
     p.add_argument("--fixed-mask", default=None, help="mask of the fixed image (restricts the similarity)")
     p.add_argument("--moving-mask", default=None, help="mask of the moving image")
@@ -82,6 +82,20 @@ def _check_out_path(path: str, name: str) -> None:
         raise FileNotFoundError(f"{name}: the parent directory of {path} does not exist")
 
 
+def _progress(bar):
+    """A ``register_images`` callback that drives a tqdm bar (level name, loss, similarity)."""
+    state = {"level": None}
+
+    def update(info):
+        if info["level"] != state["level"]:
+            state["level"] = info["level"]
+            bar.set_description("affine" if info["level"] < 0 else f"level {info['level'] + 1}")
+        bar.set_postfix(loss=f"{info['objective']:.4f}", sim=f"{info['similarity']:.4f}")
+        bar.update(1)
+
+    return update
+
+
 def run_register(args) -> int:
     """Run ``lddmm register``; returns the exit code (0 on success)."""
     import torch
@@ -104,22 +118,14 @@ def run_register(args) -> int:
         smoothing_sigmas=args.smoothing_sigmas, iterations=args.iterations, n_steps=args.n_steps,
         momentum=args.momentum, affine=args.affine, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
         device=args.device).items() if v is not None}
-    bar = None
-    callback = None
+    bar = progress = None
     if not args.quiet:
         from tqdm.auto import tqdm
 
         bar = tqdm(desc="register", unit="it", leave=False)
-        state = {"level": None}
-
-        def callback(info):
-            if info["level"] != state["level"]:
-                state["level"] = info["level"]
-                bar.set_description("affine" if info["level"] < 0 else f"level {info['level'] + 1}")
-            bar.set_postfix(loss=f"{info['objective']:.4f}", sim=f"{info['similarity']:.4f}")
-            bar.update(1)
+        progress = _progress(bar)
     try:
-        res = register_images(args.fixed, args.moving, callback=callback, **kwargs)
+        res = register_images(args.fixed, args.moving, callback=progress, **kwargs)
     finally:
         if bar is not None:
             bar.close()

@@ -14,7 +14,6 @@ values in [0, 1]) that weights the voxels. One implementation for every dimensio
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 __all__ = ["METRICS", "ssd", "ncc", "lncc", "get_metric"]
 
@@ -51,11 +50,25 @@ def ncc(warped: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None = N
 
 
 def _box(x: torch.Tensor, window: int) -> torch.Tensor:
-    """Local mean over a centred box of ``window`` voxels per side (cropped at the border)."""
-    d = x.dim()
-    pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[d - 1]
+    """Local mean over a centred box of ``window`` voxels per side, cropped at the border.
+
+    Separable, by running sums: per axis a cumulative sum and one difference, ``O(1)`` work per voxel and axis
+    whatever the window (use float64: the differences of large partial sums). At the border the mean is over
+    the part of the box inside the image.
+    """
     r = window // 2
-    return pool(x[None, None], kernel_size=window, stride=1, padding=r, count_include_pad=False)[0, 0]
+    y = x
+    for axis in range(x.dim()):
+        n = y.shape[axis]
+        zeros = torch.zeros_like(y.narrow(axis, 0, 1))
+        padded = torch.cat([zeros.expand_as(y.narrow(axis, 0, 1)).repeat_interleave(r + 1, dim=axis), y,
+                            zeros.repeat_interleave(r, dim=axis)], dim=axis)
+        c = torch.cumsum(padded, dim=axis)
+        idx = torch.arange(n, device=x.device, dtype=y.dtype)
+        count = (torch.clamp(idx + r, max=n - 1) - torch.clamp(idx - r, min=0) + 1)
+        count = count.reshape([-1 if a == axis else 1 for a in range(x.dim())])
+        y = (c.narrow(axis, window, n) - c.narrow(axis, 0, n)) / count
+    return y
 
 
 def lncc(warped: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None = None, *,
@@ -76,12 +89,17 @@ def lncc(warped: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None = 
         raise ValueError(f"window: expected an odd integer >= 3 (voxels), got {window!r}")
     if not 1 <= fixed.dim() <= 3:
         raise ValueError(f"fixed: expected 1 to 3 spatial axes, got shape {tuple(fixed.shape)}")
+    # local statistics in float64: the variances are differences of nearly equal local means, and in float32
+    # their rounding noise makes the loss (and its gradient) random in nearly flat regions
+    dtype = warped.dtype
+    warped, fixed = warped.double(), fixed.double()
+    mask = None if mask is None else mask.double()
     mi, mj = _box(warped, window), _box(fixed, window)
     cross = _box(warped * fixed, window) - mi * mj
     vi = (_box(warped * warped, window) - mi * mi).clamp_min(0)
     vj = (_box(fixed * fixed, window) - mj * mj).clamp_min(0)
     cc2 = cross * cross / (vi * vj + _EPS ** 2)
-    return 1.0 - _wmean(cc2, mask)
+    return (1.0 - _wmean(cc2, mask)).to(dtype)
 
 
 METRICS = {"ssd": ssd, "ncc": ncc, "lncc": lncc}

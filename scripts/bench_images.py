@@ -114,11 +114,12 @@ def _dipy(fixed: Image, moving: Image, case: str):
         metric, iters = SSDMetric(d), [200, 100, 50, 25]
     else:
         metric, iters = CCMetric(d), [20, 10, 5]
-    sdr = SymmetricDiffeomorphicRegistration(metric, iters)
+    sdr = SymmetricDiffeomorphicRegistration(metric, level_iters=iters)
     aff_f = _affine_d(fixed.affine, d)
     aff_m = _affine_d(moving.affine, d)
     t0 = time.perf_counter()
-    mapping = sdr.optimize(fixed.data.astype(np.float64), moving.data.astype(np.float64), aff_f, aff_m)
+    mapping = sdr.optimize(fixed.data.astype(np.float64), moving.data.astype(np.float64),
+                           static_grid2world=aff_f, moving_grid2world=aff_m)
     sec = time.perf_counter() - t0
 
     def warp(arr, interp):

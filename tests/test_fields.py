@@ -121,3 +121,12 @@ def test_bad_inputs_raise_value_errors():
         interpolate(torch.zeros(4, 4), torch.zeros(2, 5), (1.0, 1.0), interp="cubic")
     with pytest.raises(ValueError, match="phi"):
         jacobian_determinant(torch.zeros(3, 4, 4), (1.0, 1.0))
+
+
+@pytest.mark.parametrize("target", [(13, 4, 9), (3, 17, 2)])
+def test_resize_fast_path_equals_interpolation(target):
+    g = torch.Generator().manual_seed(3)
+    f = torch.rand(2, 7, 9, 5, generator=g, dtype=torch.float64)
+    src = (7, 9, 5)
+    x = identity_map(target, [(n - 1) / (m - 1) for n, m in zip(src, target)], dtype=torch.float64)
+    torch.testing.assert_close(resize(f, target), interpolate(f, x, (1.0, 1.0, 1.0)), atol=1e-12, rtol=0)

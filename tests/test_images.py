@@ -33,15 +33,16 @@ def _shifted(img, shift, spacing):
     return Image(img, aff), tr.apply(Image(img, aff)).data
 
 
-@pytest.mark.parametrize("shape,spacing,shift", [((40, 36), (1.0, 1.0), (2.5, -1.5)),
-                                                 ((20, 22, 18), (2.0, 2.0, 2.0), (3.0, 0.0, -2.0))])
-def test_recovers_a_known_translation(shape, spacing, shift):
+@pytest.mark.parametrize("shape,spacing,shift,momentum", [((40, 36), (1.0, 1.0), (2.5, -1.5), "vector"),
+                                                          ((40, 36), (1.0, 1.0), (2.5, -1.5), "scalar"),
+                                                          ((20, 22, 18), (2.0, 2.0, 2.0), (3.0, 0.0, -2.0), "vector")])
+def test_recovers_a_known_translation(shape, spacing, shift, momentum):
     img = _blobs(shape)
     # moving(y) = img(y - shift): the registration must find u(x) = -shift... pick sign via the transform
     fixed_img, moved = _shifted(img, -np.asarray(shift), spacing)
     fixed = Image(img, fixed_img.affine)
     moving = Image(moved, fixed_img.affine)
-    res = register_images(fixed, moving, metric="ssd", **FAST)
+    res = register_images(fixed, moving, metric="ssd", momentum=momentum, **FAST)
     # where the image has structure, the displacement's normal component must be the shift's (aperture problem:
     # the tangential component of a minimal-energy deformation is not determined by the images)
     grad = np.stack(np.gradient(img, *spacing))
