@@ -22,12 +22,14 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.datasets import load_breast_cancer, load_digits, make_circles, make_moons
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.kernel_ridge import KernelRidge
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_validate
 from sklearn.neural_network import MLPClassifier
@@ -166,6 +168,13 @@ def benchmark(data, quick, out):
                   flush=True)
     lines = ["| dataset | method | 5-fold CV accuracy | fit time per fold (s) |", "|---|---|---|---|"]
     lines += [f"| {d} | {m} | {a:.4f} ± {s:.4f} | {t:.2f} |" for d, m, a, s, t in rows]
+    if "digits" in data:
+        X, y = data["digits"]
+        t0 = time.perf_counter()
+        make_pipeline(StandardScaler(), KernelWarpingClassifier()).fit(X, y)
+        t_full = time.perf_counter() - t0
+        lines += ["", f"Default KernelWarpingClassifier pipeline on all {len(X)} digits: fit in {t_full:.1f} s."]
+        print(lines[-1], flush=True)
     (out / "benchmark.md").write_text("\n".join(lines) + "\n")
     return rows
 
@@ -200,7 +209,7 @@ def claims(quick, out):
               f"- identification: shoot_weights(p_0) vs trained layers, relative error = {ident:.2e}  (goal < 1e-2)",
               ""]
     # Conservation vs depth.
-    Ls = [4, 8, 16, 32] if not quick else [4, 8, 16]
+    Ls = [4, 8, 16, 32, 64] if not quick else [4, 8, 16]
     spreads, profiles, prev = [], {}, None
     for L in Ls:
         mdl = ResNetFlow(2, 2, n_layers=L, nu=nu, seed=0)
@@ -217,9 +226,13 @@ def claims(quick, out):
         spreads.append(d.spread)
         profiles[L] = d.weight_norms
     slope = float(np.polyfit(np.log(Ls), np.log(spreads), 1)[0])
+    local = [np.nan] + [float(np.log(spreads[i] / spreads[i - 1]) / np.log(Ls[i] / Ls[i - 1]))
+                        for i in range(1, len(Ls))]
     lines += ["## Conservation: spread (max - min)/mean of ‖W_k‖² + ‖b_k‖² across layers", "",
-              "| L | spread |", "|---|---|"] + [f"| {L} | {s:.3e} |" for L, s in zip(Ls, spreads)]
-    lines += ["", f"fitted slope of log(spread) vs log(L): {slope:.2f}  (theory: ≤ -1, O(Δt))", ""]
+              "(depth continuation: each network starts from the previous one with every layer repeated twice)", "",
+              "| L | spread | local slope |", "|---|---|---|"]
+    lines += [f"| {L} | {s:.3e} | {sl:.2f} |" for L, s, sl in zip(Ls, spreads, local)]
+    lines += ["", f"fitted slope of log(spread) vs log(L) over all L: {slope:.2f}  (theory: -1, O(Δt))", ""]
     _plot_profiles(profiles, out / "weight_profile.png")
     # Shooting vs layers on moons.
     Xm, ym = make_moons(200, noise=0.25, random_state=1)
@@ -309,7 +322,9 @@ def plot_warp(name, X, y, path, n_layers=10):
     import matplotlib.pyplot as plt
 
     X = StandardScaler().fit_transform(X)
-    clf = KernelWarpingClassifier(n_layers=n_layers, nu=0.02, max_iter=100).fit(X, y)
+    # A wide readout kernel (σ_K = 1 in standardised units) and a small ν: the regime where the warp, not the
+    # readout, separates the classes (R2's picture). The benchmark's defaults warp much less.
+    clf = KernelWarpingClassifier(n_layers=n_layers, nu=1e-3, readout_sigma=1.0, lam=1e-2, max_iter=150).fit(X, y)
     lo, hi = X.min(0) - 0.5, X.max(0) + 0.5
     lines = []
     for t in np.linspace(0, 1, 15):
@@ -327,7 +342,7 @@ def plot_warp(name, X, y, path, n_layers=10):
         for g in grid:
             ax.plot(g[k][:, 0], g[k][:, 1], lw=0.4, color="0.6")
         ax.scatter(pts[k][:, 0], pts[k][:, 1], c=y, s=6, cmap="coolwarm")
-        ax.set_title(f"{name}: t = {k / n_layers:.2f}")
+        ax.set_title(f"{name}: t = {k / n_layers:.2f} (ν=1e-3, σ_K=1)")
         ax.set_aspect("equal")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -345,6 +360,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    warnings.filterwarnings("ignore", category=ConvergenceWarning)  # the MLP grid's non-converged candidates
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
