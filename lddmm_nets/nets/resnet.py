@@ -196,6 +196,21 @@ class ResNetFlow(nn.Module):
             path.append(x)
         return torch.stack(path) if return_path else x
 
+    def inverse(self, y: torch.Tensor, *, tol: float = 1e-12, max_iter: int = 200) -> InverseResult:
+        """Invert the flow block by block by the fixed point ``x ← y - Δt v_k(x)`` (contracts when Δt Lip(v_k) < 1).
+
+        Parameters
+        ----------
+        y : torch.Tensor
+            (M, D) lifted outputs of the flow.
+
+        Returns
+        -------
+        InverseResult
+            Preimages, forward residual ``max |Φ(x) - y|`` and the largest iteration count over the blocks.
+        """
+        return _inverse(self, y, tol=tol, max_iter=max_iter)
+
     def features(self, x: torch.Tensor, **flow_options) -> torch.Tensor:
         """Warped features ``Φ_L(lift(x))``: (M, d) -> (M, D)."""
         return self.flow(self.lift(x), **flow_options)
@@ -548,25 +563,6 @@ def _inverse(model: ResNetFlow, y: torch.Tensor, tol: float = 1e-12, max_iter: i
             x = z
         residual = float((model.flow(x) - y).abs().max()) if y.numel() else 0.0
     return InverseResult(x=x, residual=residual, n_iter=worst)
-
-
-def _inverse_method(self, y: torch.Tensor, *, tol: float = 1e-12, max_iter: int = 200) -> InverseResult:
-    """Invert the flow block by block by the fixed point ``x ← y - Δt v_k(x)`` (contracts when Δt Lip(v_k) < 1).
-
-    Parameters
-    ----------
-    y : torch.Tensor
-        (M, D) lifted outputs of the flow.
-
-    Returns
-    -------
-    InverseResult
-        Preimages, forward residual ``max |Φ(x) - y|`` and iterations.
-    """
-    return _inverse(self, y, tol=tol, max_iter=max_iter)
-
-
-ResNetFlow.inverse = _inverse_method
 
 
 def min_jacobian_determinant(model: ResNetFlow, x: torch.Tensor) -> float:
