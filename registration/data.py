@@ -16,7 +16,7 @@ import torch
 
 from .io import Image
 
-__all__ = ["load_circle_c", "load_mni152", "random_diffeomorphism", "RandomWarp", "MNI152"]
+__all__ = ["load_circle_c", "load_t1_slice", "load_mni152", "random_diffeomorphism", "RandomWarp", "MNI152"]
 
 
 def _dipy_file(name: str) -> str:
@@ -41,6 +41,11 @@ def load_circle_c() -> tuple[Image, Image]:
     circle = np.load(_dipy_file("circle.npy")).astype(np.float32)
     c = np.load(_dipy_file("C.npy")).astype(np.float32)
     return Image(circle, np.eye(4), "dipy:reg_o"), Image(c, np.eye(4), "dipy:reg_c")
+
+
+def load_t1_slice() -> Image:
+    """A 2-D coronal T1 MRI slice bundled with dipy (``t1_coronal_slice.npy``), values in [0, 1], unit spacing."""
+    return Image(np.load(_dipy_file("t1_coronal_slice.npy")).astype(np.float32), np.eye(4), "dipy:t1_coronal_slice")
 
 
 @dataclass

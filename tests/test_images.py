@@ -158,3 +158,39 @@ def test_affine_prealignment_recovers_a_rotation_and_scaling():
     A = res.affine_matrix
     np.testing.assert_allclose(A[:2, :2], B, atol=0.03)
     np.testing.assert_allclose(A[:2, 2], centre + t - B @ centre, atol=0.6)
+
+
+def test_defaults_recover_a_known_warp_on_a_real_t1_slice():
+    from registration.data import load_t1_slice
+
+    t1 = load_t1_slice()
+    fixed = Image(t1.data * 1000.0 + 37.0, t1.affine)  # any intensity range: normalised inside
+    warp = random_diffeomorphism(fixed.shape, max_displacement=6.0, smoothness=10.0, seed=2)
+    moving = warp.transform().apply(fixed)
+    res = register_images(fixed, moving)  # the defaults, as a user would run them
+    brain = t1.data > 0.1 * t1.data.max()
+    before = np.linalg.norm(warp.inverse_displacement[:, brain], axis=0).mean()
+    after = np.linalg.norm((res.displacement - warp.inverse_displacement)[:, brain], axis=0).mean()
+    assert after < 0.3 * before, (before, after)
+    assert res.ndv_percent == 0.0
+
+
+def test_bundled_data_and_random_warp_generator():
+    from registration.data import load_circle_c, load_mni152
+
+    circle, c = load_circle_c()
+    assert circle.shape == c.shape == (256, 256) and circle.data.max() == 1.0
+    mni = load_mni152(2)
+    assert mni.t1.shape == mni.gm.shape == mni.wm.shape and mni.t1.spacing == (2.0, 2.0, 2.0)
+    assert set(np.unique(mni.gm.data)) == {0, 1}
+    warp = random_diffeomorphism((40, 44), np.diag([2.0, 1.5, 1.0, 1.0]), max_displacement=5.0, smoothness=8.0,
+                                 seed=4)
+    assert warp.max_displacement == pytest.approx(5.0, rel=0.1)
+    tr = warp.transform()
+    assert tr.jacobian_determinant().min() > 0 and tr.jacobian_determinant(inverse=True).min() > 0
+    pts = np.stack(np.meshgrid(np.arange(10, 70.0, 3), np.arange(8, 58.0, 3), indexing="ij")).reshape(2, -1).T
+    back = tr.inverse_transform_points(tr.transform_points(pts))
+    assert np.abs(back - pts).max() < 0.05 * 5.0
+    again = random_diffeomorphism((40, 44), np.diag([2.0, 1.5, 1.0, 1.0]), max_displacement=5.0, smoothness=8.0,
+                                  seed=4)
+    np.testing.assert_array_equal(again.displacement, warp.displacement)
