@@ -1,7 +1,7 @@
 """Kernels: one mathematical object, used on point sets (dense | KeOps) and on regular grids (FFT).
 
-A radial kernel is given by its profile ``f`` as a function of the squared distance, ``k(x, y) = f(|x - y|²)``,
-and by the derivative ``f'`` (used by the closed-form Hamiltonian gradient), both written once on the backend's
+A radial kernel is given by its unit-width profile ``g`` of the squared distance, ``k(x, y) = g(|x - y|²/σ²)``,
+and by the derivative ``g'`` (used by the closed-form Hamiltonian gradient), both written once on the backend's
 pairwise objects (see :mod:`lddmm_nets.backends`). Where the Fourier transform has a closed form,
 ``spectral_density`` gives it and ``on_grid`` turns it into an FFT convolution operator on a :class:`~lddmm_nets.grid.Grid`.
 
@@ -133,30 +133,36 @@ class Kernel:
 
 
 class RadialKernel(Kernel):
-    """``k(x, y) = f(|x - y|²)`` with a width ``sigma``; subclasses give ``profile`` and ``dprofile``."""
+    """``k(x, y) = g(|x - y|² / σ²)`` with a width ``sigma``; subclasses give the unit-width profile ``g`` and ``g'``.
+
+    The width scales the points (``x / σ``), never the formula: KeOps then compiles one formula per kernel family,
+    dtype and dimension, and reuses it for every ``sigma`` (a constant inside the formula would trigger a new
+    compilation, about 10 s, for each width).
+    """
 
     def __init__(self, sigma: float = 1.0, *, nugget: float = 0.0):
         super().__init__(nugget=nugget)
         self.sigma = float(check_positive("sigma", sigma))
 
     def profile(self, d2):
-        """``f(d2)`` on a dense tensor or LazyTensor of squared distances."""
+        """Unit-width profile ``g(d2)`` on a dense tensor or LazyTensor of squared distances (in units of σ²)."""
         raise NotImplementedError
 
     def dprofile(self, d2):
-        """``f'(d2)`` (derivative in the squared distance); times ``(x - y)`` it is 0 at coincident points."""
+        """``g'(d2)``; times ``(x - y)`` it is 0 at coincident points (the symmetric subgradient)."""
         raise NotImplementedError
 
     def _pairwise(self, x, y, backend):
-        return self.profile(B.sqdist(x, y, backend))
+        s = 1.0 / self.sigma
+        return self.profile(B.sqdist(x * s, y * s, backend))
 
     def dq_quadratic(self, q, p, backend="auto"):
-        """Closed form ``2 Σ_j f'(|q_i - q_j|²) (p_i·p_j) (q_i - q_j)``, checked against autograd in the tests."""
+        """Closed form ``(2/σ²) Σ_j g'(|q_i - q_j|²/σ²) (p_i·p_j) (q_i - q_j)``, checked against autograd."""
         b = B.select_backend(backend, q.shape[0], q.shape[0], q.device)
-        G = self.dprofile(B.sqdist(q, q, b)) * B.inner(p, p, b)
-        ones = torch.ones_like(q[:, :1])
-        s = B.reduce(G, torch.cat([ones, q], dim=1))
-        return 2.0 * (q * s[:, :1] - s[:, 1:])
+        qs = q * (1.0 / self.sigma)
+        G = self.dprofile(B.sqdist(qs, qs, b)) * B.inner(p, p, b)
+        s = B.reduce(G, torch.cat([torch.ones_like(qs[:, :1]), qs], dim=1))
+        return (2.0 / self.sigma) * (qs * s[:, :1] - s[:, 1:])
 
     def __repr__(self):
         extra = f", nugget={self.nugget:g}" if self.nugget else ""
@@ -167,10 +173,10 @@ class GaussianKernel(RadialKernel):
     """Gaussian kernel ``exp(-|x - y|² / 2σ²)``."""
 
     def profile(self, d2):
-        return (-d2 * (0.5 / self.sigma**2)).exp()
+        return (-0.5 * d2).exp()
 
     def dprofile(self, d2):
-        return -(0.5 / self.sigma**2) * (-d2 * (0.5 / self.sigma**2)).exp()
+        return -0.5 * (-0.5 * d2).exp()
 
     def spectral_density(self, omega):
         d = omega.shape[-1]
@@ -193,7 +199,7 @@ class MaternKernel(RadialKernel):
         if nu not in self.NUS:
             raise ValueError(f"nu: expected one of {self.NUS}, got {nu!r}")
         self.nu = float(nu)
-        self._a = math.sqrt(2 * self.nu) / self.sigma
+        self._a = math.sqrt(2 * self.nu)
 
     def profile(self, d2):
         a = self._a
@@ -249,11 +255,11 @@ class CauchyKernel(RadialKernel):
     """
 
     def profile(self, d2):
-        return 1.0 / (1 + d2 * (1.0 / self.sigma**2))
+        return 1.0 / (1 + d2)
 
     def dprofile(self, d2):
-        f = 1.0 / (1 + d2 * (1.0 / self.sigma**2))
-        return -(1.0 / self.sigma**2) * f * f
+        f = 1.0 / (1 + d2)
+        return -f * f
 
     def spectral_density(self, omega):
         d = omega.shape[-1]
@@ -263,8 +269,11 @@ class CauchyKernel(RadialKernel):
         return math.pi * self.sigma * torch.exp(-self.sigma * omega.abs().sum(-1))
 
 
-class SumKernel(RadialKernel):
+class SumKernel(Kernel):
     """Positive combination ``Σ_k w_k k_k`` of radial kernels (multi-scale), normalised by ``Σ w_k``.
+
+    Kernel sums are evaluated component by component (one reduction per scale), so each component keeps its
+    width-free KeOps formula.
 
     Parameters
     ----------
@@ -276,7 +285,7 @@ class SumKernel(RadialKernel):
 
     def __init__(self, kernels: Sequence[RadialKernel], weights: Sequence[float] | None = None, *,
                  nugget: float = 0.0):
-        Kernel.__init__(self, nugget=nugget)
+        super().__init__(nugget=nugget)
         kernels = list(kernels)
         if not kernels or not all(isinstance(k, RadialKernel) for k in kernels):
             raise ValueError(f"kernels: expected a non-empty sequence of radial kernels, got {kernels!r}")
@@ -292,18 +301,26 @@ class SumKernel(RadialKernel):
         self.weights = [w / total for w in weights]
         self.sigma = max(k.sigma for k in kernels)
 
-    def profile(self, d2):
-        return sum(w * k.profile(d2) for w, k in zip(self.weights, self.kernels))
+    def _pairwise(self, x, y, backend):
+        return sum(w * k._pairwise(x, y, backend) for w, k in zip(self.weights, self.kernels))
 
-    def dprofile(self, d2):
-        return sum(w * k.dprofile(d2) for w, k in zip(self.weights, self.kernels))
+    def _matvec(self, x, y, p, backend="auto"):
+        out = sum(w * k._matvec(x, x if y is None else y, p, backend) for w, k in zip(self.weights, self.kernels))
+        if y is None and self.nugget:
+            out = out + self.nugget * p
+        return out
+
+    def dq_quadratic(self, q, p, backend="auto"):
+        """Sum of the components' closed forms."""
+        return sum(w * k.dq_quadratic(q, p, backend) for w, k in zip(self.weights, self.kernels))
 
     def spectral_density(self, omega):
         return sum(w * k.spectral_density(omega) for w, k in zip(self.weights, self.kernels))
 
     def __repr__(self):
         parts = ", ".join(f"{w:.3g}*{k!r}" for w, k in zip(self.weights, self.kernels))
-        return f"SumKernel({parts})"
+        extra = f", nugget={self.nugget:g}" if self.nugget else ""
+        return f"SumKernel({parts}{extra})"
 
 
 def _sigmoid_prime(x):
