@@ -1,0 +1,54 @@
+"""Backend selection: the auto policy, the KeOps fallback, placement by device."""
+
+import warnings
+
+import pytest
+import torch
+
+from lddmm_nets import GaussianKernel, backends
+
+
+def test_auto_policy_by_size_and_device(monkeypatch):
+    monkeypatch.setattr(backends, "_keops_status", lambda: (True, ""))
+    small, large = 100, 10 * backends.AUTO_DENSE_MAX_PAIRS
+    assert backends.select_backend("auto", small, small, torch.device("cpu")) == "dense"
+    assert backends.select_backend("auto", large, 1, torch.device("cpu")) == "keops"
+    between = backends.AUTO_DENSE_MAX_PAIRS + 1
+    assert backends.select_backend("auto", between, 1, torch.device("cpu")) == "keops"
+    # CUDA tensors keep the dense path a little longer (fast BLAS), then take KeOps' GPU path
+    assert backends.AUTO_DENSE_MAX_PAIRS_CUDA >= backends.AUTO_DENSE_MAX_PAIRS
+    assert backends.select_backend("auto", backends.AUTO_DENSE_MAX_PAIRS_CUDA, 1, torch.device("cuda")) == "dense"
+    assert backends.select_backend("auto", backends.AUTO_DENSE_MAX_PAIRS_CUDA + 1, 1,
+                                   torch.device("cuda")) == "keops"
+    assert backends.select_backend("dense", large, large) == "dense"
+
+
+def test_auto_falls_back_to_dense_with_one_warning_and_keops_raises(monkeypatch):
+    monkeypatch.setattr(backends, "_keops_status", lambda: (False, "CalledProcessError: g++ not found"))
+    monkeypatch.setattr(backends, "_warned_fallback", False)
+    n = backends.AUTO_DENSE_MAX_PAIRS
+    with pytest.warns(RuntimeWarning, match="falls back to dense: CalledProcessError: g\\+\\+ not found"):
+        assert backends.select_backend("auto", n, 2) == "dense"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backends.select_backend("auto", n, 2) == "dense"  # warned once only
+    with pytest.raises(backends.KeOpsUnavailableError, match="g\\+\\+ not found"):
+        backends.select_backend("keops", 10, 10)
+    # the kernels keep working through the fallback, with the same values
+    x = torch.rand(n // 2 + 1, 1, dtype=torch.float64)
+    y, p = torch.rand(3, 1, dtype=torch.float64), torch.rand(3, 2, dtype=torch.float64)
+    k = GaussianKernel(sigma=0.3)
+    torch.testing.assert_close(k.matvec(x, y, p, backend="auto"), k.matvec(x, y, p, backend="dense"))
+
+
+def test_unknown_backend_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"backend: expected one of \('auto', 'dense', 'keops'\), got 'torch'"):
+        backends.select_backend("torch", 1, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_outputs_keep_the_inputs_dtype_and_device(dtype):
+    x = torch.rand(20, 3, dtype=dtype)
+    for backend in ("dense", "keops") if backends.keops_available() else ("dense",):
+        out = GaussianKernel(sigma=0.5).matvec(x, x, x, backend=backend)
+        assert out.dtype == dtype and out.device == x.device
