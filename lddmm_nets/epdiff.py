@@ -47,8 +47,8 @@ class GridShooting:
         ``(d, *shape)`` ``psi_1 = phi_1^{-1}`` in physical coordinates: the image at time 1 is ``I_0 ∘ psi_1``.
     forward_map : torch.Tensor or None
         ``(d, *shape)`` ``phi_1`` (Lagrangian), when requested.
-    momentum : torch.Tensor
-        ``(d, *shape)`` vector momentum ``m_1`` (density per unit volume).
+    momentum : torch.Tensor or None
+        ``(d, *shape)`` vector momentum ``m_1`` (density per unit volume), when requested (``final_momentum``).
     velocity0 : torch.Tensor
         ``(d, *shape)`` initial velocity ``v_0 = K ⋆ m_0`` (physical units per unit time).
     energy : torch.Tensor
@@ -61,7 +61,7 @@ class GridShooting:
 
     inverse_map: torch.Tensor
     forward_map: torch.Tensor | None
-    momentum: torch.Tensor
+    momentum: torch.Tensor | None
     velocity0: torch.Tensor
     energy: torch.Tensor
     image: torch.Tensor | None
@@ -117,7 +117,7 @@ def _check(x: torch.Tensor, name: str, spacing, channels: bool):
 
 
 def _shoot(transport, smoother: Operator, spacing, shape, dtype, device, *, n_steps: int,
-           forward_map: bool, checkpoint: bool, image_fn=None) -> GridShooting:
+           forward_map: bool, checkpoint: bool, final_momentum: bool, image_fn=None) -> GridShooting:
     if not isinstance(n_steps, int) or n_steps < 1:
         raise ValueError(f"n_steps: expected a positive integer, got {n_steps!r}")
     h = 1.0 / n_steps
@@ -146,14 +146,15 @@ def _shoot(transport, smoother: Operator, spacing, shape, dtype, device, *, n_st
         if phi is not None:
             phi = phi + h * (v if first else interpolate(v, phi, spacing))
         psi = psi_new
-    m_final = transport(psi, False)
+    m_final = transport(psi, False) if final_momentum else None
     image = image_fn(psi) if image_fn is not None else None
     return GridShooting(inverse_map=psi, forward_map=phi, momentum=m_final, velocity0=v0,
                         energy=torch.stack(energies), image=image, n_steps=n_steps, spacing=tuple(spacing))
 
 
 def shoot_vector_momentum(m0: torch.Tensor, smoother: Operator, spacing, *, n_steps: int = 10,
-                          forward_map: bool = False, checkpoint: bool = False) -> GridShooting:
+                          forward_map: bool = False, checkpoint: bool = False,
+                          final_momentum: bool = False) -> GridShooting:
     """Shoot EPDiff on a grid from an initial vector momentum ``m_0``.
 
     Parameters
@@ -170,6 +171,8 @@ def shoot_vector_momentum(m0: torch.Tensor, smoother: Operator, spacing, *, n_st
         Also integrate the Lagrangian forward map ``phi_1``.
     checkpoint : bool
         Recompute each step in the backward pass (memory ``O(1)`` in ``n_steps`` instead of ``O(n_steps)``).
+    final_momentum : bool
+        Also return ``m_1`` (one more transport).
 
     Returns
     -------
@@ -191,11 +194,12 @@ def shoot_vector_momentum(m0: torch.Tensor, smoother: Operator, spacing, *, n_st
         return det * (jac * w.unsqueeze(1)).sum(0)  # (D psi)^T w
 
     return _shoot(transport, smoother, spacing, shape, m0.dtype, m0.device, n_steps=n_steps,
-                  forward_map=forward_map, checkpoint=checkpoint)
+                  forward_map=forward_map, checkpoint=checkpoint, final_momentum=final_momentum)
 
 
 def shoot_image(image: torch.Tensor, scalar_momentum: torch.Tensor, smoother: Operator, spacing, *,
-                n_steps: int = 10, forward_map: bool = False, checkpoint: bool = False) -> GridShooting:
+                n_steps: int = 10, forward_map: bool = False, checkpoint: bool = False,
+                final_momentum: bool = False) -> GridShooting:
     """Geodesic shooting of an image with a scalar momentum (THEORY §4).
 
     ``v_t = K ⋆ (-P_t ∇I_t)``, ``I_t = I_0 ∘ psi_t``, ``P_t = |D psi_t| P_0 ∘ psi_t``,
@@ -211,13 +215,13 @@ def shoot_image(image: torch.Tensor, scalar_momentum: torch.Tensor, smoother: Op
         Grid operator ``m ↦ K ⋆ m`` on ``(..., *shape)``.
     spacing : sequence of float
         Grid spacing; ``d = len(spacing)``.
-    n_steps, forward_map, checkpoint
+    n_steps, forward_map, checkpoint, final_momentum
         As in :func:`shoot_vector_momentum`.
 
     Returns
     -------
     GridShooting
-        With ``image = I_0 ∘ psi_1`` and ``momentum = -P_1 ∇I_1``.
+        With ``image = I_0 ∘ psi_1`` and (if requested) ``momentum = -P_1 ∇I_1``.
     """
     spacing = as_spacing(spacing)
     d = len(spacing)
@@ -239,5 +243,5 @@ def shoot_image(image: torch.Tensor, scalar_momentum: torch.Tensor, smoother: Op
         return image_momentum(ip[0], det * ip[1], spacing)
 
     return _shoot(transport, smoother, spacing, shape, image.dtype, image.device, n_steps=n_steps,
-                  forward_map=forward_map, checkpoint=checkpoint,
+                  forward_map=forward_map, checkpoint=checkpoint, final_momentum=final_momentum,
                   image_fn=lambda psi: interpolate(image, psi, spacing))

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from lddmm_nets.epdiff import image_momentum, shoot_image, shoot_vector_momentum
+from lddmm_nets.epdiff import grid_energy, image_momentum, shoot_image, shoot_vector_momentum
 from lddmm_nets.fields import compose, identity_map, interpolate, jacobian_determinant
 from lddmm_nets.grid import Grid
 from lddmm_nets.kernels import GaussianKernel
@@ -63,8 +63,13 @@ def test_scalar_momentum_equals_vector_momentum():
     spacing = (1.0, 1.25)
     op, x, bump, _ = _setup()
     P = 0.5 * torch.sin(x[0] / 4.0) * bump
-    r1 = shoot_image(bump, P, op, spacing, n_steps=10)
-    r2 = shoot_vector_momentum(image_momentum(bump, P, spacing), op, spacing, n_steps=10)
+    r1 = shoot_image(bump, P, op, spacing, n_steps=10, final_momentum=True)
+    r2 = shoot_vector_momentum(image_momentum(bump, P, spacing), op, spacing, n_steps=10, final_momentum=True)
+    scale = float(r2.momentum.abs().max())
+    assert float((r1.momentum - r2.momentum).abs().max()) < 0.1 * scale
+    # the final momentum carries the same kinetic energy ½⟨m_1, K m_1⟩ as the initial one
+    e1 = grid_energy(r2.momentum, op(r2.momentum), spacing)
+    assert abs(float(e1 / r2.energy[0]) - 1) < 0.03
     moved = float((r1.inverse_map - x).abs().max())
     assert moved > 0.3
     assert float((r1.inverse_map - r2.inverse_map).abs().max()) < 0.05 * moved
