@@ -14,6 +14,7 @@ values in [0, 1]) that weights the voxels. One implementation for every dimensio
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 __all__ = ["METRICS", "ssd", "ncc", "lncc", "get_metric"]
 
@@ -60,10 +61,8 @@ def _box(x: torch.Tensor, window: int) -> torch.Tensor:
     y = x
     for axis in range(x.dim()):
         n = y.shape[axis]
-        zeros = torch.zeros_like(y.narrow(axis, 0, 1))
-        padded = torch.cat([zeros.expand_as(y.narrow(axis, 0, 1)).repeat_interleave(r + 1, dim=axis), y,
-                            zeros.repeat_interleave(r, dim=axis)], dim=axis)
-        c = torch.cumsum(padded, dim=axis)
+        spec = [0, 0] * (x.dim() - 1 - axis) + [r + 1, r]  # F.pad lists the last axis first
+        c = torch.cumsum(F.pad(y, spec), dim=axis)
         idx = torch.arange(n, device=x.device, dtype=y.dtype)
         count = (torch.clamp(idx + r, max=n - 1) - torch.clamp(idx - r, min=0) + 1)
         count = count.reshape([-1 if a == axis else 1 for a in range(x.dim())])

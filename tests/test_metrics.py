@@ -54,3 +54,16 @@ def test_bad_options():
     a, b = _pair()
     with pytest.raises(ValueError, match="warped"):
         ssd(a[:5], b)
+
+
+@pytest.mark.parametrize("shape", [(31,), (17, 12), (9, 11, 10)])
+def test_running_sum_box_filter_equals_the_cropped_box_mean(shape):
+    import torch.nn.functional as F
+
+    from registration.metrics import _box
+
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[len(shape) - 1]
+    for window in (3, 5, 7):
+        ref = pool(x[None, None], window, 1, window // 2, count_include_pad=False)[0, 0]
+        torch.testing.assert_close(_box(x, window), ref, atol=1e-12, rtol=0)
