@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 _INTERP = {"linear": "bilinear", "nearest": "nearest"}
-_PADDING = ("border", "zeros", "reflection")
+_PADDING = ("border", "zeros")
 _BOUNDARY = ("replicate", "periodic")
 
 
@@ -230,6 +230,10 @@ def _to_grid_sample(f: torch.Tensor, x: torch.Tensor, spacing: tuple[float, ...]
         inp = inp.unsqueeze(-2)  # (1, C, 1, n)
         norm = [torch.zeros_like(norm[0])] + norm
     g = torch.stack(norm[::-1], dim=-1)  # grid_sample wants (x=last axis, y, z)
+    # Non-finite or huge coordinates (a diverging optimiser step) can crash grid_sample's index arithmetic.
+    # Points beyond ±3 are at least one cell outside the grid, where "zeros" and "border" padding do not
+    # depend on how far outside they are, so clamping them changes nothing; NaN goes outside too.
+    g = torch.nan_to_num(g, nan=-3.0, posinf=3.0, neginf=-3.0).clamp(-3.0, 3.0)
     g = g.reshape((1, -1) + (1,) * (max(d, 2) - 1) + (max(d, 2),))
     return inp, g, lead, out_shape
 
@@ -248,8 +252,8 @@ def interpolate(f: torch.Tensor, x: torch.Tensor, spacing, *, interp: str = "lin
         Grid spacing of ``f``.
     interp : {"linear", "nearest"}
         Multilinear or nearest-neighbour interpolation.
-    padding : {"border", "zeros", "reflection"}
-        Value outside the grid: nearest edge value, zero, or mirrored.
+    padding : {"border", "zeros"}
+        Value outside the grid: nearest edge value, or zero.
 
     Returns
     -------

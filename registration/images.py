@@ -786,7 +786,7 @@ def register_images(fixed, moving, *, metric: str = "lncc", window: int = 5, sig
                       scale=scale, sim0=sim0):
             psi, energy = geo.shoot(q * scale)
             with torch.no_grad():  # the discrete map must stay invertible: folds are infeasible steps
-                if float(jacobian_determinant(psi.detach(), geo.spacing).min()) <= 0:
+                if not float(jacobian_determinant(psi.detach(), geo.spacing).min()) > 0:  # NaN fails too
                     return None, None
             psi = geo.upsample_map(psi, lv_shape, lv_spacing)
             sim = loss_fn(interpolate(Ml, psi, lv_spacing), Fl, maskl)

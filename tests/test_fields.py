@@ -130,3 +130,12 @@ def test_resize_fast_path_equals_interpolation(target):
     src = (7, 9, 5)
     x = identity_map(target, [(n - 1) / (m - 1) for n, m in zip(src, target)], dtype=torch.float64)
     torch.testing.assert_close(resize(f, target), interpolate(f, x, (1.0, 1.0, 1.0)), atol=1e-12, rtol=0)
+
+
+def test_interpolation_is_safe_for_non_finite_and_far_points():
+    f = torch.arange(12, dtype=torch.float64).reshape(3, 4) + 1.0
+    pts = torch.tensor([[float("nan"), 1e30, -float("inf"), 2.5], [0.0, 1.0, 1.0, 100.0]], dtype=torch.float64)
+    out = interpolate(f, pts, (1.0, 1.0), padding="zeros")
+    assert torch.isfinite(out).all() and out[:3].tolist() == [0.0, 0.0, 0.0]
+    border = interpolate(f, pts, (1.0, 1.0), padding="border")
+    assert border[1].item() == f[2, 1].item() and border[3].item() == f[2, 3].item()
