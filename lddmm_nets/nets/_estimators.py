@@ -324,7 +324,8 @@ _PARAM_DOC = """
         Width of Γ in input units; "auto" is twice the readout width.
     readout_sigma : float or "auto", default="auto"
         Width of K; "auto" is selected with ``lam`` by exact leave-one-out on the unwarped data (at most 800
-        points) among 2^-4.5 ... 1 (steps of √2) times the median pairwise distance.
+        points), by the smallest LOO squared error, among 2^-4.5 ... 1 (steps of √2) times the median pairwise
+        distance.
     nu : float, default=0.1
         Weight of the kinetic energy relative to the data term ``ℓ / N``.
     lam : float or "auto", default="auto"

@@ -143,7 +143,7 @@ class LOOSelection:
     sigma, lam : float
         Selected readout width and ridge parameter.
     score : float
-        Selected LOO score (accuracy for classification, minus mean squared error for regression).
+        LOO score of the selected candidate (accuracy for classification, minus mean squared error otherwise).
     table : list of tuple
         ``(sigma, lam, score)`` for every candidate.
     """
@@ -154,7 +154,8 @@ class LOOSelection:
     table: list
 
 
-def loo_select(make_kernel, q: torch.Tensor, Y: torch.Tensor, sigmas, lams, *, classification: bool) -> LOOSelection:
+def loo_select(make_kernel, q: torch.Tensor, Y: torch.Tensor, sigmas, lams, *, classification: bool,
+               select_by: str = "mse") -> LOOSelection:
     """Exact leave-one-out selection of the readout kernel width and ridge parameter.
 
     For each width, one eigendecomposition ``K = U S Uᵀ`` gives every λ's LOO residuals
@@ -171,8 +172,15 @@ def loo_select(make_kernel, q: torch.Tensor, Y: torch.Tensor, sigmas, lams, *, c
     sigmas, lams : iterable of float
         Candidates.
     classification : bool
-        Score by LOO accuracy (argmax) instead of LOO mean squared error.
+        Report the LOO accuracy (argmax) as the score instead of minus the LOO mean squared error.
+    select_by : {"mse", "accuracy"}
+        Criterion of the choice. The LOO squared error is the smoother estimate of the risk: on a few hundred
+        points many candidates tie in LOO accuracy (ties are then broken by the squared error).
     """
+    if select_by not in ("mse", "accuracy"):
+        raise ValueError(f"select_by must be 'mse' or 'accuracy'; got {select_by!r}")
+    if select_by == "accuracy" and not classification:
+        raise ValueError("select_by='accuracy' needs classification=True")
     q = q.detach()
     Y = Y.detach()
     labels = Y.argmax(1)
@@ -190,14 +198,10 @@ def loo_select(make_kernel, q: torch.Tensor, Y: torch.Tensor, sigmas, lams, *, c
                 alpha = U @ (w[:, None] * UtY)
                 h = U2 @ (S * w)
                 r = lam * alpha / (1 - h).clamp_min(1e-12)[:, None]
-                if classification:
-                    score = float(((Y - r).argmax(1) == labels).double().mean())
-                    # Ties in accuracy: prefer the smaller LOO squared error.
-                    key = (score, -float((r * r).mean()))
-                else:
-                    score = -float((r * r).mean())
-                    key = (score, 0.0)
-                if not math.isfinite(score):
+                mse = float((r * r).mean())
+                score = float(((Y - r).argmax(1) == labels).double().mean()) if classification else -mse
+                key = (score, -mse) if select_by == "accuracy" else (-mse, 0.0)
+                if not (math.isfinite(score) and math.isfinite(mse)):
                     continue
                 table.append((float(sigma), float(lam), score))
                 if best is None or key > best[0]:
