@@ -71,6 +71,9 @@ class Kernel:
             y = check_points("y", y, dim=x.shape[1])
         p = check_points("p", p)
         check_same_rows("p", p, "y" if y is not None else "x", x if y is None else y)
+        for name, t in (("y", y), ("p", p)):
+            if t is not None and (t.dtype != x.dtype or t.device != x.device):
+                raise ValueError(f"{name}: expected dtype {x.dtype} on {x.device} (as x), got {t.dtype} on {t.device}")
         return self._matvec(x, y, p, backend)
 
     def _matvec(self, x, y, p, backend="auto"):

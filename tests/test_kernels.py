@@ -243,6 +243,8 @@ def test_bad_point_sets_raise(rng):
         k.matvec(bad, x, x)
     with pytest.raises(ValueError, match="backend: expected one of"):
         k.matvec(x, x, x, backend="cuda")
+    with pytest.raises(ValueError, match="p: expected dtype torch.float64 on cpu"):
+        k.matvec(x, x, x.float())
     with pytest.raises(ValueError, match=r"m: expected a tensor of shape \(\.\.\., 8, 8\)"):
         k.on_grid(Grid((8, 8)))(torch.zeros(8, 9))
 
