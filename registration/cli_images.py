@@ -98,14 +98,10 @@ def _progress(bar):
 
 def run_register(args) -> int:
     """Run ``lddmm register``; returns the exit code (0 on success)."""
-    import torch
-
     from .images import register_images
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads: expected a positive integer, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads: expected a positive integer, got {args.threads}")
     for name, path in (("fixed", args.fixed), ("moving", args.moving)):
         if not os.path.exists(path):
             raise FileNotFoundError(f"{name}: no such file: {path}")
@@ -117,7 +113,7 @@ def run_register(args) -> int:
         regularization=args.regularization, shrink_factors=args.shrink_factors,
         smoothing_sigmas=args.smoothing_sigmas, iterations=args.iterations, n_steps=args.n_steps,
         momentum=args.momentum, affine=args.affine, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
-        device=args.device).items() if v is not None}
+        device=args.device, threads=args.threads).items() if v is not None}
     bar = progress = None
     if not args.quiet:
         from tqdm.auto import tqdm

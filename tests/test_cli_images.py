@@ -13,7 +13,7 @@ from registration.io import Image, load_image, save_image
 
 FILES = ["warped.nii.gz", "displacement.nii.gz", "inverse_displacement.nii.gz", "jacobian.nii.gz",
          "momentum.nii.gz", "report.json", "overview.png"]
-FAST = ["--shrink-factors", "2,1", "--smoothing-sigmas", "1,0", "--iterations", "12,6", "--quiet"]
+FAST = ["--shrink-factors", "2,1", "--smoothing-sigmas", "1,0", "--iterations", "12,6", "--quiet", "--threads", "1"]
 
 
 def _run(argv):

@@ -9,7 +9,7 @@ from registration.images import register_images
 from registration.io import Image
 from registration.transforms import DisplacementTransform
 
-FAST = dict(shrink_factors=(2, 1), smoothing_sigmas=(1.0, 0.0), iterations=(40, 20))
+FAST = dict(shrink_factors=(2, 1), smoothing_sigmas=(1.0, 0.0), iterations=(40, 20), threads=1)
 
 
 def _blobs(shape, seed=0, n=6, width=None):
@@ -107,6 +107,17 @@ def test_bad_input_is_rejected(tmp_path):
         register_images(img, img, shrink_factors=(2, 1), iterations=(3,))
     with pytest.raises(ValueError, match="empty"):
         register_images(img, img, fixed_mask=np.zeros((20, 20)))
+    with pytest.raises(ValueError, match="threads"):
+        register_images(img, img, threads=0)
+
+
+def test_threads_option_is_restored():
+    import torch
+
+    before = torch.get_num_threads()
+    img = _blobs((20, 20))
+    register_images(img, img + 0.01 * _blobs((20, 20), seed=1), shrink_factors=(1,), iterations=(2,), threads=1)
+    assert torch.get_num_threads() == before
 
 
 def _analytic_blobs(points, seed=5, n=12, width=4.0):
@@ -167,7 +178,7 @@ def test_defaults_recover_a_known_warp_on_a_real_t1_slice():
     fixed = Image(t1.data * 1000.0 + 37.0, t1.affine)  # any intensity range: normalised inside
     warp = random_diffeomorphism(fixed.shape, max_displacement=6.0, smoothness=10.0, seed=2)
     moving = warp.transform().apply(fixed)
-    res = register_images(fixed, moving)  # the defaults, as a user would run them
+    res = register_images(fixed, moving, threads=1)  # the defaults (one thread: the test machine is shared)
     brain = t1.data > 0.1 * t1.data.max()
     before = np.linalg.norm(warp.inverse_displacement[:, brain], axis=0).mean()
     after = np.linalg.norm((res.displacement - warp.inverse_displacement)[:, brain], axis=0).mean()
