@@ -13,10 +13,13 @@ Memory cost per backend, for ``M`` target and ``N`` source points:
 * ``keops``: ``O(M + N)`` memory; the ``(M, N)`` matrix is never stored. The first call of each new formula compiles
   it with the system's C++ compiler (about 10 s, then cached under ``~/.cache/keops*``).
 
-The ``auto`` policy (:func:`select_backend`): dense while ``M * N <= AUTO_DENSE_MAX_PAIRS`` (``2**22``, about 4e6
-pairs: 32 MiB per float64 matrix) on the CPU; beyond that KeOps when it is available. On CUDA devices the threshold is
-``AUTO_DENSE_MAX_PAIRS_CUDA`` (``2**24``). When KeOps cannot compile, ``auto`` falls back to dense with one warning,
-while an explicit ``backend="keops"`` raises :class:`KeOpsUnavailableError` with the compiler's reason.
+The ``auto`` policy (:func:`select_backend`): dense while ``M * N`` is at most ``AUTO_DENSE_MAX_PAIRS[dtype]``
+on the CPU (``2**17`` pairs in float32, about N = 360; ``2**15`` in float64, about N = 180), KeOps beyond when it is
+available. The thresholds are the measured crossovers of ``scripts/bench_kernels.py`` (kernel sum with its gradient,
+2-core CPU): KeOps' per-call overhead is about 0.2 ms, and dense float64 falls behind early. On CUDA devices the
+threshold is ``AUTO_DENSE_MAX_PAIRS_CUDA`` (``2**24`` pairs; not measured here). When KeOps cannot compile, ``auto``
+falls back to dense with one warning, while an explicit ``backend="keops"`` raises :class:`KeOpsUnavailableError`
+with the compiler's reason.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "dense", "keops")
-AUTO_DENSE_MAX_PAIRS = 2**22
+AUTO_DENSE_MAX_PAIRS = {torch.float32: 2**17, torch.float64: 2**15}
 AUTO_DENSE_MAX_PAIRS_CUDA = 2**24
 
 
@@ -76,7 +79,8 @@ def keops_available() -> bool:
     return _keops_status()[0]
 
 
-def select_backend(backend: str, n_targets: int, n_sources: int, device: torch.device | None = None) -> str:
+def select_backend(backend: str, n_targets: int, n_sources: int, device: torch.device | None = None,
+                   dtype: torch.dtype | None = None) -> str:
     """Resolve ``backend`` to ``"dense"`` or ``"keops"``.
 
     Parameters
@@ -87,6 +91,8 @@ def select_backend(backend: str, n_targets: int, n_sources: int, device: torch.d
         Sizes ``M`` and ``N`` of the pairwise problem.
     device : torch.device, optional
         Device of the inputs; CUDA raises the dense threshold.
+    dtype : torch.dtype, optional
+        Dtype of the inputs (default float32's threshold).
 
     Returns
     -------
@@ -110,7 +116,10 @@ def select_backend(backend: str, n_targets: int, n_sources: int, device: torch.d
         if not ok:
             raise KeOpsUnavailableError(f"backend='keops' requested but KeOps cannot be used: {reason}")
         return "keops"
-    limit = AUTO_DENSE_MAX_PAIRS_CUDA if (device is not None and device.type == "cuda") else AUTO_DENSE_MAX_PAIRS
+    if device is not None and device.type == "cuda":
+        limit = AUTO_DENSE_MAX_PAIRS_CUDA
+    else:
+        limit = AUTO_DENSE_MAX_PAIRS.get(dtype, AUTO_DENSE_MAX_PAIRS[torch.float32])
     if n_targets * n_sources <= limit:
         return "dense"
     ok, reason = _keops_status()

@@ -61,7 +61,7 @@ def bench_sums(sizes, dims, dtypes, dense_mem_gib):
                 dense_bytes = 3 * n * n * d * dtype.itemsize
                 t["dense"] = (_median_time(lambda: kernel.matvec(x, y, p, backend="dense"), repeats)
                               if dense_bytes <= dense_mem_gib * 2**30 else float("nan"))
-                picked = backends.select_backend("auto", n, n, x.device)
+                picked = backends.select_backend("auto", n, n, x.device, x.dtype)
                 # beyond 1e4 points a call lasts seconds and auto's dispatch is negligible: reuse the picked timing
                 t["auto"] = (_median_time(lambda: kernel.matvec(x, y, p, backend="auto"), repeats) if small
                              else t[picked])

@@ -10,13 +10,16 @@ from lddmm_nets import GaussianKernel, backends
 
 def test_auto_policy_by_size_and_device(monkeypatch):
     monkeypatch.setattr(backends, "_keops_status", lambda: (True, ""))
-    small, large = 100, 10 * backends.AUTO_DENSE_MAX_PAIRS
-    assert backends.select_backend("auto", small, small, torch.device("cpu")) == "dense"
-    assert backends.select_backend("auto", large, 1, torch.device("cpu")) == "keops"
-    between = backends.AUTO_DENSE_MAX_PAIRS + 1
-    assert backends.select_backend("auto", between, 1, torch.device("cpu")) == "keops"
-    # CUDA tensors keep the dense path a little longer (fast BLAS), then take KeOps' GPU path
-    assert backends.AUTO_DENSE_MAX_PAIRS_CUDA >= backends.AUTO_DENSE_MAX_PAIRS
+    cpu = torch.device("cpu")
+    for dtype, limit in backends.AUTO_DENSE_MAX_PAIRS.items():
+        assert backends.select_backend("auto", 100, 100, cpu, dtype) == "dense"
+        assert backends.select_backend("auto", limit, 1, cpu, dtype) == "dense"
+        assert backends.select_backend("auto", limit + 1, 1, cpu, dtype) == "keops"
+    # dense float64 falls behind KeOps earlier than float32 (measured by scripts/bench_kernels.py)
+    assert backends.AUTO_DENSE_MAX_PAIRS[torch.float64] < backends.AUTO_DENSE_MAX_PAIRS[torch.float32]
+    large = 10 * backends.AUTO_DENSE_MAX_PAIRS_CUDA
+    # CUDA tensors keep the dense path longer (fast BLAS), then take KeOps' GPU path
+    assert backends.AUTO_DENSE_MAX_PAIRS_CUDA >= max(backends.AUTO_DENSE_MAX_PAIRS.values())
     assert backends.select_backend("auto", backends.AUTO_DENSE_MAX_PAIRS_CUDA, 1, torch.device("cuda")) == "dense"
     assert backends.select_backend("auto", backends.AUTO_DENSE_MAX_PAIRS_CUDA + 1, 1,
                                    torch.device("cuda")) == "keops"
@@ -26,16 +29,16 @@ def test_auto_policy_by_size_and_device(monkeypatch):
 def test_auto_falls_back_to_dense_with_one_warning_and_keops_raises(monkeypatch):
     monkeypatch.setattr(backends, "_keops_status", lambda: (False, "CalledProcessError: g++ not found"))
     monkeypatch.setattr(backends, "_warned_fallback", False)
-    n = backends.AUTO_DENSE_MAX_PAIRS
+    n = 2 * backends.AUTO_DENSE_MAX_PAIRS[torch.float64]
     with pytest.warns(RuntimeWarning, match="falls back to dense: CalledProcessError: g\\+\\+ not found"):
-        assert backends.select_backend("auto", n, 2) == "dense"
+        assert backends.select_backend("auto", n, 1, dtype=torch.float64) == "dense"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert backends.select_backend("auto", n, 2) == "dense"  # warned once only
+        assert backends.select_backend("auto", n, 1, dtype=torch.float64) == "dense"  # warned once only
     with pytest.raises(backends.KeOpsUnavailableError, match="g\\+\\+ not found"):
         backends.select_backend("keops", 10, 10)
     # the kernels keep working through the fallback, with the same values
-    x = torch.rand(n // 2 + 1, 1, dtype=torch.float64)
+    x = torch.rand(n, 1, dtype=torch.float64)
     y, p = torch.rand(3, 1, dtype=torch.float64), torch.rand(3, 2, dtype=torch.float64)
     k = GaussianKernel(sigma=0.3)
     torch.testing.assert_close(k.matvec(x, y, p, backend="auto"), k.matvec(x, y, p, backend="dense"))
