@@ -132,8 +132,8 @@ def methods(n_samples, n_features, quick):
     gammas = scale_gamma * np.array([0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0])
     inner = 3  # inner folds of every grid search (kept small: two shared cores)
     m = [
-        ("KWC default (shooting)", make_pipeline(StandardScaler(), KernelWarpingClassifier())),
-        ("KWC layers", make_pipeline(StandardScaler(), KernelWarpingClassifier(mode="layers"))),
+        ("KWC default (layers)", make_pipeline(StandardScaler(), KernelWarpingClassifier())),
+        ("KWC shooting", make_pipeline(StandardScaler(), KernelWarpingClassifier(mode="shooting"))),
     ]
     if n_samples <= 600 and not quick:
         m.append(("KWC tuned (nu)", GridSearchCV(

@@ -62,7 +62,7 @@ def test_default_pipeline_beats_chance_and_warps(moons):
     # The warp lowers the objective below the data term of the identity map (p = 0).
     assert clf.objective_ < clf.initial_data_term_
     assert clf.displacement_ > 0
-    assert clf.energy_.shape == (clf.n_layers + 1,)
+    assert clf.mode == "layers" and clf.energy_.shape == (clf.n_layers,)
     assert clf.momentum_.shape == X.shape
     assert 0.0 <= clf.momentum_sparsity_ <= 1.0
     s = clf.decision_function(X)

@@ -155,7 +155,7 @@ class LOOSelection:
 
 
 def loo_select(make_kernel, q: torch.Tensor, Y: torch.Tensor, sigmas, lams, *, classification: bool,
-               select_by: str = "mse") -> LOOSelection:
+               select_by: str = "auto") -> LOOSelection:
     """Exact leave-one-out selection of the readout kernel width and ridge parameter.
 
     For each width, one eigendecomposition ``K = U S Uᵀ`` gives every λ's LOO residuals
@@ -173,19 +173,21 @@ def loo_select(make_kernel, q: torch.Tensor, Y: torch.Tensor, sigmas, lams, *, c
         Candidates.
     classification : bool
         Report the LOO accuracy (argmax) as the score instead of minus the LOO mean squared error.
-    select_by : {"mse", "accuracy"}
-        Criterion of the choice. The LOO squared error is the smoother estimate of the risk: on a few hundred
-        points many candidates tie in LOO accuracy (ties are then broken by the squared error).
+    select_by : {"auto", "mse", "accuracy"}
+        Criterion of the choice. "mse": smallest LOO squared error. "accuracy": largest LOO accuracy (ties broken
+        by the squared error). "auto": "mse" for regression; for classification a one-standard-error rule: among
+        the candidates whose LOO accuracy is within one binomial standard error ``sqrt(a(1-a)/N)`` of the best
+        ``a``, the smallest LOO squared error (accuracy differences below that are noise on a few hundred points;
+        the squared error is the smoother estimate of the risk).
     """
-    if select_by not in ("mse", "accuracy"):
-        raise ValueError(f"select_by must be 'mse' or 'accuracy'; got {select_by!r}")
+    if select_by not in ("auto", "mse", "accuracy"):
+        raise ValueError(f"select_by must be one of 'auto', 'mse', 'accuracy'; got {select_by!r}")
     if select_by == "accuracy" and not classification:
         raise ValueError("select_by='accuracy' needs classification=True")
     q = q.detach()
     Y = Y.detach()
     labels = Y.argmax(1)
-    table = []
-    best = None
+    rows = []  # (sigma, lam, accuracy or nan, mse)
     with torch.no_grad():
         for sigma in sigmas:
             K = make_kernel(float(sigma)).gram(q, q)
@@ -199,13 +201,18 @@ def loo_select(make_kernel, q: torch.Tensor, Y: torch.Tensor, sigmas, lams, *, c
                 h = U2 @ (S * w)
                 r = lam * alpha / (1 - h).clamp_min(1e-12)[:, None]
                 mse = float((r * r).mean())
-                score = float(((Y - r).argmax(1) == labels).double().mean()) if classification else -mse
-                key = (score, -mse) if select_by == "accuracy" else (-mse, 0.0)
-                if not (math.isfinite(score) and math.isfinite(mse)):
-                    continue
-                table.append((float(sigma), float(lam), score))
-                if best is None or key > best[0]:
-                    best = (key, float(sigma), float(lam), score)
-    if best is None:
+                acc = float(((Y - r).argmax(1) == labels).double().mean()) if classification else math.nan
+                if math.isfinite(mse):
+                    rows.append((float(sigma), float(lam), acc, mse))
+    if not rows:
         raise ValueError("leave-one-out selection failed: every candidate gave a non-finite score")
-    return LOOSelection(sigma=best[1], lam=best[2], score=best[3], table=table)
+    if not classification or select_by == "mse":
+        best = min(rows, key=lambda r: r[3])
+    elif select_by == "accuracy":
+        best = max(rows, key=lambda r: (r[2], -r[3]))
+    else:
+        a = max(r[2] for r in rows)
+        se = math.sqrt(a * (1 - a) / q.shape[0])
+        best = min((r for r in rows if r[2] >= a - se - 1e-12), key=lambda r: r[3])
+    table = [(r[0], r[1], r[2] if classification else -r[3]) for r in rows]
+    return LOOSelection(sigma=best[0], lam=best[1], score=best[2] if classification else -best[3], table=table)
