@@ -38,6 +38,10 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _SIGMA_FACTORS = tuple(2.0 ** (e / 2) for e in range(-9, 5))  # 2^-4.5 ... 4 in steps of √2
 # Leave-one-out selection runs on a random subsample of at most this many points (one eigh per width).
 _LOO_MAX_POINTS = 800
+# backend="auto" of the estimators: dense kernel matrices up to this many pairs (64 MiB per float32 matrix, a
+# few dozen alive under autograd), KeOps beyond. Fitting differentiates through every layer, where dense BLAS is
+# much faster than KeOps on the CPU at these sizes (and KeOps compiles a formula per input dimension).
+_DENSE_MAX_PAIRS = 2**24
 _LAM_GRID = tuple(10.0 ** (e / 2) for e in range(-8, 2))  # 1e-4 ... √10 in steps of √10
 
 
@@ -143,6 +147,9 @@ class _KernelWarpingBase(BaseEstimator):
         t0 = time.perf_counter()
         rng = np.random.default_rng(self.random_state)
         n = X.shape[0]
+        self.backend_ = self.backend
+        if self.backend == "auto":
+            self.backend_ = "dense" if n * n <= _DENSE_MAX_PAIRS else "auto"
         q0 = self._lift(self._to_tensor(X))
         Yt = self._to_tensor(Y)
         self.offset_ = Yt.mean(0)
@@ -184,12 +191,12 @@ class _KernelWarpingBase(BaseEstimator):
         # P = p / c with c its largest entry, on the objective divided by the kinetic energy of that step,
         # makes L-BFGS's variables and gradients O(1) whatever N, ν and λ (THEORY §7: data term scaled by 1/N).
         qq = q0.detach().requires_grad_(True)
-        d0, _ = ridge_loss(readout_kernel, qq, Yc, lam, backend=self.backend)
+        d0, _ = ridge_loss(readout_kernel, qq, Yc, lam, backend=self.backend_)
         (gq,) = torch.autograd.grad(d0 / n, qq)
         self.initial_data_term_ = float(d0.detach()) / n
         c = float(gq.abs().max()) / nu
         with torch.no_grad():
-            j0 = nu * float(_engine.hamiltonian(warp_kernel, q0.double(), gq.double() / nu))
+            j0 = nu * float(_engine.hamiltonian(warp_kernel, q0.double(), gq.double() / nu, self.backend_))
         # When the possible decrease is below round-off (the identity warp is already optimal to working
         # precision, e.g. data the readout interpolates), there is nothing to optimise.
         trivial = not (c > 0 and math.isfinite(j0) and j0 > 1e-10 * max(self.initial_data_term_, 1e-30))
@@ -199,14 +206,14 @@ class _KernelWarpingBase(BaseEstimator):
         def objective(P):
             p = c * P
             if self.mode == "shooting":
-                traj = shoot(warp_kernel, q0, p, n_steps=L, integrator=self.integrator, backend=self.backend)
-                energy = _engine.hamiltonian(warp_kernel, q0, p)
+                traj = shoot(warp_kernel, q0, p, n_steps=L, integrator=self.integrator, backend=self.backend_)
+                energy = _engine.hamiltonian(warp_kernel, q0, p, self.backend_)
                 qL = traj.q[-1]
             else:
-                qs, energies = forward_layers(warp_kernel, q0, p, backend=self.backend)
+                qs, energies = forward_layers(warp_kernel, q0, p, backend=self.backend_)
                 energy = energies.sum() / L
                 qL = qs[-1]
-            data, _ = ridge_loss(readout_kernel, qL, Yc, lam, backend=self.backend)
+            data, _ = ridge_loss(readout_kernel, qL, Yc, lam, backend=self.backend_)
             return nu * energy + data / n, energy, data / n
 
         history = []
@@ -249,13 +256,13 @@ class _KernelWarpingBase(BaseEstimator):
         self.offset_ = self.offset_.double()
         with torch.no_grad():
             if self.mode == "shooting":
-                traj = shoot(warp_kernel, q0, p, n_steps=L, integrator=self.integrator, backend=self.backend)
+                traj = shoot(warp_kernel, q0, p, n_steps=L, integrator=self.integrator, backend=self.backend_)
                 energy_path = traj.energy()
                 qL = traj.q[-1]
                 p0 = p
             else:
-                qs, energies = forward_layers(warp_kernel, q0, p, backend=self.backend)
-                traj = LayerTrajectory(warp_kernel, qs, p)
+                qs, energies = forward_layers(warp_kernel, q0, p, backend=self.backend_)
+                traj = LayerTrajectory(warp_kernel, qs, p, backend=self.backend_)
                 energy_path = energies
                 qL = qs[-1]
                 p0 = p[0]
@@ -271,7 +278,7 @@ class _KernelWarpingBase(BaseEstimator):
             sel = loo_select(lambda s: readout_kernel, qL[idx], Yc[idx], [0.0], _LAM_GRID,
                              classification=self._classification)
             self.lam_, self.loo_final_ = sel.lam, sel.score
-        alpha = ridge_solve(readout_kernel, qL, Yc, self.lam_, backend=self.backend)
+        alpha = ridge_solve(readout_kernel, qL, Yc, self.lam_, backend=self.backend_)
         self.readout_ = RidgeReadout(readout_kernel, self.lam_, qL, alpha, self.offset_)
         self.displacement_ = float((qL - q0).norm(dim=1).mean())
         self.fit_time_ = time.perf_counter() - t0
@@ -302,7 +309,7 @@ class _KernelWarpingBase(BaseEstimator):
         check_is_fitted(self, "readout_")
         X = validate_data(self, X, reset=False, dtype=np.float64)
         with torch.no_grad():
-            return self.readout_(self._warp(self._to_tensor(X, torch.float64)), backend=self.backend)
+            return self.readout_(self._warp(self._to_tensor(X, torch.float64)), backend=self.backend_)
 
 
 _PARAM_DOC = """
@@ -341,7 +348,8 @@ _PARAM_DOC = """
     refit_lam : bool, default=False
         With ``lam="auto"``, select λ again by leave-one-out on the warped training points before the final solve.
     backend : {"auto", "dense", "keops"}, default="auto"
-        Kernel backend for the kernel sums.
+        Kernel backend for the kernel sums; "auto" is dense up to 2^24 pairs (N ≤ 4096) and the engine's choice
+        (KeOps) beyond. The chosen value is ``backend_``.
     dtype : {"float32", "float64"}, default="float32"
         Precision of the optimisation; the leave-one-out selection and the fitted model (final trajectory,
         readout, predictions) are always float64.

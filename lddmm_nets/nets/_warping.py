@@ -29,11 +29,14 @@ class LayerTrajectory:
         (L+1, N, D) data points after each layer (``q[0]`` the inputs).
     p : torch.Tensor
         (L, N, D) momenta of the layers.
+    backend : str
+        Kernel backend used by :meth:`flow` and :meth:`energy`.
     """
 
     kernel: object
     q: torch.Tensor
     p: torch.Tensor
+    backend: str = "auto"
 
     @property
     def n_layers(self) -> int:
@@ -41,10 +44,12 @@ class LayerTrajectory:
 
     def energy(self) -> torch.Tensor:
         """(L,) tensor of ``H(q_k, p_k) = ½ ‖v_k‖_V²`` (nugget included)."""
-        return torch.stack([hamiltonian(self.kernel, self.q[k], self.p[k]) for k in range(self.n_layers)])
+        return torch.stack([hamiltonian(self.kernel, self.q[k], self.p[k], self.backend)
+                            for k in range(self.n_layers)])
 
-    def flow(self, x: torch.Tensor, return_path: bool = False, backend: str = "auto") -> torch.Tensor:
+    def flow(self, x: torch.Tensor, return_path: bool = False, backend: str | None = None) -> torch.Tensor:
         """Push ambient points x (M, D) through the layers; (M, D), or (L+1, M, D) with ``return_path``."""
+        backend = self.backend if backend is None else backend
         dt = 1.0 / self.n_layers
         path = [x]
         for k in range(self.n_layers):

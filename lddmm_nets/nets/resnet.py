@@ -251,7 +251,8 @@ class ResNetFlow(nn.Module):
         if loss == "ridge":
             from ._kernels import WideGaussianKernel
 
-            val, _ = ridge_loss(WideGaussianKernel(sigma=self.ridge_sigma), z, Y - Y.mean(0), self.ridge_lam)
+            val, _ = ridge_loss(WideGaussianKernel(sigma=self.ridge_sigma), z, Y - Y.mean(0), self.ridge_lam,
+                                backend="dense")
             return val / n
         if self.head is None:
             raise ValueError(f"loss={loss!r} needs head='linear'; use loss='ridge' with the ridge head")
