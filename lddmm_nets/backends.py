@@ -13,13 +13,19 @@ Memory cost per backend, for ``M`` target and ``N`` source points:
 * ``keops``: ``O(M + N)`` memory; the ``(M, N)`` matrix is never stored. The first call of each new formula compiles
   it with the system's C++ compiler (about 10 s, then cached under ``~/.cache/keops*``).
 
-The ``auto`` policy (:func:`select_backend`): dense while ``M * N`` is at most ``AUTO_DENSE_MAX_PAIRS[dtype]``
-on the CPU (``2**17`` pairs in float32, about N = 360; ``2**15`` in float64, about N = 180), KeOps beyond when it is
-available. The thresholds are the measured crossovers of ``scripts/bench_kernels.py`` (kernel sum with its gradient,
-2-core CPU): KeOps' per-call overhead is about 0.2 ms, and dense float64 falls behind early. On CUDA devices the
-threshold is ``AUTO_DENSE_MAX_PAIRS_CUDA`` (``2**24`` pairs; not measured here). When KeOps cannot compile, ``auto``
-falls back to dense with one warning, while an explicit ``backend="keops"`` raises :class:`KeOpsUnavailableError`
-with the compiler's reason.
+The ``auto`` policy (:func:`select_backend`), on the CPU, for points of dimension ``d``:
+
+* ``d < 8``: dense while ``M * N <= AUTO_DENSE_MAX_PAIRS[dtype]`` (``2**18`` pairs in float32, about N = 510;
+  ``2**15`` in float64, about N = 180), KeOps beyond. These are the crossovers measured by
+  ``scripts/bench_kernels.py`` for a kernel sum with its gradient: KeOps' per-call overhead is about 0.2 ms and the
+  dense float64 path falls behind early.
+* ``d >= 8`` (data spaces of idea registration): the dense path is one matrix product, far faster than KeOps'
+  per-pair loop over ``d`` coordinates and free of a compilation per dimension, so dense is kept up to
+  ``AUTO_DENSE_MAX_PAIRS_WIDE`` (``2**24`` pairs, 128 MiB per float64 matrix).
+
+On CUDA devices the threshold is ``AUTO_DENSE_MAX_PAIRS_CUDA`` (``2**24`` pairs; not measured here). When KeOps
+cannot compile, ``auto`` falls back to dense with one warning, while an explicit ``backend="keops"`` raises
+:class:`KeOpsUnavailableError` with the compiler's reason.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import torch
 __all__ = [
     "BACKENDS",
     "AUTO_DENSE_MAX_PAIRS",
+    "AUTO_DENSE_MAX_PAIRS_WIDE",
     "AUTO_DENSE_MAX_PAIRS_CUDA",
     "KeOpsUnavailableError",
     "keops_available",
@@ -48,7 +55,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "dense", "keops")
-AUTO_DENSE_MAX_PAIRS = {torch.float32: 2**17, torch.float64: 2**15}
+AUTO_DENSE_MAX_PAIRS = {torch.float32: 2**18, torch.float64: 2**15}
+AUTO_DENSE_MAX_PAIRS_WIDE = 2**24
 AUTO_DENSE_MAX_PAIRS_CUDA = 2**24
 
 
@@ -80,7 +88,7 @@ def keops_available() -> bool:
 
 
 def select_backend(backend: str, n_targets: int, n_sources: int, device: torch.device | None = None,
-                   dtype: torch.dtype | None = None) -> str:
+                   dtype: torch.dtype | None = None, dim: int | None = None) -> str:
     """Resolve ``backend`` to ``"dense"`` or ``"keops"``.
 
     Parameters
@@ -93,6 +101,8 @@ def select_backend(backend: str, n_targets: int, n_sources: int, device: torch.d
         Device of the inputs; CUDA raises the dense threshold.
     dtype : torch.dtype, optional
         Dtype of the inputs (default float32's threshold).
+    dim : int, optional
+        Dimension ``d`` of the points; ``d >= MATMUL_MIN_DIM`` keeps dense longer.
 
     Returns
     -------
@@ -118,6 +128,8 @@ def select_backend(backend: str, n_targets: int, n_sources: int, device: torch.d
         return "keops"
     if device is not None and device.type == "cuda":
         limit = AUTO_DENSE_MAX_PAIRS_CUDA
+    elif dim is not None and dim >= MATMUL_MIN_DIM:
+        limit = AUTO_DENSE_MAX_PAIRS_WIDE
     else:
         limit = AUTO_DENSE_MAX_PAIRS.get(dtype, AUTO_DENSE_MAX_PAIRS[torch.float32])
     if n_targets * n_sources <= limit:

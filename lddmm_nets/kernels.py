@@ -80,7 +80,7 @@ class Kernel:
         """Unchecked :meth:`matvec` for the engine's inner loops."""
         sym = y is None
         y = x if sym else y
-        b = B.select_backend(backend, x.shape[0], y.shape[0], x.device, x.dtype)
+        b = B.select_backend(backend, x.shape[0], y.shape[0], x.device, x.dtype, x.shape[1])
         out = B.reduce(self._pairwise(x, y, b), p)
         if sym and self.nugget:
             out = out + self.nugget * p
@@ -161,7 +161,7 @@ class RadialKernel(Kernel):
 
     def dq_quadratic(self, q, p, backend="auto"):
         """Closed form ``(2/σ²) Σ_j g'(|q_i - q_j|²/σ²) (p_i·p_j) (q_i - q_j)``, checked against autograd."""
-        b = B.select_backend(backend, q.shape[0], q.shape[0], q.device, q.dtype)
+        b = B.select_backend(backend, q.shape[0], q.shape[0], q.device, q.dtype, q.shape[1])
         qs = q * (1.0 / self.sigma)
         G = self.dprofile(B.sqdist(qs, qs, b)) * B.inner(p, p, b)
         s = B.reduce(G, torch.cat([torch.ones_like(qs[:, :1]), qs], dim=1))

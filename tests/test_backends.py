@@ -15,6 +15,11 @@ def test_auto_policy_by_size_and_device(monkeypatch):
         assert backends.select_backend("auto", 100, 100, cpu, dtype) == "dense"
         assert backends.select_backend("auto", limit, 1, cpu, dtype) == "dense"
         assert backends.select_backend("auto", limit + 1, 1, cpu, dtype) == "keops"
+    # wide inputs (one matrix product in dense) stay dense much longer
+    wide = backends.AUTO_DENSE_MAX_PAIRS_WIDE
+    assert backends.select_backend("auto", wide, 1, cpu, torch.float64, dim=64) == "dense"
+    assert backends.select_backend("auto", wide + 1, 1, cpu, torch.float64, dim=64) == "keops"
+    assert backends.select_backend("auto", wide, 1, cpu, torch.float64, dim=3) == "keops"
     # dense float64 falls behind KeOps earlier than float32 (measured by scripts/bench_kernels.py)
     assert backends.AUTO_DENSE_MAX_PAIRS[torch.float64] < backends.AUTO_DENSE_MAX_PAIRS[torch.float32]
     large = 10 * backends.AUTO_DENSE_MAX_PAIRS_CUDA
