@@ -95,6 +95,23 @@ def bench_shooting(sizes, dtype=torch.float32):
     return rows
 
 
+def bench_large(n=100_000, d=3):
+    """The 1e5-point 3-D kernel sum (engine KeOps path and raw KeOps), with the process's peak memory."""
+    import resource
+
+    rows = []
+    kernel = GaussianKernel(sigma=0.5)
+    for dtype in (torch.float32, torch.float64):
+        g = torch.Generator().manual_seed(0)
+        x, p = torch.rand(n, d, generator=g, dtype=dtype), torch.randn(n, d, generator=g, dtype=dtype)
+        t_engine = _median_time(lambda: kernel.matvec(x, x, p, backend="auto"), 1, warm_up=False)
+        t_raw = _median_time(lambda: _raw_keops(x, x, p, 0.5), 1, warm_up=False)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+        rows.append(dict(dtype=str(dtype).replace("torch.", ""), n=n, engine=n * n / t_engine, raw=n * n / t_raw,
+                         picked=backends.select_backend("auto", n, n, x.device, dtype), peak_mib=peak))
+    return rows
+
+
 def _fmt(v, spec):
     return "-" if v != v else format(v, spec)
 
@@ -105,11 +122,18 @@ def main(argv=None):
     ap.add_argument("--max-n", type=int, default=100_000)
     ap.add_argument("--dense-mem", type=float, default=4.0, help="GiB allowed for dense temporaries")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--large", action="store_true", help="only the 1e5-point 3-D sums (memory check), about 5 min")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if not backends.keops_available():
         raise SystemExit("KeOps is not available here: nothing to compare")
+    if args.large:
+        print(f"{'dtype':8} {'N':>7} | {'engine (auto)':>13} {'raw keops':>10} pairs/s | ratio | picked | peak RSS")
+        for r in bench_large():
+            print(f"{r['dtype']:8} {r['n']:>7} | {r['engine']:13.2e} {r['raw']:10.2e}         | "
+                  f"{r['engine'] / r['raw']:5.2f} | {r['picked']:6} | {r['peak_mib']:.0f} MiB")
+        return
     sizes = [n for n in (200, 500, 1_000, 2_000, 5_000, 10_000, 30_000, 100_000) if n <= (10_000 if args.quick else args.max_n)]
     dtypes = [torch.float32] if args.quick else [torch.float32, torch.float64]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; Gaussian kernel sums, M = N, D = d")
