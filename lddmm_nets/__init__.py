@@ -20,6 +20,16 @@ from .shooting import InverseFlowError, Trajectory, shoot
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # `lddmm_nets.nets` imports scikit-learn: load it on first use only
+    if name == "nets":
+        import importlib
+
+        return importlib.import_module(".nets", __name__)
+    raise AttributeError(f"module 'lddmm_nets' has no attribute {name!r}")
+
+
 __all__ = [
     "backends",
     "integrators",
