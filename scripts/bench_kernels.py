@@ -15,6 +15,7 @@ Prints two tables:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -121,10 +122,14 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="N up to 1e4, float32 only")
     ap.add_argument("--max-n", type=int, default=100_000)
     ap.add_argument("--dense-mem", type=float, default=4.0, help="GiB allowed for dense temporaries")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch and OpenMP threads (default: torch's); on a small shared VM, 1 avoids thread wake-up "
+                         "latencies of several ms per call that swamp small problems")
     ap.add_argument("--large", action="store_true", help="only the 1e5-point 3-D sums (memory check), about 5 min")
     args = ap.parse_args(argv)
     if args.threads:
+        # KeOps' CPU reductions use OpenMP, which reads this before its first parallel region (pykeops loads lazily)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
         torch.set_num_threads(args.threads)
     if not backends.keops_available():
         raise SystemExit("KeOps is not available here: nothing to compare")
