@@ -77,14 +77,16 @@ class Kernel:
         return self._matvec(x, y, p, backend)
 
     def _matvec(self, x, y, p, backend="auto"):
-        """Unchecked :meth:`matvec` for the engine's inner loops."""
-        sym = y is None
-        y = x if sym else y
-        b = B.select_backend(backend, x.shape[0], y.shape[0], x.device, x.dtype, x.shape[1])
-        out = B.reduce(self._pairwise(x, y, b), p)
-        if sym and self.nugget:
+        """Unchecked :meth:`matvec` for the engine's inner loops: the kernel sum, plus the nugget when ``y`` is None."""
+        out = self._sum(x, x if y is None else y, p, backend)
+        if y is None and self.nugget:
             out = out + self.nugget * p
         return out
+
+    def _sum(self, x, y, p, backend):
+        """``Σ_j k(x_i, y_j) p_j`` without nugget; subclasses with a cheaper form override this."""
+        b = B.select_backend(backend, x.shape[0], y.shape[0], x.device, x.dtype, x.shape[1])
+        return B.reduce(self._pairwise(x, y, b), p)
 
     def gram(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Dense kernel matrix ``K(x, y)``: (M, N) tensor, with ``nugget * I`` added when ``y`` is None."""
@@ -307,11 +309,8 @@ class SumKernel(Kernel):
     def _pairwise(self, x, y, backend):
         return sum(w * k._pairwise(x, y, backend) for w, k in zip(self.weights, self.kernels))
 
-    def _matvec(self, x, y, p, backend="auto"):
-        out = sum(w * k._matvec(x, x if y is None else y, p, backend) for w, k in zip(self.weights, self.kernels))
-        if y is None and self.nugget:
-            out = out + self.nugget * p
-        return out
+    def _sum(self, x, y, p, backend):
+        return sum(w * k._sum(x, y, p, backend) for w, k in zip(self.weights, self.kernels))
 
     def dq_quadratic(self, q, p, backend="auto"):
         """Sum of the components' closed forms."""
@@ -369,13 +368,8 @@ class FeatureMapKernel(Kernel):
     def _pairwise(self, x, y, backend):
         return self._phi(x) @ self._phi(y).T + self.c
 
-    def _matvec(self, x, y, p, backend="auto"):
-        sym = y is None
-        y = x if sym else y
-        out = self._phi(x) @ (self._phi(y).T @ p) + self.c * p.sum(0, keepdim=True)
-        if sym and self.nugget:
-            out = out + self.nugget * p
-        return out
+    def _sum(self, x, y, p, backend):
+        return self._phi(x) @ (self._phi(y).T @ p) + self.c * p.sum(0, keepdim=True)
 
     def dq_quadratic(self, q, p, backend="auto"):
         """Closed form ``φ'(q_i) ⊙ (Wᵀ p_i)`` with ``W = Σ_j p_j φ(q_j)ᵀ``."""
