@@ -1,8 +1,9 @@
 """Matched-landmark registration by geodesic shooting.
 
 Minimise ``E(p0) = H(q0, p0) + |q1(p0) - target|² / σ²`` over the initial momenta ``p0`` with scipy's L-BFGS-B
-(the reference Fortran implementation and its Moré–Thuente line search; gradients by autograd), where ``q1`` is the endpoint of :func:`lddmm_nets.shoot`. ``H(q0, p0) = ½ |v_0|²_V`` is the kinetic
-energy of the geodesic, i.e. half its squared length.
+(the reference Fortran implementation and its Moré–Thuente line search; gradients by autograd), where ``q1`` is
+the endpoint of :func:`lddmm_nets.shoot`. ``H(q0, p0) = ½ |v_0|²_V`` is the kinetic energy of the geodesic, i.e.
+half its squared length.
 
 Stopping rule (``stop_reason`` of the result):
 
@@ -160,7 +161,8 @@ def register_landmarks(source: torch.Tensor, target: torch.Tensor, *, kernel: Ke
     start = time.perf_counter()
     z0 = p0 if W_inv is None else W_inv @ p0
     x0 = z0.detach().cpu().double().numpy().ravel()
-    history.append(fun(x0)[0])
+    with torch.no_grad():
+        history.append(float(objective(p0)[0]))
     res = optimize.minimize(fun, x0, jac=True, method="L-BFGS-B", callback=record,
                             options=dict(maxiter=max_iter, gtol=gtol, ftol=ftol, maxcor=20, maxls=40))
     p = to_p(torch.from_numpy(res.x).reshape(source.shape).to(source))
@@ -174,12 +176,10 @@ def register_landmarks(source: torch.Tensor, target: torch.Tensor, *, kernel: Ke
     else:
         stop = "line_search"
     n_iter = int(res.nit)
-    with torch.no_grad():
-        value, reg, data, traj = objective(p)
-    p_opt = p
-    traj = Trajectory(traj.q.detach(), traj.p.detach(), traj.times, traj.system, traj.integrator)
+    with torch.no_grad():  # the returned trajectory carries no autograd graph
+        _, reg, data, traj = objective(p)
     return LandmarkRegistration(
-        trajectory=traj, p0=p_opt, target=target, energy_history=history, regularity=float(reg),
+        trajectory=traj, p0=p, target=target, energy_history=history, regularity=float(reg),
         data_term=float(data), residual=float((traj.q[-1] - target).norm(dim=1).pow(2).mean().sqrt()),
         n_iter=n_iter, seconds=time.perf_counter() - start, stop_reason=stop,
         converged=stop in ("gradient", "objective"))
