@@ -16,7 +16,8 @@ import torch
 
 from .io import Image
 
-__all__ = ["load_circle_c", "load_t1_slice", "load_mni152", "random_diffeomorphism", "RandomWarp", "MNI152"]
+__all__ = ["load_circle_c", "load_t1_slice", "load_mni152", "random_diffeomorphism", "RandomWarp", "MNI152",
+           "warped_pair", "WarpedPair"]
 
 
 def _dipy_file(name: str) -> str:
@@ -120,7 +121,8 @@ def random_diffeomorphism(shape, affine=None, *, max_displacement: float = 8.0, 
 
     A white-noise vector field is smoothed by a Gaussian of width ``smoothness`` mm (FFT), scaled so that the
     resulting displacement reaches ``max_displacement`` mm, and integrated for unit time (``n_steps`` Euler
-    steps of the semi-Lagrangian scheme ``phi <- phi ∘ (id + v/n)``), which gives an invertible map whose
+    steps of the semi-Lagrangian scheme ``phi <- phi ∘ (id + v/n)``; for ``n = 2^k`` the same ``n``-fold composition
+    is computed by ``k`` squarings), which gives an invertible map whose
     inverse is the flow of ``-v``. Both are returned, so the ground truth is known both ways.
 
     Parameters
@@ -135,7 +137,7 @@ def random_diffeomorphism(shape, affine=None, *, max_displacement: float = 8.0, 
     smoothness : float
         Width (mm) of the Gaussian that smooths the velocity field.
     n_steps : int
-        Integration steps.
+        Integration steps (a power of two is fastest).
     seed : int or None
         Seed of a private ``numpy.random.Generator`` (no global state).
 
@@ -149,6 +151,8 @@ def random_diffeomorphism(shape, affine=None, *, max_displacement: float = 8.0, 
     d = len(shape)
     if d not in (2, 3):
         raise ValueError(f"shape: expected 2 or 3 axes, got {shape}")
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
+        raise ValueError(f"n_steps: expected a positive integer, got {n_steps!r}")
     if not max_displacement > 0 or not smoothness > 0:
         raise ValueError(f"max_displacement, smoothness: expected > 0, got {max_displacement}, {smoothness}")
     affine = np.eye(4) if affine is None else np.asarray(affine, dtype=float)
@@ -170,9 +174,15 @@ def random_diffeomorphism(shape, affine=None, *, max_displacement: float = 8.0, 
 
     def flow(vel):
         ident = identity_map(shape, spacing, dtype=torch.float64)
-        phi = ident.clone()
-        for _ in range(n_steps):
-            phi = compose(phi, ident + vel / n_steps, spacing)
+        step = ident + vel / n_steps
+        if n_steps & (n_steps - 1) == 0:  # n = 2^k: the same n-fold composition by k squarings
+            phi = step
+            for _ in range(n_steps.bit_length() - 1):
+                phi = compose(phi, phi, spacing)
+        else:
+            phi = ident.clone()
+            for _ in range(n_steps):
+                phi = compose(phi, step, spacing)
         return phi - ident
 
     u = flow(v)
@@ -186,3 +196,66 @@ def random_diffeomorphism(shape, affine=None, *, max_displacement: float = 8.0, 
     u_w = np.tensordot(rot, u.numpy(), axes=1)
     w_w = np.tensordot(rot, w.numpy(), axes=1)
     return RandomWarp(u_w, w_w, affine.copy(), float(np.linalg.norm(u_w, axis=0).max()))
+
+
+@dataclass
+class WarpedPair:
+    """A registration problem with known answer: ``moving = fixed ∘ (id + u)`` for a random diffeomorphism.
+
+    Attributes
+    ----------
+    fixed, moving : Image
+        Same grid and affine.
+    labels_fixed, labels_moving : dict of str to numpy.ndarray
+        Label maps (``uint8``) in each space; the moving ones are warped with nearest-neighbour interpolation.
+    warp : RandomWarp
+        The ground truth.
+    """
+
+    fixed: Image
+    moving: Image
+    labels_fixed: dict
+    labels_moving: dict
+    warp: RandomWarp
+
+    def true_map(self) -> np.ndarray:
+        """``(d, *shape)`` world coordinates (mm) of the moving-space point that matches each fixed voxel.
+
+        A registration's ``x + u(x)`` (fixed -> moving) should equal this: ``x + w(x)`` with ``w`` the inverse
+        displacement of the warp.
+        """
+        from .evaluation import world_coordinates
+
+        return world_coordinates(self.fixed) + self.warp.inverse_displacement
+
+
+def warped_pair(image: Image, labels: dict | None = None, *, max_displacement: float = 8.0,
+                smoothness: float = 12.0, seed: int | None = 0) -> WarpedPair:
+    """Make a realistic pair from real anatomy: warp ``image`` (and its label maps) by a random diffeomorphism.
+
+    Parameters
+    ----------
+    image : Image
+        2-D or 3-D image, used as the fixed image.
+    labels : dict of str to Image or numpy.ndarray, optional
+        Label maps on the same grid (warped with nearest-neighbour interpolation).
+    max_displacement, smoothness, seed
+        See :func:`random_diffeomorphism` (mm).
+
+    Returns
+    -------
+    WarpedPair
+    """
+    labels = {} if labels is None else dict(labels)
+    warp = random_diffeomorphism(image.shape, image.affine, max_displacement=max_displacement,
+                                 smoothness=smoothness, seed=seed)
+    tr = warp.transform()
+    moving = Image(tr.apply(image).data.astype(np.float32), image.affine.copy(), None)
+    fixed_labels, moving_labels = {}, {}
+    for name, lab in labels.items():
+        arr = lab.data if isinstance(lab, Image) else np.asarray(lab)
+        if arr.shape != image.shape:
+            raise ValueError(f"labels[{name!r}]: expected shape {image.shape} (the image's), got {arr.shape}")
+        fixed_labels[name] = arr.astype(np.uint8)
+        moving_labels[name] = tr.apply(Image(arr.astype(np.uint8), image.affine.copy()), interp="nearest").data
+    return WarpedPair(image, moving, fixed_labels, moving_labels, warp)
