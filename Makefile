@@ -1,4 +1,5 @@
-# The two commands of the README: `make demo` (main job on embedded data) and `make test`.
+# The two commands of the README: `make demo` (main job on embedded data) and `make test`;
+# `make docs` builds the documentation site into site/ with warnings as errors (CI runs it).
 # Both create the virtual environment on first use.
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,7 +12,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-.PHONY: demo test install
+$(VENV)/.docs: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[docs]"
+	touch $@
+
+.PHONY: demo test docs install
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -19,3 +24,6 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+docs: $(VENV)/.docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site

@@ -18,24 +18,38 @@ USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsA
                OSError, RuntimeError)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (``lddmm register: error: ...``), status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _run_demo(args) -> int:
     from .demo import run_demo
 
-    index = run_demo(args.out, quick=args.quick)
+    only = None if args.only is None else [s.strip() for s in args.only.split(",") if s.strip()]
+    index = run_demo(args.out, quick=args.quick, only=only)
     print(f"demo written to {index}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lddmm", description="LDDMM geodesic shooting for landmarks, images and "
-                                                               "ideas (ResNets as flows of diffeomorphisms).")
+    parser = _Parser(prog="lddmm", description="LDDMM geodesic shooting for landmarks, images and ideas "
+                                               "(ResNets as flows of diffeomorphisms), and their mean-field limits.")
     parser.add_argument("--verbose", action="store_true", help="show tracebacks and debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser("demo", help="run the demonstration on embedded data and write a report",
-                          description="Landmark registration by geodesic shooting (circle -> C): writes the "
-                                      "deformed grid and trajectories as a picture and a JSON report into --out.")
+                          description="The three jobs on data bundled with installed packages: landmarks and "
+                                      "images (circle -> C, a T1 slice, the 3-D MNI152 template warped by known "
+                                      "random diffeomorphisms), idea registration on two spirals and a ResNetFlow's "
+                                      "weight profile, and particles against the mean-field EPDiff solution. "
+                                      "Writes index.html, its pictures and report.json into --out.")
     demo.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
     demo.add_argument("--quick", action="store_true", help="smaller problems, for a check in under a minute")
+    demo.add_argument("--only", default=None, metavar="NAMES",
+                      help="comma-separated sections to run, among landmarks, circle_c, t1_slice, mni152, spirals, "
+                           "resnet, meanfield (default: all)")
     demo.set_defaults(func=_run_demo)
     cli_images.add_parsers(sub)
     return parser
