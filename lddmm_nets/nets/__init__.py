@@ -24,3 +24,10 @@ __all__ = [
     "ShotWeights", "shoot_weights", "LayerDiagnostics", "layer_diagnostics", "InverseResult",
     "min_jacobian_determinant", "depth_consistency",
 ]
+
+# issue 5, part 4: mean-field limit of ResNet weights
+from .mean_field import (WeightPath, as_weight_path, fit_flow_network, mean_field_weights,  # noqa: E402
+                         network_weights, quadrature_particles, resnet_weight_convergence, sample_particles,
+                         weight_distance)
+__all__ += ["WeightPath", "as_weight_path", "weight_distance", "sample_particles", "quadrature_particles",
+            "network_weights", "mean_field_weights", "fit_flow_network", "resnet_weight_convergence"]
