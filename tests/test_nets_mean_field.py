@@ -140,7 +140,9 @@ def test_trained_network_is_a_least_action_point():
 def test_resnet_weight_convergence_quick():
     rows, slopes = resnet_weight_convergence(quick=True, seed=0)
     keys = set(rows[0])
-    assert {"study", "N", "L", "quantity", "error"} <= keys and all(set(r) == keys for r in rows)
+    assert {"study", "axis", "N", "L", "quantity", "error"} <= keys and all(set(r) == keys for r in rows)
+    assert {r["axis"] for r in rows if "depth" in r["study"]} == {"L"}
+    assert {r["axis"] for r in rows if "depth" not in r["study"]} == {"N"}
     assert {r["study"] for r in rows} == set(slopes)
     assert slopes["samples"] == pytest.approx(-0.5, abs=0.2)
     assert slopes["mean_field"] == pytest.approx(-0.5, abs=0.2)

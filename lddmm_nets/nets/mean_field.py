@@ -414,7 +414,7 @@ def fit_flow_network(X: torch.Tensor, Y: torch.Tensor, weights: torch.Tensor | N
 
 
 # ---------------------------------------------------------------------------------------------------- the study
-_ROW_KEYS = ("study", "variant", "N", "L", "quantity", "error", "error_std", "n_reps")
+_ROW_KEYS = ("study", "variant", "axis", "N", "L", "quantity", "error", "error_std", "n_reps")
 
 
 def _momentum_density(x: torch.Tensor) -> torch.Tensor:
@@ -433,9 +433,9 @@ def _slope(x, y) -> float:
     return float(np.polyfit(np.log(np.asarray(x, float)), np.log(np.asarray(y, float)), 1)[0])
 
 
-def _row(study, variant, N, L, quantity, errors) -> dict:
+def _row(study, variant, axis, N, L, quantity, errors) -> dict:
     e = np.asarray(errors, float).reshape(-1)
-    return dict(zip(_ROW_KEYS, (study, variant, int(N), int(L), quantity, float(np.sqrt((e ** 2).mean())),
+    return dict(zip(_ROW_KEYS, (study, variant, axis, int(N), int(L), quantity, float(np.sqrt((e ** 2).mean())),
                                 float(e.std()), int(e.size))))
 
 
@@ -474,8 +474,8 @@ def resnet_weight_convergence(*, quick: bool = False, seed: int = 0) -> tuple[li
     -------
     rows : list of dict
         One row per point of a curve, keys ``study`` ("samples", "depth", "mean_field", "trained_samples",
-        "trained_depth", "trained_mean_field"), ``variant`` ("shot" | "trained"), ``N`` (samples; quadrature nodes
-        in the depth studies), ``L`` (depth; the smaller of a pair), ``quantity`` (what is measured), ``error``
+        "trained_depth", "trained_mean_field"), ``variant`` ("shot" | "trained"), ``axis`` ("N" | "L": the
+        abscissa of the study's curve), ``N`` (samples; quadrature nodes in the depth studies), ``L`` (depth; the smaller of a pair), ``quantity`` (what is measured), ``error``
         (relative, RMS over replicates), ``error_std`` (standard deviation over replicates, 0 for one),
         ``n_reps``.
     slopes : dict
@@ -500,7 +500,7 @@ def resnet_weight_convergence(*, quick: bool = False, seed: int = 0) -> tuple[li
 
     def add_curve(study, variant, quantity, xs_key, entries):
         for N, L, errs in entries:
-            rows.append(_row(study, variant, N, L, quantity, errs))
+            rows.append(_row(study, variant, xs_key, N, L, quantity, errs))
         xs = [e[0] if xs_key == "N" else e[1] for e in entries]
         slopes[study] = _slope(xs, [rows[-len(entries) + i]["error"] for i in range(len(entries))])
         log.info("%s: slope %.3f", study, slopes[study])
