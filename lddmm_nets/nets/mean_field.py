@@ -490,9 +490,9 @@ def resnet_weight_convergence(*, quick: bool = False, seed: int = 0) -> tuple[li
     seed = check_int("seed", seed, minimum=0)
     dim, act = 2, "tanh"
     cfg = dict(  # sizes: quick | full
-        n_samples=6 if quick else 7, reps=8 if quick else 32, L_samples=16,
+        n_samples=6 if quick else 7, reps=12 if quick else 32, L_samples=16,
         n_depths=5 if quick else 6, n_joint=4 if quick else 5, quad=24 if quick else 32, quad_mf=32 if quick else 40,
-        mf_steps=256, t_sizes=4 if quick else 6, t_reps=3 if quick else 12, t_L=8, t_depths=4 if quick else 5,
+        mf_steps=256, t_sizes=5 if quick else 6, t_reps=8 if quick else 16, t_L=8, t_depths=4 if quick else 5,
         t_quad=20 if quick else 24, nu=0.1,
     )
     rows: list[dict] = []
