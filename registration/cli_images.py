@@ -43,7 +43,8 @@ def add_parsers(subparsers) -> None:
     p.add_argument("fixed", help="fixed (reference) image")
     p.add_argument("moving", help="moving image, warped onto the fixed grid")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--metric", default="lncc", choices=["lncc", "ncc", "ssd"], help="similarity (default lncc)")
+    p.add_argument("--metric", default=None, choices=["lncc", "ncc", "ssd"],
+                   help="similarity (default: lncc for 3-D, ssd for 2-D)")
     p.add_argument("--window", type=int, default=5, help="LNCC window in voxels (odd, default 5)")
     p.add_argument("--sigma", type=float, default=None, help="kernel width in mm (default: 2 voxels)")
     p.add_argument("--kernel", default="sum", choices=["sum", "gaussian", "matern"],
@@ -56,6 +57,10 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--n-steps", type=int, default=None, help="time steps of the shooting")
     p.add_argument("--momentum", default="vector", choices=["vector", "scalar"],
                    help="vector momentum (EPDiff, default) or scalar image momentum")
+    p.add_argument("--geodesics", default=None, choices=["single", "composed"],
+                   help="one geodesic (default for 3-D) or composed geodesic segments (default for 2-D)")
+    p.add_argument("--segments", type=_int_list, default=None,
+                   help="composed geodesics: most segments per level, e.g. 4,2,1,1")
     p.add_argument("--affine", action="store_true", help="affine pre-alignment with the same metric")
     p.add_argument("--fixed-mask", default=None, help="mask of the fixed image (restricts the similarity)")
     p.add_argument("--moving-mask", default=None, help="mask of the moving image")
@@ -112,7 +117,9 @@ def run_register(args) -> int:
         metric=args.metric, window=args.window, sigma=args.sigma, kernel=args.kernel,
         regularization=args.regularization, shrink_factors=args.shrink_factors,
         smoothing_sigmas=args.smoothing_sigmas, iterations=args.iterations, n_steps=args.n_steps,
-        momentum=args.momentum, affine=args.affine, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
+        momentum=args.momentum, geodesics=args.geodesics,
+        segments=None if args.segments is None else (args.segments[0] if len(args.segments) == 1 else args.segments),
+        affine=args.affine, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
         device=args.device, threads=args.threads).items() if v is not None}
     bar = progress = None
     if not args.quiet:
@@ -127,7 +134,7 @@ def run_register(args) -> int:
             bar.close()
     res.save(args.out, overview=not args.no_overview)
     if not args.quiet:
-        print(f"{args.metric}: {res.similarity_before:.4f} -> {res.similarity_after:.4f}   "
+        print(f"{res.config.metric}: {res.similarity_before:.4f} -> {res.similarity_after:.4f}   "
               f"NDV {res.ndv_percent:.3f} %   SDlogJ {res.sdlogj:.3f}   {res.seconds:.1f} s   -> {args.out}")
     return 0
 

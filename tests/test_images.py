@@ -109,6 +109,12 @@ def test_bad_input_is_rejected(tmp_path):
         register_images(img, img, fixed_mask=np.zeros((20, 20)))
     with pytest.raises(ValueError, match="threads"):
         register_images(img, img, threads=0)
+    with pytest.raises(ValueError, match="geodesics"):
+        register_images(img, img, geodesics="piecewise")
+    with pytest.raises(ValueError, match="segments"):
+        register_images(img, img, shrink_factors=(2, 1), segments=(2,))
+    with pytest.raises(ValueError, match="segments"):
+        register_images(img, img, segments=0)
 
 
 def test_threads_option_is_restored():
@@ -184,6 +190,72 @@ def test_defaults_recover_a_known_warp_on_a_real_t1_slice():
     after = np.linalg.norm((res.displacement - warp.inverse_displacement)[:, brain], axis=0).mean()
     assert after < 0.3 * before, (before, after)
     assert res.ndv_percent == 0.0
+    # 2-D default: composed geodesic segments; the forward map is their composition in the reverse order, so
+    # it inverts the backward one: phi(psi(x)) = x up to interpolation
+    assert res.config.geodesics == "composed" and len(res.momenta) == len(res.levels) >= 2
+    assert res.energy == pytest.approx(sum(res.segment_energies))
+    pts = np.stack(np.meshgrid(np.arange(20, 236.0, 4), np.arange(20, 236.0, 4), indexing="ij")).reshape(2, -1).T
+    back = res.transform.inverse_transform_points(res.transform.transform_points(pts))
+    err = np.linalg.norm(back - pts, axis=1)
+    assert np.percentile(err, 95) < 0.25 and err.max() < 1.0, (np.percentile(err, 95), err.max())
+
+
+def _dice(a, b):
+    a, b = a > 0.5, b > 0.5
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+@pytest.fixture(scope="module")
+def circle_c():
+    from registration.data import load_circle_c
+
+    return load_circle_c()
+
+
+def test_defaults_register_circle_to_c(circle_c):
+    """A large deformation (dipy's circle -> C) with no options: the hole of the C is carved out of the disk."""
+    circle, c = circle_c
+    res = register_images(c, circle, threads=1)
+    labels = res.apply(Image((circle.data > 0.5).astype(np.float32), circle.affine), interp="nearest").data
+    assert _dice(labels, c.data) >= 0.99
+    assert _dice(circle.data, c.data) < 0.7  # it was a large deformation
+    assert res.ndv_percent == 0.0 and res.jacobian_determinant().min() > 0
+    assert res.config.metric == "ssd" and res.config.geodesics == "composed"
+
+
+def test_quick_circle_to_c_recipe(circle_c):
+    """The demo's quick call: the pyramid without the full-resolution level."""
+    circle, c = circle_c
+    res = register_images(c, circle, shrink_factors=(8, 4, 2), iterations=(30, 20, 10), segments=(4, 2, 1),
+                          threads=1)
+    labels = res.apply(Image((circle.data > 0.5).astype(np.float32), circle.affine), interp="nearest").data
+    assert _dice(labels, c.data) >= 0.98
+    assert res.ndv_percent == 0.0
+    assert all(lv.shrink > 1 for lv in res.levels)
+    # per level at most the requested number of segments, each with the level's kernel (2 level voxels)
+    for shrink, limit in zip((8, 4, 2), (4, 2, 1)):
+        segs = [lv for lv in res.levels if lv.shrink == shrink]
+        assert 1 <= len(segs) <= limit
+        assert all(lv.sigma == pytest.approx(2.0 * lv.spacing[0]) for lv in segs)
+
+
+def test_single_geodesic_is_the_geodesic_of_its_momentum():
+    """``geodesics="single"``: the returned map is the one shot from the returned momentum (no composition)."""
+    import torch
+
+    from lddmm_nets.epdiff import shoot_vector_momentum
+    from registration.images import _make_kernel, _Smoother
+
+    img = _blobs((32, 30), seed=3)
+    moving = _shifted(img, (1.5, -1.0), (1.0, 1.0))[1]
+    res = register_images(img, moving, metric="ssd", geodesics="single", shrink_factors=(1,), iterations=(15,),
+                          threads=1, dtype="float64")
+    assert res.momenta == [] and res.segment_energies == []
+    kern, reach = _make_kernel("sum", res.config.sigma, 2)
+    m0 = torch.as_tensor(np.moveaxis(res.momentum.data, -1, 0), dtype=torch.float64)
+    shot = shoot_vector_momentum(m0, _Smoother(kern, (32, 30), (1.0, 1.0), reach), (1.0, 1.0),
+                                 n_steps=res.config.n_steps)
+    np.testing.assert_allclose(res.displacement, shot.inverse_displacement.numpy(), atol=1e-3)
 
 
 def test_bundled_data_and_random_warp_generator():
