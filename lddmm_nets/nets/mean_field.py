@@ -23,9 +23,8 @@ This room holds:
 
 from __future__ import annotations
 
-import math
+import logging
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -40,6 +39,7 @@ __all__ = [
     "network_weights", "mean_field_weights", "fit_flow_network", "resnet_weight_convergence",
 ]
 
+_log = logging.getLogger(__name__)
 _KINDS = ("layers", "samples")
 _NETWORK_ACTIVATIONS = ("tanh", "relu", "sigmoid", "softplus")
 
@@ -409,6 +409,12 @@ def fit_flow_network(X: torch.Tensor, Y: torch.Tensor, weights: torch.Tensor | N
 
     opt.step(closure)
     model.zero_grad()
+    closure()  # gradient at the final weights
+    gmax = max(float(p.grad.abs().max()) for p in params)
+    model.zero_grad()
+    if not gmax <= max(100 * tol, 1e-6):
+        _log.warning("fit_flow_network: stopped with max |gradient| = %.3g (tol %.1g); the weights are not a "
+                     "least-action point to that accuracy", gmax, tol)
     model.eval()
     return model
 
@@ -482,9 +488,6 @@ def resnet_weight_convergence(*, quick: bool = False, seed: int = 0) -> tuple[li
         Fitted log-log slope of ``error`` against N (samples, mean-field studies) or L (depth studies), keyed by
         study.
     """
-    import logging
-
-    log = logging.getLogger(__name__)
     if not isinstance(quick, bool):
         raise ValueError(f"quick: expected a bool, got {quick!r}")
     seed = check_int("seed", seed, minimum=0)
@@ -503,7 +506,7 @@ def resnet_weight_convergence(*, quick: bool = False, seed: int = 0) -> tuple[li
             rows.append(_row(study, variant, xs_key, N, L, quantity, errs))
         xs = [e[0] if xs_key == "N" else e[1] for e in entries]
         slopes[study] = _slope(xs, [rows[-len(entries) + i]["error"] for i in range(len(entries))])
-        log.info("%s: slope %.3f", study, slopes[study])
+        _log.info("%s: slope %.3f", study, slopes[study])
 
     # --- noise-free references: quadrature particles, continuous-time mean field
     yq, wq = quadrature_particles(cfg["quad_mf"], dim)
