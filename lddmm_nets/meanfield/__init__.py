@@ -1,0 +1,28 @@
+"""Mean-field limits of particle systems (THEORY §6): particles vs the grid EPDiff continuum, and peakons.
+
+- :mod:`.particles`: samples of a density (independent, quasi-Monte Carlo, quadrature) and ``p_i = w_i P_0(y_i)``;
+- :mod:`.compare`: particle-vs-grid errors against N and the step count, with fitted log-log slopes;
+- :mod:`.peakons`: exact Camassa–Holm peakon solutions (1-D, Laplace kernel).
+"""
+
+from .compare import (MeanFieldProblem, convergence_in_n, convergence_in_steps, default_problem, demo_comparison,
+                      fit_loglog_slope, fitted_slopes)
+from .particles import SAMPLING_METHODS, GaussianDensity, sample_particles
+from .peakons import peakon_antipeakon, peakon_velocity, single_peakon, two_peakon
+
+__all__ = [
+    "GaussianDensity",
+    "SAMPLING_METHODS",
+    "sample_particles",
+    "MeanFieldProblem",
+    "default_problem",
+    "convergence_in_n",
+    "convergence_in_steps",
+    "fitted_slopes",
+    "fit_loglog_slope",
+    "demo_comparison",
+    "single_peakon",
+    "two_peakon",
+    "peakon_antipeakon",
+    "peakon_velocity",
+]

@@ -1,0 +1,143 @@
+"""Mean-field limits: sampling weights, exact peakons vs the particle solver, particle-vs-grid convergence in N
+(Monte Carlo -1/2, quadrature/QMC steeper) and in the step size (the scheme's order)."""
+
+import math
+
+import pytest
+import torch
+
+from lddmm_nets import GaussianKernel, LaplaceKernel, shoot
+from lddmm_nets.meanfield import (GaussianDensity, convergence_in_n, convergence_in_steps, default_problem,
+                                  fit_loglog_slope, fitted_slopes, peakon_antipeakon, peakon_velocity,
+                                  sample_particles, single_peakon, two_peakon)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _shoot_1d(sigma, q0, p0, t1, n_steps=200):
+    traj = shoot(LaplaceKernel(sigma=sigma), q0.reshape(-1, 1), p0.reshape(-1, 1), n_steps=n_steps,
+                 integrator="rk4", t1=t1, backend="dense")
+    return traj.q[..., 0], traj.p[..., 0]
+
+
+# --- sampling -----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["iid", "qmc", "quadrature"])
+def test_weights_make_particles_integrate_the_momentum_measure(method):
+    mu = GaussianDensity((0.2, -0.1), 0.5)
+    P0 = lambda y: torch.stack([1 + y[:, 0] ** 2, torch.cos(y[:, 1])], -1)  # noqa: E731
+    q, p = sample_particles(mu, P0, 4096, method=method, seed=3)
+    # ∫ P0 dμ: E[1 + Y0²] = 1 + 0.2² + 0.5², E[cos Y1] = cos(-0.1) exp(-0.5²/2)
+    exact = torch.tensor([1 + 0.04 + 0.25, math.cos(-0.1) * math.exp(-0.125)], dtype=torch.float64)
+    tol = {"iid": 0.05, "qmc": 2e-3, "quadrature": 1e-6}[method]
+    torch.testing.assert_close(p.sum(0), exact, atol=tol, rtol=0)
+    assert q.shape == p.shape == (4096, 2)
+
+
+def test_sampling_rejects_bad_input():
+    mu = GaussianDensity((0.0,), 1.0)
+    with pytest.raises(ValueError, match="method: expected one of"):
+        mu.sample(10, method="sobol")
+    with pytest.raises(ValueError, match="std: expected"):
+        GaussianDensity((0.0,), -1.0)
+    with pytest.raises(ValueError, match="momentum: expected a callable returning shape"):
+        sample_particles(mu, lambda y: y[:, :0], 8)
+
+
+# --- peakons ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sigma", [1.0, 0.5])
+def test_single_peakon_travels_at_its_height(sigma):
+    t = torch.linspace(0, 1.5, 4, dtype=torch.float64)
+    q, p = _shoot_1d(sigma, torch.tensor([0.3], dtype=torch.float64), torch.tensor([0.8], dtype=torch.float64), 1.5,
+                     n_steps=3)
+    qe, pe = single_peakon(t, height=0.8, position=0.3)
+    torch.testing.assert_close(q, qe, atol=1e-12, rtol=0)
+    torch.testing.assert_close(p, pe, atol=1e-12, rtol=0)
+    x = torch.linspace(-3, 3, 101, dtype=torch.float64)
+    u = peakon_velocity(x, q[-1], p[-1], sigma)
+    assert float(u.max()) == pytest.approx(0.8, abs=0.01)  # its height is its speed
+
+
+@pytest.mark.parametrize("sigma", [1.0, 0.6])
+def test_two_peakon_overtaking_matches_closed_form(sigma):
+    t = torch.linspace(-3.0, 3.0, 61, dtype=torch.float64)
+    q, p = two_peakon(t, speeds=(2.0, 1.0), t0=0.0, x0=0.5, sigma=sigma)
+    qs, ps = _shoot_1d(sigma, q[0], p[0], 6.0, n_steps=600)
+    qs, ps = qs[::10], ps[::10]
+    torch.testing.assert_close(qs, q, atol=1e-8, rtol=0)
+    torch.testing.assert_close(ps, p, atol=1e-8, rtol=0)
+    # the peakons exchange speeds: the left one leaves with c2 and the right one with c1; H and Σp are conserved
+    assert float(p[0, 0]) == pytest.approx(2.0, abs=0.1) and float(p[0, 1]) == pytest.approx(1.0, abs=0.1)
+    assert float(p[-1, 0]) == pytest.approx(1.0, abs=0.1) and float(p[-1, 1]) == pytest.approx(2.0, abs=0.1)
+    torch.testing.assert_close(p.sum(1), torch.full((61,), 3.0, dtype=torch.float64))
+    assert bool((q[:, 1] > q[:, 0]).all())
+
+
+def test_head_on_collision_matches_closed_form_before_the_collision():
+    t = torch.linspace(-2.0, -0.1, 20, dtype=torch.float64)  # collision at t0 = 0: p -> ±inf there
+    q, p = two_peakon(t, speeds=(1.5, -0.8), t0=0.0, x0=0.2)
+    qs, ps = _shoot_1d(1.0, q[0], p[0], 1.9, n_steps=1900)
+    qs, ps = qs[::100], ps[::100]
+    torch.testing.assert_close(qs, q, atol=1e-8, rtol=0)
+    torch.testing.assert_close(ps, p, rtol=1e-7, atol=0)
+    assert float(q[-1, 1] - q[-1, 0]) < 0.05 and float(p[-1, 0]) > 5  # close to collision, momenta large
+    # the symmetric case has the classical log-cosh form
+    qa, pa = peakon_antipeakon(t, speed=1.0, t_collision=0.0, sigma=0.7)
+    qb, pb = two_peakon(t, speeds=(1.0, -1.0), t0=0.0, x0=0.0, sigma=0.7)
+    torch.testing.assert_close(qa, qb)
+    torch.testing.assert_close(pa, pb)
+    with pytest.raises(ValueError, match="t: expected times before the collision"):
+        two_peakon([0.0, 0.5], speeds=(1.0, -1.0))
+    with pytest.raises(ValueError, match="speeds: expected"):
+        two_peakon([0.0], speeds=(1.0, 2.0))
+
+
+# --- particles vs grid --------------------------------------------------------------------------------------------
+
+def test_particle_vs_grid_error_decreases_with_n_1d():
+    problem = default_problem(1, cells=128)
+    rows = convergence_in_n(problem, (16, 64, 256, 1024), repeats=4, n_steps=4, backend="dense")
+    slopes = fitted_slopes(rows)
+    for qty in ("velocity_t0", "velocity_t1", "momentum_t1"):
+        iid = slopes[f"n/iid/{qty}"]
+        assert -0.8 < iid < -0.3, (qty, iid)  # Monte Carlo: -1/2
+        assert slopes[f"n/qmc/{qty}"] < iid - 0.3
+        assert slopes[f"n/quadrature/{qty}"] <= iid
+    assert {r["quantity"] for r in rows} == {"velocity_t0", "velocity_t1", "momentum_t1"}
+    assert {"study", "method", "n", "seed", "n_steps", "integrator", "h", "quantity", "error", "seconds"} <= set(rows[0])
+
+
+def test_particle_vs_grid_error_decreases_at_the_schemes_order_in_time_1d():
+    problem = default_problem(1, cells=128, amplitude=2.0)
+    rows = convergence_in_steps(problem, (2, 4, 8, 16), integrators=("euler", "rk2"), n=256, backend="dense")
+    slopes = fitted_slopes(rows)
+    assert abs(slopes["steps/euler/velocity_t1"] - 1) < 0.3, slopes
+    assert abs(slopes["steps/rk2/velocity_t1"] - 2) < 0.3, slopes
+
+
+def test_particle_vs_grid_2d_quadrature_is_steeper_than_random():
+    problem = default_problem(2, cells=32)
+    rows = convergence_in_n(problem, (64, 256, 1024), methods=("iid", "quadrature"), repeats=2, n_steps=3,
+                            backend="dense")
+    slopes = fitted_slopes(rows)
+    assert slopes["n/iid/velocity_t1"] < -0.25
+    assert slopes["n/quadrature/velocity_t1"] < slopes["n/iid/velocity_t1"]
+
+
+def test_fit_loglog_slope():
+    assert fit_loglog_slope([1, 2, 4, 8], [1, 0.5, 0.25, 0.125]) == pytest.approx(-1.0)
+    assert math.isnan(fit_loglog_slope([1], [1]))
+
+
+@pytest.mark.slow
+def test_particle_vs_grid_2d_monte_carlo_slope_is_one_half():
+    problem = default_problem(2, cells=64)
+    rows = convergence_in_n(problem, (64, 256, 1024, 4096), methods=("iid",), repeats=6, n_steps=4)
+    assert abs(fitted_slopes(rows)["n/iid/velocity_t1"] + 0.5) < 0.15
