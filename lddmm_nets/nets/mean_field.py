@@ -464,7 +464,8 @@ def resnet_weight_convergence(*, quick: bool = False, seed: int = 0) -> tuple[li
       system) and "mean_field" (``‖W_{N,L} − W_MF‖`` with ``L = 4 √(N/64)`` so that the time-step bias shrinks
       with the Monte Carlo error, against N: −1/2).
     - "trained": real networks trained by L-BFGS (:func:`fit_flow_network`, ν = 0.1) to carry the samples onto a
-      fixed smooth target map ``ψ``, with warm starts along N and L. Studies "trained_samples"
+      fixed smooth target map ``ψ``, with warm starts along N (from ``W_∞``, so every fit stays in the limit's
+      basin of this non-convex objective) and along L. Studies "trained_samples"
       (``‖W_N − W_2N‖`` at L = 8, against N), "trained_mean_field" (``‖W_N − W_∞‖`` with ``W_∞`` trained on the
       Gauss–Hermite rule at the same depth, against N) and "trained_depth" (``‖W_L − W_2L‖`` on the quadrature
       rule, against L).
@@ -474,16 +475,16 @@ def resnet_weight_convergence(*, quick: bool = False, seed: int = 0) -> tuple[li
     quick : bool, default=False
         Fewer sizes and replicates (under 20 s on one core; the full study under 3 min).
     seed : int, default=0
-        Seed of the samples (replicate r uses ``seed * 1000 + r``).
+        Seed of the samples (replicate r of a study draws with ``seed * 1000 + offset + r``).
 
     Returns
     -------
     rows : list of dict
         One row per point of a curve, keys ``study`` ("samples", "depth", "mean_field", "trained_samples",
         "trained_depth", "trained_mean_field"), ``variant`` ("shot" | "trained"), ``axis`` ("N" | "L": the
-        abscissa of the study's curve), ``N`` (samples; quadrature nodes in the depth studies), ``L`` (depth; the smaller of a pair), ``quantity`` (what is measured), ``error``
-        (relative, RMS over replicates), ``error_std`` (standard deviation over replicates, 0 for one),
-        ``n_reps``.
+        abscissa of the study's curve), ``N`` (samples; quadrature nodes in the depth studies; the smaller of a
+        pair), ``L`` (depth; the smaller of a pair), ``quantity`` (what is measured), ``error`` (relative, RMS over
+        replicates), ``error_std`` (standard deviation over replicates, 0 for one), ``n_reps``.
     slopes : dict
         Fitted log-log slope of ``error`` against N (samples, mean-field studies) or L (depth studies), keyed by
         study.
