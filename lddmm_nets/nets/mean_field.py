@@ -344,7 +344,7 @@ def mean_field_weights(P0, particles: torch.Tensor, weights: torch.Tensor | None
 def fit_flow_network(X: torch.Tensor, Y: torch.Tensor, weights: torch.Tensor | None = None, *, n_layers: int,
                      nu: float, activation: str = "tanh", init=None, max_iter: int = 2000,
                      tol: float = 1e-10) -> ResNetFlow:
-    """Train a ResNetFlow to carry the points X onto Y: ``min Σ_i w_i |Φ_L(x_i) − y_i|² + Σ_k (ν Δt/2)(‖W_k‖² + ‖b_k‖²)``.
+    """Train a ResNetFlow to carry X onto Y: ``min Σ_i w_i |Φ_L(x_i) − y_i|² + Σ_k (ν Δt/2)(‖W_k‖² + ‖b_k‖²)``.
 
     A registration problem with the ResNet kernel (THEORY §5 with the identity readout): its minimiser is a
     least-action point, so the trained layers are the discrete Hamiltonian flow of an initial momentum
@@ -567,5 +567,6 @@ def resnet_weight_convergence(*, quick: bool = False, seed: int = 0) -> tuple[li
         prev = fit_flow_network(yt, _target_map(yt), wt, n_layers=L, nu=nu, activation=act, init=prev)
         models.append(prev)
     add_curve("trained_depth", "trained", "|W_L - W_2L|", "L",
-              [(yt.shape[0], L, [weight_distance(a, b) / t_scale]) for L, a, b in zip(Ls[:-1], models[:-1], models[1:])])
+              [(yt.shape[0], L, [weight_distance(a, b) / t_scale])
+               for L, a, b in zip(Ls[:-1], models[:-1], models[1:])])
     return rows, slopes
