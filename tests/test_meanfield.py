@@ -141,3 +141,54 @@ def test_particle_vs_grid_2d_monte_carlo_slope_is_one_half():
     problem = default_problem(2, cells=64)
     rows = convergence_in_n(problem, (64, 256, 1024, 4096), methods=("iid",), repeats=6, n_steps=4)
     assert abs(fitted_slopes(rows)["n/iid/velocity_t1"] + 0.5) < 0.15
+
+
+# --- studies and the CLI ------------------------------------------------------------------------------------------
+
+def test_peakon_study_slopes_are_the_schemes_orders():
+    from lddmm_nets.meanfield import grid_peakon_speed, peakon_convergence
+
+    slopes = fitted_slopes(peakon_convergence((25, 50, 100)))
+    for case in ("overtaking", "head_on"):
+        for integ, order in (("rk2", 2), ("rk4", 4)):
+            assert abs(slopes[f"peakons/{case}/{integ}/position"] - order) < 0.3, slopes
+    rows = grid_peakon_speed((256, 512))
+    finest = {r["quantity"]: r["error"] for r in rows if r["n"] == 512}
+    assert finest["speed_error"] < 0.04 and finest["speed_minus_height"] < 0.05
+
+
+def _cli(argv):
+    import argparse
+
+    from registration import cli_meanfield
+
+    parser = argparse.ArgumentParser(prog="lddmm")
+    cli_meanfield.add_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_writes_csv_png_and_slopes(tmp_path, capsys):
+    import csv
+    import json
+
+    out = tmp_path / "mf"
+    assert _cli(["meanfield", "--case", "energy", "--out", str(out), "--quick"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["energy.csv", "energy.png", "energy_slopes.json"]
+    with open(out / "energy.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 9 and {"integrator", "n_steps", "h", "quantity", "error"} <= set(rows[0])
+    slopes = json.loads((out / "energy_slopes.json").read_text())
+    assert slopes["energy/euler/energy_drift"] == pytest.approx(1.0, abs=0.3)
+    assert (out / "energy.png").read_bytes()[:4] == b"\x89PNG"
+    assert "energy/rk4/energy_drift" in capsys.readouterr().out
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".meanfield-")]  # temp dir cleaned up
+
+
+def test_cli_rejects_unknown_case(tmp_path):
+    from registration.cli_meanfield import run_case
+
+    with pytest.raises(SystemExit):
+        _cli(["meanfield", "--case", "nope", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="case: expected one of"):
+        run_case("nope")

@@ -5,10 +5,11 @@
 - :mod:`.peakons`: exact Camassa–Holm peakon solutions (1-D, Laplace kernel).
 """
 
-from .compare import (MeanFieldProblem, convergence_in_n, convergence_in_steps, default_problem, demo_comparison,
-                      fit_loglog_slope, fitted_slopes)
+from .compare import (MeanFieldProblem, convergence_in_n, convergence_in_steps, curves, default_problem,
+                      demo_comparison, energy_convergence, fit_loglog_slope, fitted_slopes)
 from .particles import SAMPLING_METHODS, GaussianDensity, sample_particles
-from .peakons import peakon_antipeakon, peakon_velocity, single_peakon, two_peakon
+from .peakons import (grid_peakon_speed, peakon_antipeakon, peakon_convergence, peakon_velocity, single_peakon,
+                      two_peakon)
 
 __all__ = [
     "GaussianDensity",
@@ -18,6 +19,8 @@ __all__ = [
     "default_problem",
     "convergence_in_n",
     "convergence_in_steps",
+    "energy_convergence",
+    "curves",
     "fitted_slopes",
     "fit_loglog_slope",
     "demo_comparison",
@@ -25,4 +28,6 @@ __all__ = [
     "two_peakon",
     "peakon_antipeakon",
     "peakon_velocity",
+    "peakon_convergence",
+    "grid_peakon_speed",
 ]
