@@ -27,8 +27,9 @@ piece is, and checked on the composed map). Large deformations such as dipy's ci
 geodesic from a smooth kernel cannot empty the disk without its map hitting the fold barrier, while a few
 composed segments, each a moderate deformation, reach Dice 0.998 with no fold.
 
-Defaults by dimension (options left as ``None``): 3-D (T1 MRI at 1-2 mm): LNCC, λ = 0.01, 4 time steps, one
-geodesic on the pyramid (4, 1) with (50, 10) iterations, kernel width 2 voxels. 2-D (slices and shapes of any
+Defaults by dimension (options left as ``None``): 3-D (T1 MRI at 1-2 mm): LNCC, λ = 0.01, 3 time steps, one
+geodesic on the pyramid (4, 1) with (50, 7) iterations, kernel width 2 voxels (on MNI152 at 2 mm with an 8 mm
+random warp, 4 steps and 10 fine iterations gain 0.002 Dice for 40 % more time). 2-D (slices and shapes of any
 contrast range, often with large deformations): SSD on the normalised intensities, λ = 0.001, 10 time steps,
 composed geodesics on the pyramid (8, 4, 2, 1) with (30, 20, 20, 10) iterations and at most (4, 2, 1, 1)
 segments per level, each level's kernel 2 of its voxels wide (sum of Gaussians at 2, 4 and 8 voxels).
@@ -68,8 +69,8 @@ KERNELS = ("gaussian", "matern", "sum")
 GEODESICS = ("single", "composed")
 DEFAULT_SHRINK = (4, 1)
 #: defaults of the options left as ``None``, by the images' dimension (see :func:`register_images`)
-DEFAULTS_3D = dict(metric="lncc", regularization=0.01, n_steps=4, geodesics="single", shrink_factors=DEFAULT_SHRINK,
-                   iterations=(50, 10), segments=1, sigma_voxels=2.0)
+DEFAULTS_3D = dict(metric="lncc", regularization=0.01, n_steps=3, geodesics="single", shrink_factors=DEFAULT_SHRINK,
+                   iterations=(50, 7), segments=1, sigma_voxels=2.0)
 DEFAULTS_2D = dict(metric="ssd", regularization=1e-3, n_steps=10, geodesics="composed", shrink_factors=(8, 4, 2, 1),
                    iterations=(30, 20, 20, 10), segments=(4, 2, 1, 1), sigma_voxels=2.0)
 #: the finest deformation grid holds at most this many nodes (auto ``deformation_shrink``): the velocity is smooth
@@ -709,12 +710,12 @@ def register_images(fixed, moving, *, metric: str | None = None, window: int = 5
         Default 0.01 (3-D), 0.001 (2-D).
     shrink_factors, smoothing_sigmas, iterations : sequences, optional
         The pyramid: per level the shrink factor, the Gaussian smoothing (fine voxels) of both images and
-        the L-BFGS iteration budget (per segment). Defaults: 3-D ``(4, 1)`` and ``(50, 10)``; 2-D
+        the L-BFGS iteration budget (per segment). Defaults: 3-D ``(4, 1)`` and ``(50, 7)``; 2-D
         ``(8, 4, 2, 1)`` and ``(30, 20, 20, 10)``; smoothing ``shrink / 2`` (0 at shrink 1); with explicit
         shrink factors but no iterations, 50 per coarse level and 10 at the last. Levels whose grid would be
         smaller than 16 voxels along an axis are dropped.
     n_steps : int, optional
-        Time steps of the shooting (semi-Lagrangian, first order in time). Default 4 (3-D), 10 (2-D).
+        Time steps of the shooting (semi-Lagrangian, first order in time). Default 3 (3-D), 10 (2-D).
     geodesics : {"single", "composed"}, optional
         One geodesic for the whole pyramid (default for 3-D) or a composition of geodesic segments (default
         for 2-D; see the module docstring).

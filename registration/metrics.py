@@ -70,8 +70,16 @@ def _box(x: torch.Tensor, window: int) -> torch.Tensor:
     return y
 
 
+def _fixed_stats(fixed: torch.Tensor, window: int):
+    """Local mean and variance of the fixed image (float64), reused by every LNCC evaluation against it."""
+    f = fixed.double()
+    mj = _box(f, window)
+    vj = (_box(f * f, window) - mj * mj).clamp_min(0)
+    return f, mj, vj
+
+
 def lncc(warped: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None = None, *,
-         window: int = 5) -> torch.Tensor:
+         window: int = 5, fixed_stats=None) -> torch.Tensor:
     """``1 - mean(lncc²)``: local normalised cross-correlation in a ``window``-voxel box. Scalar tensor.
 
     Parameters
@@ -82,6 +90,8 @@ def lncc(warped: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None = 
         ``(*shape)`` weights of the voxels in the mean.
     window : int
         Odd box width in voxels (``>= 3``).
+    fixed_stats : tuple, optional
+        ``_fixed_stats(fixed, window)`` computed once (the fixed image does not change during an optimisation).
     """
     _check_pair(warped, fixed, mask)
     if not isinstance(window, int) or window < 3 or window % 2 == 0:
@@ -91,12 +101,12 @@ def lncc(warped: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None = 
     # local statistics in float64: the variances are differences of nearly equal local means, and in float32
     # their rounding noise makes the loss (and its gradient) random in nearly flat regions
     dtype = warped.dtype
-    warped, fixed = warped.double(), fixed.double()
+    fixed, mj, vj = _fixed_stats(fixed, window) if fixed_stats is None else fixed_stats
+    warped = warped.double()
     mask = None if mask is None else mask.double()
-    mi, mj = _box(warped, window), _box(fixed, window)
+    mi = _box(warped, window)
     cross = _box(warped * fixed, window) - mi * mj
     vi = (_box(warped * warped, window) - mi * mi).clamp_min(0)
-    vj = (_box(fixed * fixed, window) - mj * mj).clamp_min(0)
     cc2 = cross * cross / (vi * vj + _EPS ** 2)
     return (1.0 - _wmean(cc2, mask)).to(dtype)
 
@@ -111,5 +121,16 @@ def get_metric(name: str, *, window: int = 5):
     if name == "lncc":
         if not isinstance(window, int) or window < 3 or window % 2 == 0:
             raise ValueError(f"window: expected an odd integer >= 3 (voxels), got {window!r}")
-        return lambda w, f, mask=None: lncc(w, f, mask, window=window)
+        cache = {}
+
+        def loss(w, f, mask=None):
+            # the fixed image's local statistics are computed once per fixed tensor (one per pyramid level);
+            # the cache holds the tensor itself, so an identity match cannot be a recycled id
+            if cache.get("fixed") is not f or cache.get("version") != f._version:
+                with torch.no_grad():
+                    cache.update(fixed=f, version=f._version, stats=_fixed_stats(f.detach(), window))
+            stats = cache["stats"] if not f.requires_grad else None
+            return lncc(w, f, mask, window=window, fixed_stats=stats)
+
+        return loss
     return METRICS[name]

@@ -67,3 +67,20 @@ def test_running_sum_box_filter_equals_the_cropped_box_mean(shape):
     for window in (3, 5, 7):
         ref = pool(x[None, None], window, 1, window // 2, count_include_pad=False)[0, 0]
         torch.testing.assert_close(_box(x, window), ref, atol=1e-12, rtol=0)
+
+
+def test_lncc_reuses_the_fixed_statistics_only_for_the_same_fixed_image():
+    g = torch.Generator().manual_seed(3)
+    fixed, warped = torch.rand(12, 14, generator=g), torch.rand(12, 14, generator=g)
+    loss = get_metric("lncc", window=5)
+    first = loss(warped, fixed)
+    assert torch.equal(first, lncc(warped, fixed, window=5))
+    assert torch.equal(loss(warped, fixed), first)  # cached statistics give the same value
+    other = torch.rand(12, 14, generator=g)
+    assert torch.equal(loss(warped, other), lncc(warped, other, window=5))
+    fixed.mul_(0.5).add_(torch.rand(12, 14, generator=g))  # changed in place: recomputed
+    assert torch.equal(loss(warped, fixed), lncc(warped, fixed, window=5))
+    w = warped.clone().requires_grad_(True)
+    (gw,) = torch.autograd.grad(loss(w, fixed), w)
+    (gr,) = torch.autograd.grad(lncc(w, fixed, window=5), w)
+    assert torch.allclose(gw, gr)
