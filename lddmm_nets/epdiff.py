@@ -256,6 +256,7 @@ def shoot_image(image: torch.Tensor, scalar_momentum: torch.Tensor, smoother: Op
 import math as _math
 
 from . import integrators as _integrators
+from ._checks import check_int as _check_int, check_positive as _check_positive
 from .grid import Grid as _Grid, GridOperator as _GridOperator
 
 
@@ -360,10 +361,11 @@ def solve_epdiff(m0: torch.Tensor, smoother: _GridOperator, *, n_steps: int = 20
                  integrator: str = "rk4", save_every: int = 1) -> EPDiffSolution:
     """Solve the vector-momentum EPDiff equation on a grid (Eulerian, explicit Runge–Kutta in time).
 
-    ``∂_t m + (v·∇) m + (Dv)ᵀ m + (div v) m = 0`` with ``v = K ⋆ m`` (THEORY §2), written in the conservative form
-    ``∂_t m_i + Σ_j ∂_j(v_j m_i) + Σ_j m_j ∂_i v_j = 0``. Space: spectral derivatives on the operator's FFT grid;
-    ``½⟨m, v⟩`` is then exactly conserved by the semi-discrete system, so its drift measures the time scheme alone
-    (it decreases as ``h^order``). One implementation for 1-D, 2-D and 3-D.
+    ``∂_t m + (v·∇) m + (Dv)ᵀ m + (div v) m = 0`` with ``v = K ⋆ m`` (THEORY §2), written in the conservative
+    form ``∂_t m_i + Σ_j ∂_j(v_j m_i) + Σ_j m_j ∂_i v_j = 0``. Space: spectral derivatives on the operator's FFT
+    grid; ``½⟨m, v⟩`` is then exactly conserved by the semi-discrete system, so its drift measures the time scheme
+    alone: it decreases at least as ``h^order`` (measured on smooth data: about 1.1, 2.9 and 4.5-5.4 for euler, rk2
+    and rk4, the higher orders still pre-asymptotic). One implementation for 1-D, 2-D and 3-D.
 
     With ``boundary="periodic"`` the domain is the torus of the grid. With ``boundary="zero"`` (an operator from
     ``kernel.on_grid(grid, boundary="zero")``) the equation is solved on the zero-padded grid of twice the size
@@ -395,8 +397,6 @@ def solve_epdiff(m0: torch.Tensor, smoother: _GridOperator, *, n_steps: int = 20
     ValueError
         Bad shapes, a non-explicit scheme, non-positive ``n_steps``/``t1``/``save_every``.
     """
-    from ._checks import check_int, check_positive
-
     if not isinstance(smoother, _GridOperator):
         raise ValueError(f"smoother: expected a GridOperator (kernel.on_grid(grid)), got {type(smoother).__name__}")
     grid = smoother.grid
@@ -406,13 +406,14 @@ def solve_epdiff(m0: torch.Tensor, smoother: _GridOperator, *, n_steps: int = 20
                          f"got {type(m0).__name__ if not isinstance(m0, torch.Tensor) else m0.dtype}")
     if tuple(m0.shape) != (d,) + grid.shape:
         raise ValueError(f"m0: expected shape {(d,) + grid.shape}, got {tuple(m0.shape)}")
-    n_steps = check_int("n_steps", n_steps)
-    t1 = check_positive("t1", t1)
-    save_every = check_int("save_every", save_every)
+    n_steps = _check_int("n_steps", n_steps)
+    t1 = _check_positive("t1", t1)
+    save_every = _check_int("save_every", save_every)
     scheme = _integrators.get(integrator)
     if not isinstance(scheme, _integrators.ExplicitRK):
         explicit = sorted(n for n, c in _integrators.REGISTRY.items() if issubclass(c, _integrators.ExplicitRK))
-        raise ValueError(f"integrator: expected an explicit Runge–Kutta scheme, one of {explicit}, got {integrator!r}")
+        raise ValueError(f"integrator: expected an explicit Runge–Kutta scheme, one of {explicit}, "
+                         f"got {integrator!r}")
 
     fft_shape = smoother.fft_shape
     padded = fft_shape != grid.shape

@@ -132,7 +132,8 @@ class MeanFieldProblem:
         Returns
         -------
         dict
-            ``{"velocity_t0", "velocity_t1", "momentum_t1"}`` -> relative error (``‖a - b‖ / ‖b‖`` over the nodes).
+            ``{"velocity_t0", "velocity_t1", "momentum_t1"}`` -> relative error ``‖a - b‖ / ‖b‖`` over the
+            nodes.
         """
         ref = self.grid_solution(dtype=q0.dtype, device=q0.device)
         traj = shoot(self.kernel, q0, p0, n_steps=n_steps, integrator=integrator, backend=backend, t1=self.t1)
@@ -140,7 +141,7 @@ class MeanFieldProblem:
         smooth = GaussianKernel(sigma=self.smoothing)
         op_s = smooth.on_grid(self.grid, boundary="zero")
 
-        def field(f):  # (d, *shape) -> (M, d)
+        def flat(f):  # (d, *shape) -> (M, d)
             return f.reshape(self.d, -1).T
 
         def rel(a, b):
@@ -149,9 +150,9 @@ class MeanFieldProblem:
         out = {}
         for name, k in (("t0", 0), ("t1", -1)):
             v = self.kernel.matvec(x, traj.q[k], traj.p[k], backend)
-            out[f"velocity_{name}"] = rel(v, field(ref.velocity[k]))
+            out[f"velocity_{name}"] = rel(v, flat(ref.velocity[k]))
         ms = smooth.matvec(x, traj.q[-1], traj.p[-1], backend)
-        out["momentum_t1"] = rel(ms, field(op_s(ref.momentum[-1])))
+        out["momentum_t1"] = rel(ms, flat(op_s(ref.momentum[-1])))
         return out
 
 
