@@ -54,11 +54,12 @@ def test_clone_cv_and_grid_search(moons):
     assert gs.predict(X).shape == (len(y),)
 
 
-def test_default_pipeline_beats_chance_and_warps(moons):
+def test_pipeline_beats_chance_and_warps(moons):
     X, y = moons
-    pipe = make_pipeline(StandardScaler(), KernelWarpingClassifier()).fit(X, y)
+    pipe = make_pipeline(StandardScaler(), KernelWarpingClassifier(nu=0.1)).fit(X, y)
     clf = pipe[-1]
     assert pipe.score(X, y) > 0.9
+    assert clf.nu_ == 0.1 and clf.nu_validation_ is None
     # The warp lowers the objective below the data term of the identity map (p = 0).
     assert clf.objective_ < clf.initial_data_term_
     assert clf.displacement_ > 0
@@ -68,6 +69,40 @@ def test_default_pipeline_beats_chance_and_warps(moons):
     s = clf.decision_function(X)
     assert s.shape == (len(y),)
     np.testing.assert_array_equal(clf.predict(X), clf.classes_[(s > 0).astype(int)])
+
+
+def test_nu_auto_follows_its_rule_and_no_warp_is_kernel_ridge(moons):
+    X, y = moons
+    clf = KernelWarpingClassifier(random_state=0).fit(X, y)
+    table = clf.nu_validation_
+    assert [r[0] for r in table] == [np.inf, 0.01, 0.1]
+    # The rule: held-out accuracy within one binomial standard error of the best, then the smallest squared error.
+    a = max(r[1] for r in table)
+    ok = [r for r in table if r[1] >= a - np.sqrt(a * (1 - a) / len(X)) - 1e-12]
+    assert clf.nu_ == min(ok, key=lambda r: r[2])[0]
+    assert all(0.5 < r[1] <= 1 and r[2] > 0 for r in table)
+    # ν = ∞ (chosen on the inner folds, or forced through the private optimiser) is kernel ridge regression with
+    # the selected width and λ: identity trajectory, zero displacement, the closed-form ridge predictions.
+    if clf.nu_ == np.inf:
+        ref = clf
+    else:
+        ref = KernelWarpingClassifier(random_state=0, max_iter=1)
+        ref._select_nu = lambda *a: (np.inf, [])
+        ref.fit(X, y)
+    assert ref.nu_ == np.inf and ref.displacement_ == 0.0 and ref.n_iter_ == 0
+    assert ref.objective_ == pytest.approx(ref.initial_data_term_)
+    k = ref.readout_kernel_
+    Y = torch.eye(2, dtype=torch.float64)[torch.as_tensor(y)]
+    q = torch.tensor(X)
+    alpha = ridge_solve(k, q, Y - Y.mean(0), ref.lam_)
+    s = (k.gram(q, q) @ alpha + Y.mean(0)).numpy()
+    np.testing.assert_allclose(ref.decision_function(X), s[:, 1] - s[:, 0], rtol=1e-9, atol=1e-9)
+
+
+def test_nu_auto_keeps_no_warp_below_thirty_points():
+    X, y = make_moons(20, noise=0.1, random_state=0)
+    clf = KernelWarpingClassifier().fit(X, y)
+    assert clf.nu_ == np.inf and clf.nu_validation_ == [] and clf.displacement_ == 0.0
 
 
 def test_multiclass_and_string_labels():

@@ -5,9 +5,11 @@
 - ``LayerTrajectory``, ``discrete_hamiltonian_shoot``: the discrete network and its least-action system.
 - ``ResNetFlow`` (torch module) with ``train_resnet``, ``backprop_momenta``, ``least_action_weights``,
   ``shoot_weights``, ``layer_diagnostics``, ``min_jacobian_determinant``, ``depth_consistency``.
+- ``make_spirals``: two interleaved spirals (the benchmark's toy data).
 """
 
 from ._estimators import KernelWarpingClassifier, KernelWarpingRegressor
+from .datasets import make_spirals
 from ._readout import LOOSelection, RidgeReadout, loo_select, ridge_loss, ridge_solve
 from .resnet import (InverseResult, LayerDiagnostics, Momenta, ResNetFlow, ShotWeights, TrainResult,
                      backprop_momenta, depth_consistency, layer_diagnostics, least_action_weights,
@@ -22,7 +24,7 @@ __all__ = [
     "forward_layers",
     "ResNetFlow", "TrainResult", "train_resnet", "Momenta", "backprop_momenta", "least_action_weights",
     "ShotWeights", "shoot_weights", "LayerDiagnostics", "layer_diagnostics", "InverseResult",
-    "min_jacobian_determinant", "depth_consistency",
+    "min_jacobian_determinant", "depth_consistency", "make_spirals",
 ]
 
 # issue 5, part 4: mean-field limit of ResNet weights

@@ -19,6 +19,7 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -35,14 +36,21 @@ _MODES = ("shooting", "layers")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 # Candidate readout widths (times the median pairwise distance) and ridge parameters for the "auto" choice.
-_SIGMA_FACTORS = tuple(2.0 ** (e / 2) for e in range(-9, 5))  # 2^-4.5 ... 4 in steps of √2
+_SIGMA_FACTORS = tuple(2.0 ** (e / 4) for e in range(-18, 9))  # 2^-4.5 ... 4 in steps of 2^(1/4)
 # Leave-one-out selection runs on a random subsample of at most this many points (one eigh per width).
 _LOO_MAX_POINTS = 800
 # backend="auto" of the estimators: dense kernel matrices up to this many pairs (64 MiB per float32 matrix, a
 # few dozen alive under autograd), KeOps beyond. Fitting differentiates through every layer, where dense BLAS is
 # much faster than KeOps on the CPU at these sizes (and KeOps compiles a formula per input dimension).
 _DENSE_MAX_PAIRS = 2**24
-_LAM_GRID = tuple(10.0 ** (e / 2) for e in range(-8, 2))  # 1e-4 ... √10 in steps of √10
+_LAM_GRID = tuple(10.0 ** (e / 4) for e in range(-16, 3))  # 1e-4 ... 10^0.5 in steps of 10^(1/4)
+# nu="auto": candidate warp strengths, compared with the unwarped readout (ν = ∞) by internal cross-validation.
+_NU_GRID = (0.01, 0.1)
+_NU_FOLDS = 3
+# Inner fits of the ν selection use at most this many training points per fold (the cost of the selection).
+_NU_MAX_POINTS = 600
+# Below this many points the selection is not attempted: the unwarped readout is kept.
+_NU_MIN_POINTS = 30
 
 
 def _make_kernel(spec, sigma: float, nugget: float, name: str):
@@ -77,7 +85,7 @@ class _KernelWarpingBase(BaseEstimator):
     _classification = False
 
     def __init__(self, *, mode="layers", n_layers=5, integrator="rk2", warp_kernel="gaussian", warp_sigma="auto",
-                 readout_kernel="gaussian", readout_sigma="auto", nu=0.1, lam="auto", nugget=1e-3, augment=0,
+                 readout_kernel="gaussian", readout_sigma="auto", nu="auto", lam="auto", nugget=1e-3, augment=0,
                  max_iter=30, tol=1e-5, refit_lam=False, backend="auto", dtype="float32", device="cpu",
                  random_state=None):
         self.mode = mode
@@ -109,13 +117,12 @@ class _KernelWarpingBase(BaseEstimator):
                 raise ValueError(f"{name} must be a positive integer; got {v!r}")
         if not isinstance(self.augment, Integral) or isinstance(self.augment, bool) or self.augment < 0:
             raise ValueError(f"augment must be a non-negative integer; got {self.augment!r}")
-        for name in ("nu", "tol"):
-            v = getattr(self, name)
-            if not isinstance(v, Real) or isinstance(v, bool) or not v > 0 or not math.isfinite(v):
-                raise ValueError(f"{name} must be a positive finite number; got {v!r}")
+        if not isinstance(self.tol, Real) or isinstance(self.tol, bool) or not self.tol > 0 \
+                or not math.isfinite(self.tol):
+            raise ValueError(f"tol must be a positive finite number; got {self.tol!r}")
         if not isinstance(self.nugget, Real) or isinstance(self.nugget, bool) or not self.nugget >= 0:
             raise ValueError(f"nugget must be a non-negative number; got {self.nugget!r}")
-        for name in ("warp_sigma", "readout_sigma", "lam"):
+        for name in ("nu", "warp_sigma", "readout_sigma", "lam"):
             v = getattr(self, name)
             if isinstance(v, str):
                 if v != "auto":
@@ -151,9 +158,8 @@ class _KernelWarpingBase(BaseEstimator):
         if self.backend == "auto":
             self.backend_ = "dense" if n * n <= _DENSE_MAX_PAIRS else "auto"
         q0 = self._lift(self._to_tensor(X))
-        Yt = self._to_tensor(Y)
-        self.offset_ = Yt.mean(0)
-        Yc = Yt - self.offset_
+        self.offset_ = self._to_tensor(Y, torch.float64).mean(0)
+        Yc = self._to_tensor(Y) - self.offset_.to(q0.dtype)
 
         scale = _median_distance(X, rng)
         self.median_distance_ = scale
@@ -185,87 +191,23 @@ class _KernelWarpingBase(BaseEstimator):
             self.warp_sigma_ = getattr(warp_kernel, "sigma", None)
         self.warp_kernel_, self.readout_kernel_ = warp_kernel, readout_kernel
 
-        L = self.n_layers
-        nu, lam = float(self.nu), self.lam_
-        # Scale of the momenta: the linearised optimum p ≈ -∇_q(ℓ/N)(q_0) / ν (one Euler layer). Optimising
-        # P = p / c with c its largest entry, on the objective divided by the kinetic energy of that step,
-        # makes L-BFGS's variables and gradients O(1) whatever N, ν and λ (THEORY §7: data term scaled by 1/N).
-        qq = q0.detach().requires_grad_(True)
-        d0, _ = ridge_loss(readout_kernel, qq, Yc, lam, backend=self.backend_)
-        (gq,) = torch.autograd.grad(d0 / n, qq)
-        self.initial_data_term_ = float(d0.detach()) / n
-        c = float(gq.abs().max()) / nu
-        with torch.no_grad():
-            j0 = nu * float(_engine.hamiltonian(warp_kernel, q0.double(), gq.double() / nu, self.backend_))
-        # When the possible decrease is below round-off (the identity warp is already optimal to working
-        # precision, e.g. data the readout interpolates), there is nothing to optimise.
-        trivial = not (c > 0 and math.isfinite(j0) and j0 > 1e-10 * max(self.initial_data_term_, 1e-30))
-        shape = (n, q0.shape[1]) if self.mode == "shooting" else (L, n, q0.shape[1])
-        P = torch.zeros(shape, dtype=q0.dtype, device=q0.device, requires_grad=True)
-
-        def objective(P):
-            p = c * P
-            if self.mode == "shooting":
-                traj = shoot(warp_kernel, q0, p, n_steps=L, integrator=self.integrator, backend=self.backend_)
-                energy = _engine.hamiltonian(warp_kernel, q0, p, self.backend_)
-                qL = traj.q[-1]
-            else:
-                qs, energies = forward_layers(warp_kernel, q0, p, backend=self.backend_)
-                energy = energies.sum() / L
-                qL = qs[-1]
-            data, _ = ridge_loss(readout_kernel, qL, Yc, lam, backend=self.backend_)
-            return nu * energy + data / n, energy, data / n
-
-        history = []
-        opt = torch.optim.LBFGS([P], lr=1.0, max_iter=self.max_iter, max_eval=int(self.max_iter * 1.25) + 1,
-                                tolerance_grad=self.tol, tolerance_change=1e-4 * self.tol, history_size=20,
-                                line_search_fn="strong_wolfe")
-
-        def closure():
-            opt.zero_grad()
-            loss, _, _ = objective(P)
-            loss = loss / j0
-            loss.backward()
-            history.append(float(loss.detach()) * j0)
-            return loss
-
-        if trivial:
-            c, j0 = 1.0, 1.0
+        if self.nu == "auto":
+            self.nu_, self.nu_validation_ = self._select_nu(q0, Yc, warp_kernel, readout_kernel, rng)
         else:
-            opt.step(closure)
-        state = opt.state[opt._params[0]]
-        self.n_iter_ = int(state.get("n_iter", 0))
-        self.loss_curve_ = np.asarray(history)
-        self.converged_ = self.n_iter_ < self.max_iter
-        if not bool(torch.isfinite(P).all()):
-            # A line search that left the finite range: keep the identity warp rather than NaN momenta.
-            with torch.no_grad():
-                P.zero_()
-            self.converged_ = False
-
-        with torch.no_grad():
-            loss, energy, data = objective(P.detach())
-        self.objective_ = float(loss)
-        self.kinetic_energy_ = float(energy)
-        self.data_term_ = float(data)
+            self.nu_, self.nu_validation_ = float(self.nu), None
+        res = self._optimise(q0, Yc, self.nu_, warp_kernel, readout_kernel)
+        self.n_iter_ = res["n_iter"]
+        self.loss_curve_ = res["history"]
+        self.converged_ = res["converged"]
+        self.objective_ = res["objective"]
+        self.kinetic_energy_ = res["energy"]
+        self.data_term_ = res["data"]
+        self.initial_data_term_ = res["initial_data"]
         # The fitted model (trajectory and readout) is rebuilt in float64 from the optimised momenta, so that
         # predictions do not depend on float32 round-off (e.g. on how test points are batched).
-        p = (c * P.detach()).double()
-        q0 = q0.double()
-        Yc = Yc.double()
-        self.offset_ = self.offset_.double()
-        with torch.no_grad():
-            if self.mode == "shooting":
-                traj = shoot(warp_kernel, q0, p, n_steps=L, integrator=self.integrator, backend=self.backend_)
-                energy_path = traj.energy()
-                qL = traj.q[-1]
-                p0 = p
-            else:
-                qs, energies = forward_layers(warp_kernel, q0, p, backend=self.backend_)
-                traj = LayerTrajectory(warp_kernel, qs, p, backend=self.backend_)
-                energy_path = energies
-                qL = qs[-1]
-                p0 = p[0]
+        q0 = self._lift(self._to_tensor(X, torch.float64))
+        Yc = self._to_tensor(Y, torch.float64) - self.offset_
+        traj, energy_path, qL, p0 = self._trajectory(warp_kernel, q0, res["p"])
         self.trajectory_ = traj
         self.energy_ = energy_path.cpu().numpy()
         self.momentum_ = p0.cpu().numpy()
@@ -283,6 +225,143 @@ class _KernelWarpingBase(BaseEstimator):
         self.displacement_ = float((qL - q0).norm(dim=1).mean())
         self.fit_time_ = time.perf_counter() - t0
         return self
+
+    def _optimise(self, q0: torch.Tensor, Yc: torch.Tensor, nu: float, warp_kernel, readout_kernel) -> dict:
+        """Minimise ``ν E + ℓ(q_L)/N`` over the momenta; ``ν = ∞`` is the identity warp (p = 0).
+
+        Returns a dict with the float64 momenta ``p`` ((N, D) for shooting, (L, N, D) for layers) and the
+        optimiser's diagnostics.
+        """
+        n, L, lam = q0.shape[0], self.n_layers, self.lam_
+        shape = (n, q0.shape[1]) if self.mode == "shooting" else (L, n, q0.shape[1])
+        zero = {"p": torch.zeros(shape, dtype=torch.float64, device=q0.device), "n_iter": 0,
+                "history": np.zeros(0), "converged": True, "energy": 0.0}
+        if math.isinf(nu):
+            with torch.no_grad():
+                d0, _ = ridge_loss(readout_kernel, q0, Yc, lam, backend=self.backend_)
+            d0 = float(d0) / n
+            return {**zero, "objective": d0, "data": d0, "initial_data": d0}
+        # Scale of the momenta: the linearised optimum p ≈ -∇_q(ℓ/N)(q_0) / ν (one Euler layer). Optimising
+        # P = p / c with c its largest entry, on the objective divided by the kinetic energy of that step,
+        # makes L-BFGS's variables and gradients O(1) whatever N, ν and λ (THEORY §7: data term scaled by 1/N).
+        qq = q0.detach().requires_grad_(True)
+        d0, _ = ridge_loss(readout_kernel, qq, Yc, lam, backend=self.backend_)
+        (gq,) = torch.autograd.grad(d0 / n, qq)
+        initial_data = float(d0.detach()) / n
+        c = float(gq.abs().max()) / nu
+        with torch.no_grad():
+            j0 = nu * float(_engine.hamiltonian(warp_kernel, q0.double(), gq.double() / nu, self.backend_))
+        # When the possible decrease is below round-off (the identity warp is already optimal to working
+        # precision, e.g. data the readout interpolates), there is nothing to optimise.
+        trivial = not (c > 0 and math.isfinite(j0) and j0 > 1e-10 * max(initial_data, 1e-30))
+        P = torch.zeros(shape, dtype=q0.dtype, device=q0.device, requires_grad=True)
+
+        def objective(P):
+            p = c * P
+            if self.mode == "shooting":
+                traj = shoot(warp_kernel, q0, p, n_steps=L, integrator=self.integrator, backend=self.backend_)
+                energy = _engine.hamiltonian(warp_kernel, q0, p, self.backend_)
+                qL = traj.q[-1]
+            else:
+                qs, energies = forward_layers(warp_kernel, q0, p, backend=self.backend_)
+                energy = energies.sum() / L
+                qL = qs[-1]
+            data, _ = ridge_loss(readout_kernel, qL, Yc, lam, backend=self.backend_)
+            return nu * energy + data / n, energy, data / n
+
+        if trivial:
+            return {**zero, "objective": initial_data, "data": initial_data, "initial_data": initial_data}
+        history = []
+        opt = torch.optim.LBFGS([P], lr=1.0, max_iter=self.max_iter, max_eval=int(self.max_iter * 1.25) + 1,
+                                tolerance_grad=self.tol, tolerance_change=1e-4 * self.tol, history_size=20,
+                                line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss, _, _ = objective(P)
+            loss = loss / j0
+            loss.backward()
+            history.append(float(loss.detach()) * j0)
+            return loss
+
+        opt.step(closure)
+        n_iter = int(opt.state[opt._params[0]].get("n_iter", 0))
+        converged = n_iter < self.max_iter
+        if not bool(torch.isfinite(P).all()):
+            # A line search that left the finite range: keep the identity warp rather than NaN momenta.
+            with torch.no_grad():
+                P.zero_()
+            converged = False
+        with torch.no_grad():
+            loss, energy, data = objective(P.detach())
+        return {"p": (c * P.detach()).double(), "n_iter": n_iter, "history": np.asarray(history),
+                "converged": converged, "objective": float(loss), "energy": float(energy), "data": float(data),
+                "initial_data": initial_data}
+
+    def _trajectory(self, warp_kernel, q0: torch.Tensor, p: torch.Tensor):
+        """Trajectory, energy path, warped points and initial momentum of momenta p (no graph)."""
+        with torch.no_grad():
+            if self.mode == "shooting":
+                traj = shoot(warp_kernel, q0, p, n_steps=self.n_layers, integrator=self.integrator,
+                             backend=self.backend_)
+                return traj, traj.energy(), traj.q[-1], p
+            qs, energies = forward_layers(warp_kernel, q0, p, backend=self.backend_)
+            return LayerTrajectory(warp_kernel, qs, p, backend=self.backend_), energies, qs[-1], p[0]
+
+    def _select_nu(self, q0: torch.Tensor, Yc: torch.Tensor, warp_kernel, readout_kernel, rng):
+        """Choose ν among ``_NU_GRID`` and ∞ (no warp) by internal cross-validation on the training set.
+
+        Every candidate warp is fitted on the inner training folds (at most ``_NU_MAX_POINTS`` points each) with
+        the readout width and ridge selected before; the held-out points are warped along it and read out.
+        Classifiers keep the candidates whose held-out accuracy is within one binomial standard error of the best
+        and take the smallest held-out squared error among them (the rule of ``loo_select``); regressors take the
+        smallest squared error. Ties go to the unwarped readout.
+
+        Returns
+        -------
+        nu : float
+            The chosen ν (``math.inf``: no warp).
+        table : list of tuple
+            ``(nu, accuracy or nan, mean squared error)`` for every candidate.
+        """
+        n = q0.shape[0]
+        candidates = (math.inf,) + tuple(_NU_GRID)
+        if n < _NU_MIN_POINTS:
+            return math.inf, []
+        seed = int(rng.integers(2**31 - 1))
+        labels = Yc.argmax(1).cpu().numpy()
+        if self._classification and np.bincount(labels).min() >= _NU_FOLDS:
+            folds = StratifiedKFold(_NU_FOLDS, shuffle=True, random_state=seed).split(np.zeros(n), labels)
+        else:
+            folds = KFold(_NU_FOLDS, shuffle=True, random_state=seed).split(np.zeros(n))
+        sq = dict.fromkeys(candidates, 0.0)
+        correct = dict.fromkeys(candidates, 0)
+        for tr, va in folds:
+            if len(tr) > _NU_MAX_POINTS:
+                tr = np.sort(rng.choice(tr, _NU_MAX_POINTS, replace=False))
+            tr_t = torch.as_tensor(tr, device=q0.device)
+            va_t = torch.as_tensor(va, device=q0.device)
+            qt, Yt = q0[tr_t], Yc[tr_t]
+            mean = Yt.double().mean(0)
+            Ytc = Yt - mean.to(Yt.dtype)
+            Yv = Yc[va_t].double()
+            for nu in candidates:
+                res = self._optimise(qt, Ytc, nu, warp_kernel, readout_kernel)
+                traj, _, qL, _ = self._trajectory(warp_kernel, qt.double(), res["p"])
+                with torch.no_grad():
+                    alpha = ridge_solve(readout_kernel, qL, Ytc.double(), self.lam_, backend=self.backend_)
+                    pred = readout_kernel.matvec(traj.flow(q0[va_t].double()), qL, alpha,
+                                                 backend=self.backend_) + mean
+                sq[nu] += float(((pred - Yv) ** 2).sum())
+                correct[nu] += int((pred.argmax(1) == Yv.argmax(1)).sum())
+        table = [(nu, correct[nu] / n if self._classification else math.nan, sq[nu] / n) for nu in candidates]
+        if self._classification:
+            a = max(r[1] for r in table)
+            se = math.sqrt(a * (1 - a) / n)
+            best = min((r for r in table if r[1] >= a - se - 1e-12), key=lambda r: r[2])
+        else:
+            best = min(table, key=lambda r: r[2])
+        return best[0], table
 
     # ------------------------------------------------------------------ prediction
     def warp(self, X):
@@ -331,12 +410,16 @@ _PARAM_DOC = """
         Width of Γ in input units; "auto" is twice the readout width.
     readout_sigma : float or "auto", default="auto"
         Width of K; "auto" is selected with ``lam`` by exact leave-one-out on the unwarped data (at most 800
-        points) among 2^-4.5 ... 4 (steps of √2) times the median pairwise distance; classifiers use a
+        points) among 2^-4.5 ... 4 (steps of 2^(1/4)) times the median pairwise distance; classifiers use a
         one-standard-error rule on LOO accuracy, then the smallest LOO squared error (``loo_select``).
-    nu : float, default=0.1
-        Weight of the kinetic energy relative to the data term ``ℓ / N``.
+    nu : float or "auto", default="auto"
+        Weight of the kinetic energy relative to the data term ``ℓ / N``. "auto" chooses among 0.01, 0.1 and no
+        warp at all (ν = ∞: plain kernel ridge regression with the selected width and λ) by 3-fold cross-validation
+        inside ``fit`` (warps fitted on at most 600 points per inner fold; held-out accuracy within one standard
+        error of the best, then the smallest held-out squared error; ties go to no warp). The default is therefore
+        never worse than the tuned kernel ridge readout on the training-internal criterion. The choice is ``nu_``.
     lam : float or "auto", default="auto"
-        Ridge parameter λ of the readout ("auto": leave-one-out among 1e-4 ... √10, steps of √10).
+        Ridge parameter λ of the readout ("auto": leave-one-out among 1e-4 ... √10, steps of 10^(1/4)).
     nugget : float, default=1e-3
         Nugget r added to Γ(q, q) (kernel regularisation, R2's alternative to dropout).
     augment : int, default=0
@@ -355,7 +438,7 @@ _PARAM_DOC = """
         readout, predictions) are always float64.
     device : str, default="cpu"
     random_state : int, Generator or None
-        Seeds the subsample of the median-distance heuristic.
+        Seeds the subsamples (median distance, leave-one-out, inner folds of the ν selection).
 """
 
 _ATTR_DOC = """
@@ -373,6 +456,11 @@ _ATTR_DOC = """
         Closed-form ridge readout on the warped training points.
     readout_sigma_, warp_sigma_, lam_ : float
         The widths and ridge parameter used.
+    nu_ : float
+        The warp strength used (``math.inf``: no warp, the trajectory is the identity).
+    nu_validation_ : list of tuple or None
+        With ``nu="auto"``: ``(nu, held-out accuracy or nan, held-out mean squared error)`` per candidate (empty
+        below 30 training points, where no warp is kept).
     objective_, kinetic_energy_, data_term_, initial_data_term_ : float
         Final objective ``ν E + ℓ/N``, its parts, and ℓ/N before warping.
     displacement_ : float
