@@ -1,9 +1,136 @@
-"""Demo section: idea registration (a kernel warping classifier on two spirals) and a ResNetFlow's weight profile."""
+"""Demo sections: idea registration on two spirals, and the weight-norm profile of a ResNetFlow."""
 
 from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import torch
+
+from ._report import Check, Section, use_agg
 
 __all__ = ["idea_sections"]
 
 
+def _spirals(quick: bool):
+    from sklearn.model_selection import train_test_split
+
+    from lddmm_nets.nets.datasets import make_spirals
+
+    X, y = make_spirals(400 if quick else 600, noise=0.3, random_state=0)
+    return train_test_split(X, y, test_size=0.5, random_state=0, stratify=y)
+
+
+def _plot_spirals(pipe, X, y, path: str) -> None:
+    """Decision regions in the input space, and the data with a grid carried by the fitted flow at t = 0, ½, 1."""
+    plt = use_agg()
+    scaler, clf = pipe[0], pipe[-1]
+    lo, hi = X.min(0) - 0.3, X.max(0) + 0.3
+    xx, yy = np.meshgrid(np.linspace(lo[0], hi[0], 200), np.linspace(lo[1], hi[1], 200))
+    proba = pipe.predict_proba(np.c_[xx.ravel(), yy.ravel()])[:, 1].reshape(xx.shape)
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4.2))
+    ax = axes[0]
+    ax.contourf(xx, yy, proba, levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.6)
+    ax.contour(xx, yy, proba, levels=[0.5], colors="k", linewidths=1)
+    ax.scatter(X[:, 0], X[:, 1], c=y, cmap="RdBu_r", s=8, edgecolors="k", linewidths=0.2)
+    ax.set_title("decision regions (held-out points)", fontsize=9)
+    Z = scaler.transform(X)
+    zlo, zhi = Z.min(0) - 0.2, Z.max(0) + 0.2
+    lines = []
+    for c in np.linspace(zlo[1], zhi[1], 15):
+        lines.append(np.c_[np.linspace(zlo[0], zhi[0], 120), np.full(120, c)])
+    for c in np.linspace(zlo[0], zhi[0], 15):
+        lines.append(np.c_[np.full(120, c), np.linspace(zlo[1], zhi[1], 120)])
+    with torch.no_grad():
+        lift = clf._lift
+        path_pts = clf.trajectory_.flow(lift(torch.as_tensor(Z)), return_path=True).numpy()
+        path_grid = [clf.trajectory_.flow(lift(torch.as_tensor(g)), return_path=True).numpy() for g in lines]
+    n_t = path_pts.shape[0] - 1
+    for ax, k in zip(axes[1:], (0, n_t // 2, n_t)):
+        for g in path_grid:
+            ax.plot(g[k][:, 0], g[k][:, 1], color="0.7", lw=0.5)
+        ax.scatter(path_pts[k][:, 0], path_pts[k][:, 1], c=y, cmap="RdBu_r", s=8, edgecolors="k", linewidths=0.2)
+        ax.set_title(f"warped data and grid, t = {k / n_t:.2g}", fontsize=9)
+    for ax in axes:
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=75)
+    plt.close(fig)
+
+
+def _spirals_section(out: str, quick: bool, progress) -> Section:
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from lddmm_nets.nets import KernelWarpingClassifier
+
+    Xtr, Xte, ytr, yte = _spirals(quick)
+    progress(f"spirals: fitting a KernelWarpingClassifier on {len(ytr)} points")
+    t0 = time.perf_counter()
+    pipe = make_pipeline(StandardScaler(), KernelWarpingClassifier()).fit(Xtr, ytr)
+    fit_seconds = time.perf_counter() - t0
+    acc = float(pipe.score(Xte, yte))
+    clf = pipe[-1]
+    _plot_spirals(pipe, Xte, yte, os.path.join(out, "spirals.png"))
+    numbers = {"held-out accuracy": acc, "training points": len(ytr), "fit seconds": fit_seconds,
+               "mode": clf.mode, "layers": clf.n_layers, "kinetic energy": getattr(clf, "kinetic_energy_", float("nan")),
+               "objective": getattr(clf, "objective_", float("nan"))}
+    return Section(
+        key="spirals", title="Ideas: a kernel warping classifier on two spirals",
+        caption="make_pipeline(StandardScaler(), KernelWarpingClassifier()) with its defaults, trained on half of "
+                "two interleaved spirals and scored on the other half. The flow of RKHS velocity fields warps the "
+                "plane (grey: a grid carried by the flow) until a kernel ridge readout separates the classes.",
+        pictures=["spirals.png"], numbers=numbers,
+        checks=[Check("held-out accuracy", acc, ">=", 0.95)])
+
+
+def _resnet_section(out: str, quick: bool, progress) -> Section:
+    from sklearn.datasets import make_moons
+
+    from lddmm_nets.nets import ResNetFlow, layer_diagnostics, train_resnet
+
+    X, y = make_moons(200, noise=0.1, random_state=0)
+    X = torch.as_tensor((X - X.mean(0)) / X.std(0))
+    Y = torch.nn.functional.one_hot(torch.as_tensor(y)).double()
+    plt = use_agg()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    numbers, spreads = {}, {}
+    depths = (8, 16) if quick else (8, 16, 32)
+    runs = [(L, 1e-2, "-o") for L in depths] + [(depths[-1], 0.0, ":x")]
+    for L, nu, style in runs:
+        progress(f"ResNet: L = {L}, nu = {nu}")
+        model = ResNetFlow(2, 2, n_layers=L, nu=nu, seed=0)
+        train_resnet(model, X, Y, max_iter=300)
+        diag = layer_diagnostics(model)
+        name = f"L = {L}, {'scaled decay' if nu else 'plain ResNet'}"
+        spreads[(L, nu)] = diag.spread
+        t = (np.arange(L) + 0.5) / L
+        ax.plot(t, diag.weight_norms, style, ms=3, label=f"{name} (spread {diag.spread:.2g})")
+        numbers[f"spread, {name}"] = diag.spread
+    ax.set_xlabel("layer time t = (k + ½)/L")
+    ax.set_ylabel("‖W_k‖² + ‖b_k‖²")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    ax.set_title("ResNetFlow on moons: weight norms per layer", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "resnet_weights.png"), dpi=80)
+    plt.close(fig)
+    L2 = depths[-1]
+    slope = float(np.polyfit(np.log(depths), np.log([spreads[(L, 1e-2)] for L in depths]), 1)[0])
+    numbers["log-log slope of the spread against L (theory: -1)"] = slope
+    return Section(
+        key="resnet", title="ResNets as flows: weight norms across layers",
+        caption="A ResNetFlow x_{k+1} = x_k + Δt (W_k tanh(x_k) + b_k) trained to convergence with the scaled weight "
+                "decay ν Δt / 2 per layer conserves the Hamiltonian: ‖W_k‖² + ‖b_k‖² is nearly the same in every "
+                "layer, and the spread shrinks like O(1/L) as the network deepens. A plain ResNet (ν = 0) has no "
+                "such structure.",
+        pictures=["resnet_weights.png"], numbers=numbers,
+        checks=[Check(f"spread with decay, L = {L2}", spreads[(L2, 1e-2)], "<", 0.2),
+                Check("slope of the spread against L", slope, "<=", -0.7)])
+
+
 def idea_sections():
-    return []
+    """The idea sections in display order: ``(name, function(out, quick, progress) -> Section)``."""
+    return [("spirals", _spirals_section), ("resnet", _resnet_section)]
