@@ -23,7 +23,9 @@ level's momentum and the result is the geodesic shot from the final ``m_0``. Wit
 2-D default) each level shoots one or more *segments*: a fresh geodesic from zero momentum that registers the
 moving image warped by all previous segments, with a kernel as wide, in that level's voxels, at every level;
 the transform is the composition of the segments' maps (a piecewise-geodesic path, diffeomorphic since every
-piece is, and checked on the composed map). Large deformations such as dipy's circle -> C need it: one
+piece is, and checked on the composed map). Composed segments use the kernel ``w(x) k(x, y) w(y)`` with a
+weight ``w`` that vanishes on the image border (a ramp one kernel width deep), so no fixed point is sent out of
+the moving image. Large deformations such as dipy's circle -> C need it: one
 geodesic from a smooth kernel cannot empty the disk without its map hitting the fold barrier, while a few
 composed segments, each a moderate deformation, reach Dice 0.998 with no fold.
 
@@ -381,12 +383,27 @@ def _fft_size(n: int) -> int:
 class _Smoother:
     """``m ↦ K ⋆ m / k̂(0)`` (the kernel scaled to unit mass) on a grid, via the engine's FFT operator on the
     grid zero-padded by ``reach`` mm per side: wrap-around is then below ``k(2 reach)``, much cheaper than the
-    operator's own ``boundary="zero"`` (which doubles every axis)."""
+    operator's own ``boundary="zero"`` (which doubles every axis).
 
-    def __init__(self, kernel, shape, spacing, reach: float):
+    With ``taper`` (mm) the operator is ``m ↦ w K ⋆ (w m)`` with a weight ``w`` that rises from 0 on the grid's
+    border to 1 at ``taper`` inside it (a sin² ramp per axis): the kernel ``w(x) k(x, y) w(y)`` is still
+    positive definite, its velocities vanish on the border, so the maps keep the image box (composed
+    geodesics would otherwise push background out of the image)."""
+
+    def __init__(self, kernel, shape, spacing, reach: float, taper: float = 0.0):
         from lddmm_nets.grid import Grid
 
         self.shape = tuple(shape)
+        self.weight = None
+        if taper > 0:
+            w = None
+            for i, (n, h) in enumerate(zip(shape, spacing)):
+                t = torch.arange(n, dtype=torch.float64) * h
+                dist = torch.minimum(t, (n - 1) * h - t)
+                wi = torch.sin(0.5 * math.pi * (dist / taper).clamp(max=1.0)) ** 2
+                wi = wi.reshape([-1 if a == i else 1 for a in range(len(shape))])
+                w = wi if w is None else w * wi
+            self.weight = w
         pads = [min(int(math.ceil(reach / h)), 2 * n) for n, h in zip(shape, spacing)]
         self.padded = tuple(_fft_size(n + 2 * p) for n, p in zip(shape, pads))
         self.op = kernel.on_grid(Grid(self.padded, spacing), boundary="periodic")
@@ -394,12 +411,16 @@ class _Smoother:
         self.mass = float(kernel.spectral_density(torch.zeros(d, dtype=torch.float64)))
 
     def __call__(self, m: torch.Tensor) -> torch.Tensor:
+        w = None if self.weight is None else self.weight.to(dtype=m.dtype, device=m.device)
+        if w is not None:
+            m = m * w
         pad = []
         for n, p in zip(reversed(self.shape), reversed(self.padded)):
             pad += [0, p - n]
         mp = torch.nn.functional.pad(m, pad)
         v = self.op(mp) / self.mass
-        return v[(...,) + tuple(slice(0, n) for n in self.shape)]
+        v = v[(...,) + tuple(slice(0, n) for n in self.shape)]
+        return v if w is None else v * w
 
 
 def _make_kernel(name: str, sigma: float, d: int):
@@ -629,12 +650,13 @@ class _Geodesic:
     and are moved between grids by resampling their displacement.
     """
 
-    def __init__(self, cfg, kern, reach, moving_np, shape, spacing, shrink, smooth, dtype, device):
+    def __init__(self, cfg, kern, reach, moving_np, shape, spacing, shrink, smooth, dtype, device,
+                 taper: float = 0.0):
         self.cfg = cfg
         self.d = len(shape)
         self.shape = _shrunk(shape, shrink)
         self.spacing = _shrunk_spacing(spacing, shape, self.shape)
-        self.smoother = _Smoother(kern, self.shape, self.spacing, reach)
+        self.smoother = _Smoother(kern, self.shape, self.spacing, reach, taper=taper)
         if cfg.momentum == "scalar":
             extra = 0.5 * shrink if shrink > 1 else 0.0  # anti-aliasing before the image is shrunk
             img = _gaussian_smooth(moving_np, math.hypot(smooth, extra)) if extra else moving_np
@@ -905,11 +927,14 @@ def _register(fixed, moving, *, metric, window, sigma, kernel, regularization, s
                                            spacing).cpu().numpy()
             Ml_np = _gaussian_smooth(M_cur_np, smooth)
             Ml = resize(torch.as_tensor(Ml_np, dtype=tdtype, device=dev), lv_shape)
-            kern_l, reach_l = kern, reach
+            kern_l, reach_l, sig_l = kern, reach, sig
             if level_kernels:  # composed segments: each level's kernel is as wide in its own voxels
-                kern_l, reach_l = _make_kernel(cfg.kernel, LEVEL_SIGMA_VOXELS * max(lv_spacing), d)
+                sig_l = LEVEL_SIGMA_VOXELS * max(lv_spacing)
+                kern_l, reach_l = _make_kernel(cfg.kernel, sig_l, d)
+            # composed segments: velocities vanish on the border (taper one kernel width), so that the
+            # composition keeps every fixed point inside the moving image
             geo = _Geodesic(cfg, kern_l, reach_l, M_cur_np, shape, spacing, max(shrink, def_shrink_min), smooth,
-                            tdtype, dev)
+                            tdtype, dev, taper=sig_l if composed else 0.0)
             P0 = geo.zeros() if (P is None or composed) else resize(P, geo.shape)
             scale = geo.scale()
             # the data term is measured relative to its value before registration at this level, so that one

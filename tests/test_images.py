@@ -221,6 +221,29 @@ def test_defaults_register_circle_to_c(circle_c):
     assert _dice(circle.data, c.data) < 0.7  # it was a large deformation
     assert res.ndv_percent == 0.0 and res.jacobian_determinant().min() > 0
     assert res.config.metric == "ssd" and res.config.geodesics == "composed"
+    # every fixed point is sent inside the moving image (the segments' velocities vanish on the border)
+    idx = np.stack(np.meshgrid(*[np.arange(n, dtype=float) for n in c.shape], indexing="ij"))
+    y = idx + res.displacement  # unit spacing, identity affine
+    assert y.min() >= -0.01 and y.max() <= 255.01
+
+
+def test_tapered_kernel_operator_is_symmetric_and_vanishes_on_the_border():
+    import torch
+
+    from registration.images import _make_kernel, _Smoother
+
+    kern, reach = _make_kernel("sum", 3.0, 2)
+    op = _Smoother(kern, (30, 24), (1.0, 1.5), reach, taper=6.0)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 30, 24, generator=g, dtype=torch.float64), torch.randn(2, 30, 24, generator=g,
+                                                                              dtype=torch.float64)
+    va, vb = op(a), op(b)
+    assert torch.allclose((a * vb).sum(), (va * b).sum(), rtol=1e-10)  # w K w is self-adjoint
+    assert (a * va).sum() > 0
+    for edge in (va[:, 0], va[:, -1], va[:, :, 0], va[:, :, -1]):
+        assert edge.abs().max() == 0
+    inner = op.weight[6:-6, 4:-4]  # farther than the taper from every border: weight 1
+    assert torch.all(inner == 1.0)
 
 
 def test_quick_circle_to_c_recipe(circle_c):
