@@ -260,6 +260,10 @@ from ._checks import check_int as _check_int, check_positive as _check_positive
 from .grid import Grid as _Grid, GridOperator as _GridOperator
 
 
+class EPDiffInstabilityError(RuntimeError):
+    """The explicit time scheme of :func:`solve_epdiff` blew up (Courant number too large: take more steps)."""
+
+
 @dataclass
 class EPDiffSolution:
     """Eulerian EPDiff solution on a grid, sampled at the saved steps.
@@ -287,6 +291,9 @@ class EPDiffSolution:
     outside : torch.Tensor
         ``(S,)`` for ``boundary="zero"``: the fraction ``∫_pad |m| / ∫ |m|`` of the momentum that has left the grid
         into the padding (should stay near 0); zeros for periodic grids.
+    max_cfl : float
+        Largest Courant number ``h max|v| Σ_j π/Δx_j`` met along the solution (``h`` the time step). The explicit
+        schemes need it below about 1 (euler: smaller still, it is only weakly stable for advection).
     """
 
     times: torch.Tensor
@@ -299,6 +306,7 @@ class EPDiffSolution:
     integrator: str
     n_steps: int
     outside: torch.Tensor
+    max_cfl: float = 0.0
 
     def at(self, t: float) -> int:
         """Index of the saved state nearest to time ``t``."""
@@ -396,6 +404,8 @@ def solve_epdiff(m0: torch.Tensor, smoother: _GridOperator, *, n_steps: int = 20
     ------
     ValueError
         Bad shapes, a non-explicit scheme, non-positive ``n_steps``/``t1``/``save_every``.
+    EPDiffInstabilityError
+        The solution became non-finite (too few steps for the grid: keep ``max_cfl`` below about 1).
     """
     if not isinstance(smoother, _GridOperator):
         raise ValueError(f"smoother: expected a GridOperator (kernel.on_grid(grid)), got {type(smoother).__name__}")
@@ -428,6 +438,8 @@ def solve_epdiff(m0: torch.Tensor, smoother: _GridOperator, *, n_steps: int = 20
                                    _derivative_symbols(grid, fft_shape, m0.dtype, m0.device), fft_shape)
     vol = _math.prod(grid.spacing)
     h = t1 / n_steps
+    nyquist = sum(_math.pi / dx for dx in grid.spacing)
+    max_cfl = 0.0
 
     saved_t, saved_m, saved_v, outside, energies = [], [], [], [], []
 
@@ -447,6 +459,12 @@ def solve_epdiff(m0: torch.Tensor, smoother: _GridOperator, *, n_steps: int = 20
         m = state[0]
         v = system.velocity(m)
         energies.append(0.5 * vol * (m * v).sum())
+        cfl = h * float(v.detach().abs().max()) * nyquist
+        if not _math.isfinite(cfl):
+            raise EPDiffInstabilityError(
+                f"solve_epdiff: the solution became non-finite at step {k} of {n_steps} (Courant number so far "
+                f"{max_cfl:.3g}): the explicit scheme is unstable, take more n_steps")
+        max_cfl = max(max_cfl, cfl)
         if k % save_every == 0 or k == n_steps:
             record(k, m, v)
         if k < n_steps:
@@ -457,7 +475,7 @@ def solve_epdiff(m0: torch.Tensor, smoother: _GridOperator, *, n_steps: int = 20
                           velocity=torch.stack(saved_v), energy=torch.stack(energies),
                           step_times=torch.linspace(0.0, t1, n_steps + 1, **to), grid=grid,
                           boundary=smoother.boundary, integrator=scheme.name, n_steps=n_steps,
-                          outside=torch.stack(outside))
+                          outside=torch.stack(outside), max_cfl=max_cfl)
 
 
-__all__ += ["EPDiffSolution", "solve_epdiff"]
+__all__ += ["EPDiffSolution", "EPDiffInstabilityError", "solve_epdiff"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lddmm_nets import GaussianKernel, Grid, LaplaceKernel, sobolev_operator
-from lddmm_nets.epdiff import EPDiffSolution, solve_epdiff
+from lddmm_nets.epdiff import EPDiffInstabilityError, EPDiffSolution, solve_epdiff
 from lddmm_nets.meanfield import fit_loglog_slope
 
 
@@ -107,3 +107,12 @@ def test_bad_inputs_raise_named_errors():
         solve_epdiff(m0, lambda m: m)
     with pytest.raises(ValueError, match="n_steps: expected an integer"):
         solve_epdiff(m0, op, n_steps=0)
+
+
+def test_too_few_steps_raise_a_named_instability_and_the_courant_number_is_reported():
+    grid, m0 = _blob(1, 1024)
+    op = LaplaceKernel(sigma=0.25).on_grid(grid, boundary="zero")
+    with pytest.raises(EPDiffInstabilityError, match="take more n_steps"):
+        solve_epdiff(20 * m0, op, n_steps=10, save_every=10)
+    sol = solve_epdiff(m0, op, n_steps=400, save_every=400)
+    assert 0 < sol.max_cfl < 1 and sol.energy_drift() < 1e-6

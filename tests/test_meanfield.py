@@ -123,6 +123,15 @@ def test_particle_vs_grid_error_decreases_at_the_schemes_order_in_time_1d():
     assert abs(slopes["steps/rk2/velocity_t1"] - 2) < 0.3, slopes
 
 
+def test_camassa_holm_particles_converge_to_the_grid_solution_1d():
+    # Laplace kernel in 1-D: EPDiff is Camassa-Holm; quadrature peakon trains converge to the smooth solution
+    problem = default_problem(1, cells=256, kernel=LaplaceKernel(sigma=0.25))
+    rows = convergence_in_n(problem, (16, 64, 256), methods=("quadrature",), n_steps=8, backend="dense")
+    slopes = fitted_slopes(rows)
+    assert slopes["n/quadrature/velocity_t1"] < -1.5, slopes
+    assert max(r["error"] for r in rows if r["n"] == 256) < 1e-3
+
+
 def test_particle_vs_grid_2d_quadrature_is_steeper_than_random():
     problem = default_problem(2, cells=32)
     rows = convergence_in_n(problem, (64, 256, 1024), methods=("iid", "quadrature"), repeats=2, n_steps=3,
