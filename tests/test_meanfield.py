@@ -141,6 +141,20 @@ def test_particle_vs_grid_2d_quadrature_is_steeper_than_random():
     assert slopes["n/quadrature/velocity_t1"] < slopes["n/iid/velocity_t1"]
 
 
+def test_errors_at_chosen_times_grow_from_zero_for_quadrature():
+    problem = default_problem(2, cells=32)
+    q0, p0 = sample_particles(problem.density, problem.momentum, 1024, method="quadrature")
+    errs = problem.errors(q0, p0, n_steps=8, times=(0.25, 0.5, 1.0), backend="dense")
+    assert set(errs) == {f"{k}_t{t}" for k in ("velocity", "momentum") for t in ("0.25", "0.5", "1")}
+    assert errs["velocity_t0.25"] < errs["velocity_t0.5"] < errs["velocity_t1"] < 1e-5
+    sol = problem.grid_solution(times=(0.25, 0.5, 1.0))
+    assert [sol.times[sol.at(t)].item() for t in (0.25, 0.5, 1.0)] == [0.25, 0.5, 1.0]
+    with pytest.raises(ValueError, match="times: expected multiples of the particle step"):
+        problem.errors(q0, p0, n_steps=4, times=(0.3,))
+    with pytest.raises(ValueError, match=r"times: expected times in \[0, t1=1\]"):
+        problem.errors(q0, p0, n_steps=4, times=(2.0,))
+
+
 def test_fit_loglog_slope():
     assert fit_loglog_slope([1, 2, 4, 8], [1, 0.5, 0.25, 0.125]) == pytest.approx(-1.0)
     assert math.isnan(fit_loglog_slope([1], [1]))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Callable, Sequence
 
 import numpy as np
@@ -111,9 +112,27 @@ class MeanFieldProblem:
         m = self.momentum(x) * self.density.pdf(x)[:, None]
         return m.T.reshape((self.d,) + self.grid.shape)
 
-    def grid_solution(self, *, dtype=torch.float64, device=None) -> EPDiffSolution:
-        """Continuum reference at ``t = 0`` and ``t1`` (RK4, ``grid_steps`` steps, zero-padded grid; cached)."""
-        key = (dtype, str(device))
+    def _fractions(self, times) -> tuple[Fraction, ...]:
+        if times is None:
+            return (Fraction(0), Fraction(1))
+        fr = []
+        for t in times:
+            t = float(t)
+            if not 0 <= t <= self.t1:
+                raise ValueError(f"times: expected times in [0, t1={self.t1:g}], got {t!r}")
+            fr.append(Fraction(t / self.t1).limit_denominator(1000))
+        if not fr:
+            raise ValueError("times: expected at least one time, got none")
+        return tuple(sorted(set(fr)))
+
+    def grid_solution(self, *, times=None, dtype=torch.float64, device=None) -> EPDiffSolution:
+        """Continuum reference saved at ``times`` (default ``0`` and ``t1``): RK4 on the zero-padded grid (cached).
+
+        The step count is ``grid_steps`` or, by default, enough for a Courant number of about 0.5 with the initial
+        velocity (at least 40), rounded up so that every requested time is a step.
+        """
+        fr = self._fractions(times)
+        key = (dtype, str(device), fr)
         if key not in self._reference:
             op = self.kernel.on_grid(self.grid, boundary="zero")
             m0 = self.initial_momentum(dtype, device)
@@ -122,12 +141,15 @@ class MeanFieldProblem:
                 vmax = float(op(m0).abs().max())
                 nyquist = sum(math.pi / dx for dx in self.grid.spacing)
                 steps = max(40, math.ceil(self.t1 * vmax * nyquist / 0.5))
+            base = math.lcm(*(f.denominator for f in fr))
+            steps = base * math.ceil(steps / base)
+            save = math.gcd(*(int(f * steps) for f in fr), steps)
             self._reference[key] = solve_epdiff(m0, op, n_steps=steps, t1=self.t1, integrator="rk4",
-                                                save_every=steps)
+                                                save_every=save)
         return self._reference[key]
 
     def errors(self, q0: torch.Tensor, p0: torch.Tensor, *, n_steps: int = 10, integrator: str = "rk4",
-               backend: str = "auto") -> dict[str, float]:
+               backend: str = "auto", times: Sequence[float] | None = None) -> dict[str, float]:
         """Shoot the particles and return the relative L2 errors against the grid solution.
 
         Parameters
@@ -136,14 +158,27 @@ class MeanFieldProblem:
             Particles and momenta (see :func:`~lddmm_nets.meanfield.sample_particles`).
         n_steps, integrator, backend
             As in :func:`lddmm_nets.shoot` (over ``[0, t1]``).
+        times : sequence of float, optional
+            Comparison times in ``[0, t1]``, each a multiple of the particle step ``t1 / n_steps``
+            (default ``(0, t1)``).
 
         Returns
         -------
         dict
-            ``{"velocity_t0", "velocity_t1", "momentum_t1"}`` -> relative error ``‖a - b‖ / ‖b‖`` over the
-            nodes.
+            ``"velocity_t<t>"`` for every time and ``"momentum_t<t>"`` for every positive time (``<t>`` formatted
+            with ``:g``; with the defaults and ``t1 = 1``: ``velocity_t0``, ``velocity_t1``, ``momentum_t1``) ->
+            relative error ``‖a - b‖ / ‖b‖`` over the nodes.
         """
-        ref = self.grid_solution(dtype=q0.dtype, device=q0.device)
+        n_steps = check_int("n_steps", n_steps)
+        fr = self._fractions(times)
+        idx = []
+        for f in fr:
+            k = f * n_steps
+            if k.denominator != 1:
+                raise ValueError(f"times: expected multiples of the particle step t1/n_steps = {self.t1 / n_steps:g}, "
+                                 f"got {float(f) * self.t1:g}")
+            idx.append(int(k))
+        ref = self.grid_solution(times=[float(f) * self.t1 for f in fr], dtype=q0.dtype, device=q0.device)
         traj = shoot(self.kernel, q0, p0, n_steps=n_steps, integrator=integrator, backend=backend, t1=self.t1)
         x = self.nodes(q0.dtype, q0.device)
         smooth = GaussianKernel(sigma=self.smoothing)
@@ -156,11 +191,14 @@ class MeanFieldProblem:
             return float((a - b).norm() / b.norm())
 
         out = {}
-        for name, k in (("t0", 0), ("t1", -1)):
+        for f, k in zip(fr, idx):
+            t = float(f) * self.t1
+            j = ref.at(t)
             v = self.kernel.matvec(x, traj.q[k], traj.p[k], backend)
-            out[f"velocity_{name}"] = rel(v, flat(ref.velocity[k]))
-        ms = smooth.matvec(x, traj.q[-1], traj.p[-1], backend)
-        out["momentum_t1"] = rel(ms, flat(op_s(ref.momentum[-1])))
+            out[f"velocity_t{t:g}"] = rel(v, flat(ref.velocity[j]))
+            if k > 0:
+                ms = smooth.matvec(x, traj.q[k], traj.p[k], backend)
+                out[f"momentum_t{t:g}"] = rel(ms, flat(op_s(ref.momentum[j])))
         return out
 
 
@@ -204,7 +242,8 @@ def default_problem(d: int = 2, *, cells: int | None = None, sigma: float = 0.25
 
 def convergence_in_n(problem: MeanFieldProblem, ns: Sequence[int], *, methods: Sequence[str] = SAMPLING_METHODS,
                      repeats: int = 4, n_steps: int = 10, integrator: str = "rk4", backend: str = "auto",
-                     seed: int = 0, dtype=torch.float64, device=None) -> list[dict]:
+                     seed: int = 0, times: Sequence[float] | None = None, dtype=torch.float64,
+                     device=None) -> list[dict]:
     """Particle-vs-grid errors against the number of particles.
 
     Parameters
@@ -219,6 +258,8 @@ def convergence_in_n(problem: MeanFieldProblem, ns: Sequence[int], *, methods: S
         Particle shooting.
     seed : int
         Base seed; draw ``r`` uses ``seed + r``.
+    times : sequence of float, optional
+        Comparison times (see :meth:`MeanFieldProblem.errors`).
 
     Returns
     -------
@@ -236,7 +277,8 @@ def convergence_in_n(problem: MeanFieldProblem, ns: Sequence[int], *, methods: S
                 t0 = time.perf_counter()
                 q0, p0 = sample_particles(problem.density, problem.momentum, n, method=method, seed=seed + r,
                                           dtype=dtype, device=device)
-                errs = problem.errors(q0, p0, n_steps=n_steps, integrator=integrator, backend=backend)
+                errs = problem.errors(q0, p0, n_steps=n_steps, integrator=integrator, backend=backend,
+                                      times=times)
                 secs = time.perf_counter() - t0
                 for qty, err in errs.items():
                     rows.append(dict(study="n", method=method, n=q0.shape[0], seed=seed + r, n_steps=n_steps,
