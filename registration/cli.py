@@ -1,4 +1,4 @@
-"""The ``lddmm`` command: ``demo``, ``register``, ``apply``.
+"""The ``lddmm`` command: ``demo``, ``register``, ``apply``, ``meanfield``.
 
 User errors (a missing file, a bad option value, bad data) print one line ``lddmm: error: ...`` on stderr and exit
 with status 2; ``--verbose`` shows the traceback instead. The progress bars live here, never in the engine.
@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from . import cli_images
+from . import cli_images, cli_meanfield
 
 __all__ = ["main", "build_parser"]
 
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "resnet, meanfield (default: all)")
     demo.set_defaults(func=_run_demo)
     cli_images.add_parsers(sub)
+    cli_meanfield.add_parsers(sub)
     return parser
 
 

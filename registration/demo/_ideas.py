@@ -28,11 +28,12 @@ def _plot_spirals(pipe, X, y, path: str) -> None:
     scaler, clf = pipe[0], pipe[-1]
     lo, hi = X.min(0) - 0.3, X.max(0) + 0.3
     xx, yy = np.meshgrid(np.linspace(lo[0], hi[0], 200), np.linspace(lo[1], hi[1], 200))
-    proba = pipe.predict_proba(np.c_[xx.ravel(), yy.ravel()])[:, 1].reshape(xx.shape)
+    score = np.asarray(pipe.decision_function(np.c_[xx.ravel(), yy.ravel()])).reshape(xx.shape)
     fig, axes = plt.subplots(1, 4, figsize=(16, 4.2))
     ax = axes[0]
-    ax.contourf(xx, yy, proba, levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.6)
-    ax.contour(xx, yy, proba, levels=[0.5], colors="k", linewidths=1)
+    lim = float(np.abs(score).max()) or 1.0
+    ax.contourf(xx, yy, score, levels=np.linspace(-lim, lim, 11), cmap="RdBu_r", alpha=0.6)
+    ax.contour(xx, yy, score, levels=[0.0], colors="k", linewidths=1)
     ax.scatter(X[:, 0], X[:, 1], c=y, cmap="RdBu_r", s=8, edgecolors="k", linewidths=0.2)
     ax.set_title("decision regions (held-out points)", fontsize=9)
     Z = scaler.transform(X)
