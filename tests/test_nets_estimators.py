@@ -11,7 +11,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import check_estimator
 
-from lddmm_nets.nets import (KernelWarpingClassifier, KernelWarpingRegressor, LayerTrajectory,
+from lddmm_nets.nets import (KernelWarpingClassifier, KernelWarpingRegressor, LayerTrajectory, make_spirals,
                              discrete_hamiltonian_residuals, loo_select, ridge_loss, ridge_solve)
 from lddmm_nets.nets._kernels import WideGaussianKernel, matmul_sqdist
 
@@ -274,3 +274,22 @@ def test_layers_mode_momenta_solve_the_discrete_hamiltonian_system():
     # An arbitrary set of momenta does not satisfy the system (the check can fail).
     bad = discrete_hamiltonian_residuals(traj.kernel, traj.q, traj.p.flip(0))
     assert float(bad.max()) > 1e-2
+
+
+# ------------------------------------------------------------------------------------------------ toy data
+def test_make_spirals_lies_on_two_reflected_archimedean_arms():
+    X, y = make_spirals(101, noise=0.0, turns=1.5, random_state=1)
+    assert X.shape == (100, 2) and list(np.bincount(y)) == [50, 50]
+    arm = X[:50]
+    np.testing.assert_array_equal(X[50:], -arm)  # the second arm is the point reflection of the first
+    # r = t / (2π turns) and the angle is t: x = r cos(2π turns r), y = r sin(2π turns r).
+    r = np.linalg.norm(arm, axis=1)
+    t = 2 * np.pi * 1.5 * r
+    np.testing.assert_allclose(arm, np.stack([r * np.cos(t), r * np.sin(t)], 1), atol=1e-12)
+    assert r.min() >= np.sqrt(0.05) - 1e-12 and r.max() <= 1.0
+    Xn, _ = make_spirals(100, noise=0.3, random_state=1)
+    assert 0.05 < np.std(Xn - X) < 0.15  # noise / 3 = 0.1
+    np.testing.assert_array_equal(make_spirals(50, random_state=3)[0], make_spirals(50, random_state=3)[0])
+    for kw, name in (({"n_samples": 1}, "n_samples"), ({"noise": -0.1}, "noise"), ({"turns": 0}, "turns")):
+        with pytest.raises(ValueError, match=name):
+            make_spirals(**kw)
