@@ -841,8 +841,12 @@ def _register(fixed, moving, *, metric, window, sigma, kernel, regularization, s
     loss_fn = get_metric(cfg.metric, window=cfg.window)
 
     f_np = normalize_intensity(np.asarray(fixed_img.data, dtype=np.float32), name="fixed")
-    m_on_f = resample_image(Image(np.asarray(moving_img.data, dtype=np.float32), moving_img.affine),
-                            fixed_img.affine, fixed_img.shape)
+    same_grid = moving_img.shape == fixed_img.shape and np.allclose(moving_img.affine, fixed_img.affine, atol=1e-6)
+    if same_grid:  # nothing to resample (and resampling a large volume costs time and memory for nothing)
+        m_on_f = Image(np.asarray(moving_img.data, dtype=np.float32), fixed_img.affine)
+    else:
+        m_on_f = resample_image(Image(np.asarray(moving_img.data, dtype=np.float32), moving_img.affine),
+                                fixed_img.affine, fixed_img.shape)
     # normalise with the moving image's own statistics (this also rejects NaNs and constant images), then
     # apply the same map to the resampled copy (background outside its field of view stays at 0)
     normalize_intensity(np.asarray(moving_img.data, dtype=np.float32), name="moving")
@@ -856,7 +860,7 @@ def _register(fixed, moving, *, metric, window, sigma, kernel, regularization, s
     fmask = _prepare_mask(fixed_mask, fixed_img, "fixed_mask")
     mmask = _prepare_mask(moving_mask, fixed_img, "moving_mask")
     mask_np = fmask if mmask is None else (mmask if fmask is None else fmask * mmask)
-    if moving_img.shape != fixed_img.shape or not np.allclose(moving_img.affine, fixed_img.affine, atol=1e-6):
+    if not same_grid:
         # fixed voxels outside the moving image's field of view carry no information (their moving value is a
         # fill): leave them out of the similarity, or the deformation would chase the edge of the field of view
         fov = resample_image(Image(np.ones(moving_img.shape, np.float32), moving_img.affine), fixed_img.affine,
@@ -1011,8 +1015,14 @@ def _register(fixed, moving, *, metric, window, sigma, kernel, regularization, s
                 + (_apply_affine_grid(Ainv, ident) - ident)
         else:
             psi_total, phi_total = psi, phi
+        warped_np = None
+        if same_grid:  # one interpolation of the original moving image on the grid, no world coordinates
+            warped_np = interpolate(torch.as_tensor(np.asarray(moving_img.data, dtype=np.float32), device=dev)
+                                    .to(tdtype), psi_total, spacing, padding="zeros").cpu().numpy()
         u_grid = (psi_total - ident).cpu().double().numpy()
+        del psi, psi_total
         w_grid = (phi_total - ident).cpu().double().numpy()
+        del phi, phi_total, ident
         P_full = P if P.shape[-d:] == tuple(shape) else resize(P, shape)
         extra = [] if not composed else [
             Image(_momentum_array(m if m.shape[-d:] == tuple(shape) else resize(m, shape), d), fixed_img.affine.copy())
@@ -1021,7 +1031,11 @@ def _register(fixed, moving, *, metric, window, sigma, kernel, regularization, s
     disp = np.tensordot(rot, u_grid, axes=1)
     inv_disp = np.tensordot(rot, w_grid, axes=1)
     transform = DisplacementTransform(disp, fixed_img.affine.copy(), inv_disp)
-    warped = transform.apply(Image(np.asarray(moving_img.data, dtype=np.float32), moving_img.affine))
+    del u_grid, w_grid
+    if warped_np is not None:
+        warped = Image(warped_np.astype(np.float32, copy=False), fixed_img.affine.copy())
+    else:
+        warped = transform.apply(Image(np.asarray(moving_img.data, dtype=np.float32), moving_img.affine))
     momentum = Image(_momentum_array(P_full, d), fixed_img.affine.copy())
     A_np = None if A is None else A.cpu().double().numpy()
     return ImageRegistration(fixed=fixed_img, moving=moving_img, transform=transform, warped=warped,

@@ -11,7 +11,8 @@ Every method registers moving onto fixed and then warps, with its own transform,
 From (i): Dice against the fixed labels. From (ii), the method's map ``x -> y(x)``: the Jacobian determinant
 (NDV %, SDlogJ; voxels 3 or more from the border) and, for (b), the mean distance to the known map inside the
 brain (mm). Each method runs in its own forked process: wall time of the registration alone, and the peak
-resident memory of that process above the parent's at fork time.
+resident memory of that process above its level once the method's libraries are imported ("peak MB"; the
+imports' own growth is "lib MB": torch, ITK and ANTs weigh 100-200 MB before any work).
 
 Threads: ``--threads`` (default 1) is applied to every method (torch, ITK, OpenMP), a fair single-core
 comparison that is also robust to a shared machine.
@@ -238,8 +239,19 @@ def _evaluate(case, warped_labels, warped_coords) -> dict:
     return out
 
 
+_IMPORTS = {"ours": ("torch", "registration.images"), "ours_ssd": ("torch", "registration.images"),
+            "ants": ("ants",), "ants_long": ("ants",), "dipy": ("dipy.align.imwarp", "dipy.align.metrics"),
+            "sitk": ("SimpleITK",)}
+
+
 def _child(method, case, queue):
     try:
+        import importlib
+
+        # the libraries' own import footprint is reported apart ("lib MB"): "peak MB" is the registration's
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        for mod in _IMPORTS.get(method, ()):
+            importlib.import_module(mod)
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         sec, warp, info = RUNNERS[method](case["fixed"], case["moving"], case["name"])
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -247,7 +259,8 @@ def _child(method, case, queue):
         coords = _world_coords(case["moving"])
         wc = np.stack([warp(c.astype(np.float64), "linear") for c in coords])
         res = _evaluate(case, labels, wc)
-        res.update(seconds=sec, peak_mb=max(peak - base, 0) / 1024.0, info=info)
+        res.update(seconds=sec, peak_mb=max(peak - base, 0) / 1024.0, lib_mb=max(base - before, 0) / 1024.0,
+                   info=info)
         queue.put(res)
     except Exception as exc:  # report the failure in the table instead of crashing the benchmark
         queue.put({"error": f"{type(exc).__name__}: {exc}"})
@@ -290,12 +303,13 @@ def main(argv=None):
             print(f"[{name}] {m} ...", file=sys.stderr, flush=True)
             results[(name, m)] = run_method(m, case)
     rows = []
-    header = ["case", "method", "time s", "peak MB", "Dice shape/GM", "Dice WM", "NDV %", "SDlogJ", "err mm"]
+    header = ["case", "method", "time s", "peak MB", "lib MB", "Dice shape/GM", "Dice WM", "NDV %", "SDlogJ",
+              "err mm"]
     for (name, m), r in results.items():
         if "error" in r:
-            rows.append([name, m, "failed: " + r["error"][:60]] + [""] * 6)
+            rows.append([name, m, "failed: " + r["error"][:60]] + [""] * 7)
             continue
-        rows.append([name, m, _fmt(r["seconds"], "{:.1f}"), _fmt(r["peak_mb"], "{:.0f}"),
+        rows.append([name, m, _fmt(r["seconds"], "{:.1f}"), _fmt(r["peak_mb"], "{:.0f}"), _fmt(r["lib_mb"], "{:.0f}"),
                      _fmt(r.get("dice_shape", r.get("dice_gm"))), _fmt(r.get("dice_wm")),
                      _fmt(r["ndv_percent"]), _fmt(r["sdlogj"]), _fmt(r.get("mean_error_mm"), "{:.2f}")])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]

@@ -84,3 +84,16 @@ def test_lncc_reuses_the_fixed_statistics_only_for_the_same_fixed_image():
     (gw,) = torch.autograd.grad(loss(w, fixed), w)
     (gr,) = torch.autograd.grad(lncc(w, fixed, window=5), w)
     assert torch.allclose(gw, gr)
+
+
+@pytest.mark.parametrize("shape", [(31,), (17, 12), (9, 11, 10)])
+def test_pooled_box_filter_equals_the_running_sum_box(shape):
+    from registration.metrics import _box, _box_pool
+
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    for window in (3, 5, 9):
+        torch.testing.assert_close(_box_pool(x, window), _box(x, window), atol=1e-12, rtol=0)
+    # float32: local variances of a flat region stay ~0 (direct sums, no cancellation of large partial sums)
+    flat = torch.full(shape, 0.7, dtype=torch.float32)
+    m = _box_pool(flat, 5)
+    assert float((_box_pool(flat * flat, 5) - m * m).abs().max()) < 1e-6
