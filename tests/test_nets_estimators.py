@@ -293,3 +293,21 @@ def test_make_spirals_lies_on_two_reflected_archimedean_arms():
     for kw, name in (({"n_samples": 1}, "n_samples"), ({"noise": -0.1}, "noise"), ({"turns": 0}, "turns")):
         with pytest.raises(ValueError, match=name):
             make_spirals(**kw)
+
+
+@pytest.mark.slow
+def test_spirals_demo_recipe():
+    # The recipe of the demo: a visible warp (small ν, wide readout) that separates held-out spiral points.
+    from sklearn.model_selection import train_test_split
+
+    X, y = make_spirals(400, noise=0.1, random_state=0)
+    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, stratify=y, random_state=0)
+    clf = KernelWarpingClassifier(n_layers=8, nu=1e-3, readout_sigma=0.5, lam=1e-2, max_iter=50,
+                                  random_state=0).fit(Xtr, ytr)
+    assert clf.score(Xte, yte) >= 0.95
+    assert clf.displacement_ > 0.1
+    grid = np.stack(np.meshgrid(np.linspace(-1.3, 1.3, 9), np.linspace(-1.3, 1.3, 9)), -1).reshape(-1, 2)
+    path = clf.trajectory_.flow(torch.tensor(grid), return_path=True).numpy()
+    assert path.shape == (9, 81, 2)
+    np.testing.assert_allclose(path[-1], clf.warp(grid), atol=1e-12)
+    np.testing.assert_array_equal(path[0], grid)
