@@ -8,6 +8,10 @@ where the warp is either the continuous Hamiltonian flow shot from the initial m
 energy ``H(q_0, p_0)``) or L explicit-Euler layers with one momentum per layer (``mode="layers"``, energy
 ``Δt Σ_k H(q_k, p_k)``: the discrete ResNet trained by backpropagation). The readout is the closed-form ridge
 regressor on the warped training points; new points are warped along the stored trajectory, then read out.
+
+Hyper-parameters are chosen inside ``fit`` from the training data only: the readout width and λ by exact
+leave-one-out on the unwarped points, then (``nu="auto"``) the warp strength among a few values and "no warp" by
+3-fold cross-validation, so that the default falls back to plain kernel ridge regression when warping does not help.
 """
 
 from __future__ import annotations
