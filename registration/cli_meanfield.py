@@ -158,6 +158,13 @@ def run_meanfield(args) -> int:
         raise NotADirectoryError(f"--out: expected a directory, got the file {out}")
     parent = os.path.dirname(out) or "."
     os.makedirs(parent, exist_ok=True)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads: expected an integer >= 1, got {args.threads}")
+    import torch
+
+    threads = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     tmp = tempfile.mkdtemp(prefix=".meanfield-", dir=parent)
     try:
         for case in cases:
@@ -175,6 +182,7 @@ def run_meanfield(args) -> int:
         for name in sorted(os.listdir(tmp)):
             os.replace(os.path.join(tmp, name), os.path.join(out, name))
     finally:
+        torch.set_num_threads(threads)
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"meanfield results written to {out}")
     return 0
@@ -189,4 +197,5 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--case", default="all", choices=list(CASES) + ["all"], help="which study (default all)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--quick", action="store_true", help="smaller studies (about a minute in all)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=run_meanfield)

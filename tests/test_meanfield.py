@@ -197,7 +197,7 @@ def test_cli_writes_csv_png_and_slopes(tmp_path, capsys):
     import json
 
     out = tmp_path / "mf"
-    assert _cli(["meanfield", "--case", "energy", "--out", str(out), "--quick"]) == 0
+    assert _cli(["meanfield", "--case", "energy", "--out", str(out), "--quick", "--threads", "1"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["energy.csv", "energy.png", "energy_slopes.json"]
     with open(out / "energy.csv") as fh:
         rows = list(csv.DictReader(fh))
