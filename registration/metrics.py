@@ -73,25 +73,26 @@ def _box(x: torch.Tensor, window: int) -> torch.Tensor:
 _POOLS = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
 
 
-def _box_pool(x: torch.Tensor, window: int) -> torch.Tensor:
+def _box_pool(x: torch.Tensor, window: int, d: int | None = None) -> torch.Tensor:
     """The same cropped box mean as :func:`_box`, by separable average pooling along each axis.
 
     Every output is a direct sum of ``window`` values per axis (no running sums), so float32 keeps the local
     variances ``E[x²] - E[x]²`` accurate to ~1e-7 for intensities in [0, 1] (a float32 running sum over a whole
-    axis would not); it also needs less memory. ``x`` may carry leading batch axes of any count: ``(..., *shape)``
-    with ``d = 1..3`` spatial axes given by ``x.dim()`` minus the batch axes (see :func:`lncc`).
+    axis would not); it also needs less memory. ``x`` is ``(*shape)``, or ``(C, *shape)`` with ``d`` given: the
+    ``C`` fields are filtered in one call per axis.
     """
-    d = x.dim()
+    d = x.dim() if d is None else d
     pool = _POOLS[d - 1]
     r = window // 2
-    y = x[None, None]
+    spatial = tuple(x.shape[x.dim() - d:])
+    y = x.reshape((1, -1) + spatial)
     for axis in range(d):
         k = [1] * d
         p = [0] * d
         k[axis], p[axis] = window, r
         y = pool(y, tuple(k), 1, tuple(p), count_include_pad=False) if d > 1 else pool(y, window, 1, r,
                                                                                        count_include_pad=False)
-    return y[0, 0]
+    return y.reshape(x.shape)
 
 
 def _fixed_stats(fixed: torch.Tensor, window: int):
@@ -126,9 +127,9 @@ def lncc(warped: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None = 
     # differences of nearly equal local means, accurate to ~1e-7 in float32 for [0, 1] intensities (running sums
     # in float32 were not: their rounding noise made the loss random in flat regions)
     fixed, mj, vj = _fixed_stats(fixed, window) if fixed_stats is None else fixed_stats
-    mi = _box_pool(warped, window)
-    cross = _box_pool(warped * fixed, window) - mi * mj
-    vi = (_box_pool(warped * warped, window) - mi * mi).clamp_min(0)
+    mi, mwf, mww = _box_pool(torch.stack([warped, warped * fixed, warped * warped]), window, fixed.dim())
+    cross = mwf - mi * mj
+    vi = (mww - mi * mi).clamp_min(0)
     cc2 = cross * cross / (vi * vj + _EPS ** 2)
     return 1.0 - _wmean(cc2, mask)
 
