@@ -46,7 +46,7 @@ def _run_steps(quick: bool):
 
     problem = default_problem(2, cells=48 if quick else 64)
     rows = convergence_in_steps(problem, (2, 4, 8) if quick else (2, 4, 8, 16), integrators=("euler", "rk2", "rk4"),
-                                n=1024 if quick else 4096)
+                                n=2304 if quick else 4096)
     return rows, fitted_slopes(rows), "time step h"
 
 
@@ -129,13 +129,16 @@ def plot_convergence(rows: list[dict], slopes: dict, path: str, *, title: str = 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 5.0))
+    drawn = 0
     for label, (xs, ys) in sorted(_curves(rows).items()):
         pts = [(x, y) for x, y in zip(xs, ys) if x > 0 and y > 0]
         if len(pts) < 2:
             continue
         pts.sort()
         s = slopes.get(label, float("nan"))
-        ax.loglog([p[0] for p in pts], [p[1] for p in pts], "o-", ms=4, label=f"{label} (slope {s:.2f})")
+        style = ("o-", "s--", "^:")[(drawn // 10) % 3]  # the default cycle has 10 colours
+        ax.loglog([p[0] for p in pts], [p[1] for p in pts], style, ms=4, label=f"{label} (slope {s:.2f})")
+        drawn += 1
     ax.set_xlabel(xlabel or "x")
     ax.set_ylabel("relative error")
     ax.set_title(title)
