@@ -87,7 +87,7 @@ def test_lncc_reuses_the_fixed_statistics_only_for_the_same_fixed_image():
 
 
 @pytest.mark.parametrize("shape", [(31,), (17, 12), (9, 11, 10)])
-def test_pooled_box_filter_equals_the_running_sum_box(shape):
+def test_direct_sum_box_filter_equals_the_running_sum_box(shape):
     from registration.metrics import _box, _box_pool
 
     x = torch.rand(shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
