@@ -80,19 +80,22 @@ def _box_pool(x: torch.Tensor, window: int, d: int | None = None) -> torch.Tenso
     """
     d = x.dim() if d is None else d
     r = window // 2
-    y = x
+    # zero-pad every spatial axis once, sum the shifted copies axis by axis (each sum crops its axis), and
+    # divide once by the number of voxels of each cropped box (a product of per-axis counts)
+    y = F.pad(x, [r, r] * d)
+    count = None
     for k in range(d):
         axis = x.dim() - d + k
-        n = y.shape[axis]
-        spec = [0, 0] * (x.dim() - 1 - axis) + [r, r]  # F.pad lists the last axis first
-        p = F.pad(y, spec)
-        acc = p.narrow(axis, 0, n)
+        n = x.shape[axis]
+        acc = y.narrow(axis, 0, n)
         for s in range(1, window):
-            acc = acc + p.narrow(axis, s, n)
+            acc = acc + y.narrow(axis, s, n)
+        y = acc
         idx = torch.arange(n, device=x.device, dtype=x.dtype)
-        count = torch.clamp(idx + r, max=n - 1) - torch.clamp(idx - r, min=0) + 1
-        y = acc / count.reshape([-1 if a == axis else 1 for a in range(x.dim())])
-    return y
+        c = (torch.clamp(idx + r, max=n - 1) - torch.clamp(idx - r, min=0) + 1).reshape(
+            [-1 if a == k else 1 for a in range(d)])
+        count = c if count is None else count * c
+    return y / count
 
 
 def _fixed_stats(fixed: torch.Tensor, window: int):

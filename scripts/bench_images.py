@@ -239,7 +239,8 @@ def _evaluate(case, warped_labels, warped_coords) -> dict:
     return out
 
 
-_IMPORTS = {"ours": ("torch", "registration.images"), "ours_ssd": ("torch", "registration.images"),
+_OURS_IMPORTS = ("torch", "scipy.ndimage", "registration.images", "lddmm_nets.grid", "lddmm_nets.kernels")
+_IMPORTS = {"ours": _OURS_IMPORTS, "ours_ssd": _OURS_IMPORTS,
             "ants": ("ants",), "ants_long": ("ants",), "dipy": ("dipy.align.imwarp", "dipy.align.metrics"),
             "sitk": ("SimpleITK",)}
 

@@ -115,6 +115,8 @@ def test_bad_input_is_rejected(tmp_path):
         register_images(img, img, shrink_factors=(2, 1), segments=(2,))
     with pytest.raises(ValueError, match="segments"):
         register_images(img, img, segments=0)
+    with pytest.raises(ValueError, match="segments"):
+        register_images(img, img, geodesics="single", segments=2)
 
 
 def test_threads_option_is_restored():
