@@ -83,8 +83,9 @@ def _common_numbers(res) -> dict:
 
 def _circle_c(out: str, quick: bool, progress) -> Section:
     circle, c = load_circle_c()
+    quick_options = dict(shrink_factors=(8, 4, 2), iterations=(30, 20, 10), segments=(4, 2, 1))
     res = register_images(c, circle, callback=_callback(progress, "circle -> C"), threads=1,
-                          **({"iterations": None} if not quick else {}))
+                          **(quick_options if quick else {}))
     shape_dice = dice(res.apply(Image((circle.data > 0.5).astype(np.uint8), circle.affine), interp="nearest").data,
                       c.data > 0.5)
     _figure(res, os.path.join(out, "circle_c.png"), "circle -> C (dipy's reg_o onto reg_c)", grid_step=8)
@@ -93,10 +94,13 @@ def _circle_c(out: str, quick: bool, progress) -> Section:
     return Section(
         key="circle_c", title="Images: circle onto a C (2-D, large deformation)",
         caption="The classic large-deformation pair bundled with dipy, registered with the default options of "
-                "lddmm register (one geodesic from a vector initial momentum). The shape label is warped with "
-                "the registration's own transform (nearest neighbour) and compared with the C.",
+                "lddmm register for 2-D images: SSD, a pyramid (8, 4, 2, 1) and at each level a short chain of "
+                "geodesic segments (each shot from a vector initial momentum, the map is their composition, checked "
+                "fold-free). The shape label is warped with the registration's own transform (nearest neighbour) "
+                "and compared with the C." + (" Quick run: the pyramid stops at shrink 2." if quick else ""),
         pictures=["circle_c.png"], numbers=numbers,
-        checks=[Check("Dice circle -> C", shape_dice, ">=", 0.98), Check("NDV %", res.ndv_percent, "<=", 0.0)])
+        checks=[Check("Dice circle -> C", shape_dice, ">=", 0.98 if quick else 0.99),
+                Check("NDV %", res.ndv_percent, "<=", 0.0)])
 
 
 def _t1_slice(out: str, quick: bool, progress) -> Section:
@@ -116,7 +120,8 @@ def _t1_slice(out: str, quick: bool, progress) -> Section:
                 "up to 6 mm) and rescaled to an arbitrary intensity range; registered with the defaults. "
                 "The error is the distance between the registration's map and the true one inside the head.",
         pictures=["t1_slice.png"], numbers=numbers,
-        checks=[Check("error / true displacement", err / before, "<", 0.5), Check("NDV %", res.ndv_percent, "<=", 0.0)])
+        checks=[Check("error / true displacement", err / before, "<", 0.25),
+                Check("NDV %", res.ndv_percent, "<=", 0.0)])
 
 
 def _mni(out: str, quick: bool, progress) -> Section:
