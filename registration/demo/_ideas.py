@@ -18,12 +18,13 @@ def _spirals(quick: bool):
 
     from lddmm_nets.nets.datasets import make_spirals
 
-    X, y = make_spirals(400 if quick else 600, noise=0.3, random_state=0)
-    return train_test_split(X, y, test_size=0.5, random_state=0, stratify=y)
+    X, y = make_spirals(400, noise=0.1, random_state=0)
+    return train_test_split(X, y, test_size=0.25, random_state=0, stratify=y)
 
 
-def _plot_spirals(pipe, X, y, path: str) -> None:
-    """Decision regions in the input space, and the data with a grid carried by the fitted flow at t = 0, ½, 1."""
+def _plot_spirals(pipe, X, y, Xtr, ytr, path: str) -> None:
+    """Decision regions with held-out points ``X``, and the training points ``Xtr`` with a grid carried by the
+    fitted flow at t = 0, ½, 1."""
     plt = use_agg()
     scaler, clf = pipe[0], pipe[-1]
     lo, hi = X.min(0) - 0.3, X.max(0) + 0.3
@@ -36,7 +37,7 @@ def _plot_spirals(pipe, X, y, path: str) -> None:
     ax.contour(xx, yy, score, levels=[0.0], colors="k", linewidths=1)
     ax.scatter(X[:, 0], X[:, 1], c=y, cmap="RdBu_r", s=8, edgecolors="k", linewidths=0.2)
     ax.set_title("decision regions (held-out points)", fontsize=9)
-    Z = scaler.transform(X)
+    Z = scaler.transform(Xtr)
     zlo, zhi = Z.min(0) - 0.2, Z.max(0) + 0.2
     lines = []
     for c in np.linspace(zlo[1], zhi[1], 15):
@@ -51,8 +52,8 @@ def _plot_spirals(pipe, X, y, path: str) -> None:
     for ax, k in zip(axes[1:], (0, n_t // 2, n_t)):
         for g in path_grid:
             ax.plot(g[k][:, 0], g[k][:, 1], color="0.7", lw=0.5)
-        ax.scatter(path_pts[k][:, 0], path_pts[k][:, 1], c=y, cmap="RdBu_r", s=8, edgecolors="k", linewidths=0.2)
-        ax.set_title(f"warped data and grid, t = {k / n_t:.2g}", fontsize=9)
+        ax.scatter(path_pts[k][:, 0], path_pts[k][:, 1], c=ytr, cmap="RdBu_r", s=8, edgecolors="k", linewidths=0.2)
+        ax.set_title(f"training points and grid warped to t = {k / n_t:.2g}", fontsize=9)
     for ax in axes:
         ax.set_aspect("equal", adjustable="datalim")
         ax.set_xticks([]), ax.set_yticks([])
@@ -70,19 +71,31 @@ def _spirals_section(out: str, quick: bool, progress) -> Section:
     Xtr, Xte, ytr, yte = _spirals(quick)
     progress(f"spirals: fitting a KernelWarpingClassifier on {len(ytr)} points")
     t0 = time.perf_counter()
-    pipe = make_pipeline(StandardScaler(), KernelWarpingClassifier()).fit(Xtr, ytr)
+    # a visible warp: small ν (weak kinetic penalty) and a narrow readout kernel fixed by hand
+    pipe = make_pipeline(StandardScaler(), KernelWarpingClassifier(n_layers=8, nu=1e-3, readout_sigma=0.5, lam=1e-2,
+                                                                   max_iter=50, random_state=0)).fit(Xtr, ytr)
     fit_seconds = time.perf_counter() - t0
     acc = float(pipe.score(Xte, yte))
     clf = pipe[-1]
-    _plot_spirals(pipe, Xte, yte, os.path.join(out, "spirals.png"))
-    numbers = {"held-out accuracy": acc, "training points": len(ytr), "fit seconds": fit_seconds,
-               "mode": clf.mode, "layers": clf.n_layers, "kinetic energy": getattr(clf, "kinetic_energy_", float("nan")),
-               "objective": getattr(clf, "objective_", float("nan"))}
+    _plot_spirals(pipe, Xte, yte, Xtr, ytr, os.path.join(out, "spirals.png"))
+    numbers = {"held-out accuracy": acc, "training points": len(ytr), "held-out points": len(yte),
+               "fit seconds": fit_seconds, "mode": clf.mode, "layers": clf.n_layers,
+               "mean displacement of the training points": float(clf.displacement_),
+               "kinetic energy": float(clf.kinetic_energy_), "objective": float(clf.objective_)}
+    if not quick:
+        progress("spirals: the default pipeline on the same split")
+        t0 = time.perf_counter()
+        default = make_pipeline(StandardScaler(), KernelWarpingClassifier(random_state=0)).fit(Xtr, ytr)
+        numbers["held-out accuracy, default KernelWarpingClassifier()"] = float(default.score(Xte, yte))
+        numbers["fit seconds, default"] = time.perf_counter() - t0
+        numbers["warp strength chosen by the default (nu_)"] = float(default[-1].nu_)
     return Section(
         key="spirals", title="Ideas: a kernel warping classifier on two spirals",
-        caption="make_pipeline(StandardScaler(), KernelWarpingClassifier()) with its defaults, trained on half of "
-                "two interleaved spirals and scored on the other half. The flow of RKHS velocity fields warps the "
-                "plane (grey: a grid carried by the flow) until a kernel ridge readout separates the classes.",
+        caption="A KernelWarpingClassifier (8 layers, ν = 1e-3, readout width 0.5, λ = 1e-2) trained on three "
+                "quarters of two interleaved spirals and scored on the rest. The flow of RKHS velocity fields "
+                "carried by the training points warps the plane (grey: a grid carried by the flow) and a kernel "
+                "ridge readout separates the classes. The full demo also scores the default "
+                "KernelWarpingClassifier(), whose ν is chosen by inner cross-validation.",
         pictures=["spirals.png"], numbers=numbers,
         checks=[Check("held-out accuracy", acc, ">=", 0.95)])
 
