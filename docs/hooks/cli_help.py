@@ -12,7 +12,7 @@ _MARK = re.compile(r"<!-- lddmm-help ?([a-z]*) -->")
 
 
 def _help(command: str) -> str:
-    os.environ["COLUMNS"] = "100"
+    os.environ["COLUMNS"] = "80"
     from registration.cli import build_parser
 
     parser = build_parser()
