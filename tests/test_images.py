@@ -302,3 +302,48 @@ def test_bundled_data_and_random_warp_generator():
     again = random_diffeomorphism((40, 44), np.diag([2.0, 1.5, 1.0, 1.0]), max_displacement=5.0, smoothness=8.0,
                                   seed=4)
     np.testing.assert_array_equal(again.displacement, warp.displacement)
+
+
+@pytest.mark.parametrize("shape,with_mask", [((30, 34, 28), False), ((30, 34, 28), True), ((40, 36), False)])
+def test_similarity_on_the_foreground_box_equals_the_full_grid_lncc(shape, with_mask):
+    """The LNCC computed on the fixed foreground's box (plus margin) is the full-grid loss, value and gradient."""
+    import torch
+
+    from lddmm_nets.fields import identity_map, interpolate
+    from registration.images import _BoxSimilarity, _shrunk, _shrunk_spacing, _upsample_map
+    from registration.metrics import get_metric
+
+    d = len(shape)
+    f = np.zeros(shape, np.float32)
+    inner = tuple(slice(n // 4, 3 * n // 4) for n in shape)  # zero background around a textured object
+    f[inner] = _blobs(tuple(s.stop - s.start for s in inner), seed=1, width=2.0)
+    fixed = torch.as_tensor(f, dtype=torch.float64)
+    moving = torch.roll(fixed, (2,) * d, tuple(range(d)))
+    mask = (fixed > 0.2 * float(fixed.max())).double() if with_mask else None
+    spacing = (2.0,) * d
+    def_shape = _shrunk(shape, 2)
+    def_spacing = _shrunk_spacing(spacing, shape, def_shape)
+    gen = torch.Generator().manual_seed(0)
+    psi0 = identity_map(def_shape, def_spacing, dtype=torch.float64) \
+        + 2.0 * torch.randn((d,) + def_shape, generator=gen, dtype=torch.float64)
+    loss = get_metric("lncc", window=5)
+    box = _BoxSimilarity(loss, "lncc", 5, moving, fixed, mask, spacing, def_shape, def_spacing)
+    assert not box.full  # the box is smaller than the grid
+    p = psi0.clone().requires_grad_(True)
+    ref = loss(interpolate(moving, _upsample_map(p, def_spacing, shape, spacing), spacing), fixed, mask)
+    (g_ref,) = torch.autograd.grad(ref, p)
+    p = psi0.clone().requires_grad_(True)
+    val = box(p)
+    (g,) = torch.autograd.grad(val, p)
+    assert abs(float(val.detach()) - float(ref.detach())) < 1e-12
+    assert float((g - g_ref).norm()) < 1e-9 * float(g_ref.norm())
+
+
+def test_normalisation_flushes_subnormal_background():
+    from registration.images import normalize_intensity
+
+    a = np.full((8, 8), 1e-45, np.float32)  # subnormal background (as in MNI152)
+    a[0] = 0.0
+    a[2:6, 2:6] = np.linspace(0.1, 1.0, 16).reshape(4, 4)
+    out = normalize_intensity(a)
+    assert np.all(out[a < 1e-30] == 0) and out.max() == 1.0
