@@ -29,7 +29,7 @@ def _run_demo(args) -> int:
     from .demo import run_demo
 
     only = None if args.only is None else [s.strip() for s in args.only.split(",") if s.strip()]
-    index = run_demo(args.out, quick=args.quick, only=only)
+    index = run_demo(args.out, quick=args.quick, only=only, threads=args.threads)
     print(f"demo written to {index}")
     return 0
 
@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--only", default=None, metavar="NAMES",
                       help="comma-separated sections to run, among landmarks, circle_c, t1_slice, mni152, spirals, "
                            "resnet, meanfield (default: all)")
+    demo.add_argument("--threads", type=int, default=1,
+                      help="torch CPU threads (default 1: the fastest for the demo's small problems)")
     demo.set_defaults(func=_run_demo)
     cli_images.add_parsers(sub)
     cli_meanfield.add_parsers(sub)
