@@ -25,6 +25,16 @@ def all_kernels():
 requires_keops = pytest.mark.skipif(not backends.keops_available(), reason="KeOps cannot compile on this machine")
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread per test: on the 2 shared cores of CI, torch's thread pool costs more than it saves on
+    these small problems (several times slower when the cores are busy)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def rng():
     return torch.Generator().manual_seed(1234)

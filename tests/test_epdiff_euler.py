@@ -11,13 +11,6 @@ from lddmm_nets.epdiff import EPDiffInstabilityError, EPDiffSolution, solve_epdi
 from lddmm_nets.meanfield import fit_loglog_slope
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _blob(d, cells, extent=4.0, std=0.35):
     h = extent / cells

@@ -12,13 +12,6 @@ from lddmm_nets.meanfield import (GaussianDensity, convergence_in_n, convergence
                                   sample_particles, single_peakon, two_peakon)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _shoot_1d(sigma, q0, p0, t1, n_steps=200):
     traj = shoot(LaplaceKernel(sigma=sigma), q0.reshape(-1, 1), p0.reshape(-1, 1), n_steps=n_steps,

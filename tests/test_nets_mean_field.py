@@ -9,13 +9,6 @@ from lddmm_nets.nets import (ResNetFlow, WeightPath, as_weight_path, fit_flow_ne
                              shoot_weights, weight_distance)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def P0(x):
     return torch.stack([0.8 + torch.sin(x[:, 1]), x[:, 0] - 0.5 * torch.cos(x[:, 0] + x[:, 1])], 1)

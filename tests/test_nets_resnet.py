@@ -10,13 +10,6 @@ from lddmm_nets.nets import (ResNetFlow, backprop_momenta, depth_consistency, la
                              least_action_weights, min_jacobian_determinant, shoot_weights, train_resnet)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _rel(A, B):
     return float(torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(A, B)) / sum((b ** 2).sum() for b in B)))
