@@ -104,6 +104,7 @@ def _progress(bar):
 def run_register(args) -> int:
     """Run ``lddmm register``; returns the exit code (0 on success)."""
     from .images import register_images
+    from .io import load_image
 
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads: expected a positive integer, got {args.threads}")
@@ -121,14 +122,16 @@ def run_register(args) -> int:
         segments=None if args.segments is None else (args.segments[0] if len(args.segments) == 1 else args.segments),
         affine=args.affine, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
         device=args.device, threads=args.threads).items() if v is not None}
+    # read both inputs before the progress bar starts, so that a bad file is one clean error line
+    fixed, moving = load_image(args.fixed, name="fixed"), load_image(args.moving, name="moving")
     bar = progress = None
     if not args.quiet:
         from tqdm.auto import tqdm
 
-        bar = tqdm(desc="register", unit="it", leave=False)
+        bar = tqdm(desc="register", unit="it", leave=False, disable=None)
         progress = _progress(bar)
     try:
-        res = register_images(args.fixed, args.moving, callback=progress, **kwargs)
+        res = register_images(fixed, moving, callback=progress, **kwargs)
     finally:
         if bar is not None:
             bar.close()

@@ -57,8 +57,25 @@ def test_verbose_shows_the_traceback(tmp_path):
               "--out", str(tmp_path / "out")])
 
 
-def test_unknown_option_value_is_rejected_by_the_parser(capsys):
+@pytest.mark.parametrize("argv, needle", [
+    (["register", "a.nii", "b.nii", "--out", "d", "--metric", "mutual"], "invalid choice: 'mutual'"),
+    (["register", "a.nii", "b.nii", "--out", "d", "--iterations", "ten"], "--iterations"),
+    (["meanfield", "--case", "nope", "--out", "d"], "invalid choice: 'nope'"),
+    (["demo", "--threads", "two"], "--threads"),
+    (["nosuchcommand"], "invalid choice"),
+])
+def test_bad_option_values_are_one_line_errors(argv, needle, capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["register", "a.nii", "b.nii", "--out", "d", "--metric", "mutual"])
+        main(argv)
     assert exc.value.code == 2
-    assert "invalid choice: 'mutual'" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error:" in err[0] and needle in err[0]
+
+
+def test_a_file_in_a_wrong_format_is_a_one_line_error(tmp_path, capsys):
+    bad = tmp_path / "fixed.nii.gz"
+    bad.write_bytes(b"this is not a NIfTI file")
+    assert main(["register", str(bad), str(bad), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lddmm: error:") and "fixed" in err[0]
+    assert not (tmp_path / "out").exists()
