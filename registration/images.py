@@ -710,6 +710,9 @@ class _BoxSimilarity:
         w_box = float(self.mask.sum()) if mask is not None else float(math.prod(self.fixed.shape))
         self.share = w_box / max(w_full, 1e-12)
         self.full = full
+        if def_shape is None:  # only ``loss_on_box`` (no map to upsample)
+            self.fast = False
+            return
         self.fast = d in (2, 3) and all(n > 1 for n in shape) and all(n > 1 for n in def_shape)
         if not self.fast:  # generic path: full-grid upsampling and interpolation, then the box
             self.def_shape, self.def_spacing = tuple(def_shape), def_spacing
@@ -737,7 +740,8 @@ class _BoxSimilarity:
         # coarse grid, before they can reach grid_sample (beyond ±3 every padding is the same anyway)
         u = torch.nan_to_num((psi - self.def_ident) * self.to_norm, nan=4.0, posinf=4.0, neginf=-4.0)
         u = u.clamp(-4.0, 4.0).flip(0).movedim(0, -1)
-        for k, op in enumerate(self.lerps):
+        # the outermost axis last: its gathers (and their backward) move contiguous slabs
+        for k, op in reversed(list(enumerate(self.lerps))):
             if op[0] == "narrow":
                 u = u.narrow(k, op[1], op[2])
             else:
@@ -749,9 +753,13 @@ class _BoxSimilarity:
                                               align_corners=True)
         return out.reshape(self.fixed.shape)
 
-    def __call__(self, psi: torch.Tensor) -> torch.Tensor:
-        sim = self.loss_fn(self.warped(psi), self.fixed, self.mask)
+    def loss_on_box(self, warped_box: torch.Tensor) -> torch.Tensor:
+        """The full-grid loss from a warped image given on the box only."""
+        sim = self.loss_fn(warped_box, self.fixed, self.mask)
         return sim if self.full else 1.0 - (1.0 - sim) * self.share
+
+    def __call__(self, psi: torch.Tensor) -> torch.Tensor:
+        return self.loss_on_box(self.warped(psi))
 
 
 class _Geodesic:
@@ -990,7 +998,9 @@ def _register(fixed, moving, *, metric, window, sigma, kernel, regularization, s
     M_full = torch.as_tensor(m_np, dtype=tdtype, device=dev)
     mask_full = None if mask_np is None else torch.as_tensor(mask_np, dtype=tdtype, device=dev)
 
-    sim_before = float(loss_fn(M_full, F_full, mask_full))
+    full_sim = _BoxSimilarity(loss_fn, cfg.metric, cfg.window, M_full, F_full, mask_full, spacing, None, None)
+    full_box = (slice(None),) + full_sim.box
+    sim_before = float(full_sim.loss_on_box(M_full[full_sim.box]))
     A = None
     if cfg.affine:
         A = _affine_prealign(M_full.cpu().double(), F_full.cpu().double(), spacing, loss_fn,
@@ -1054,11 +1064,6 @@ def _register(fixed, moving, *, metric, window, sigma, kernel, regularization, s
                             tdtype, dev, taper=sig_l if composed else 0.0)
             P0 = geo.zeros() if (P is None or composed) else resize(P, geo.shape)
             scale = geo.scale()
-            # the data term is measured relative to its value before registration at this level, so that one
-            # regularisation weight suits every metric and intensity range
-            with torch.no_grad():
-                sim0 = max(float(loss_fn(Ml, Fl, maskl)), 1e-12)
-
             floor = jac_floor
             if psi_acc is not None:  # the starting point (the maps so far) must stay feasible
                 with torch.no_grad():
@@ -1066,6 +1071,10 @@ def _register(fixed, moving, *, metric, window, sigma, kernel, regularization, s
 
             sim_fn = _BoxSimilarity(loss_fn, cfg.metric, cfg.window, Ml, Fl, maskl, lv_spacing, geo.shape,
                                     geo.spacing)
+            # the data term is measured relative to its value before registration at this level, so that one
+            # regularisation weight suits every metric and intensity range
+            with torch.no_grad():
+                sim0 = max(float(sim_fn.loss_on_box(Ml[sim_fn.box])), 1e-12)
 
             def objective(q, sim_fn=sim_fn, geo=geo, scale=scale, sim0=sim0, psi_acc=psi_acc, floor=floor):
                 psi, energy = geo.shoot(q * scale)
@@ -1120,7 +1129,7 @@ def _register(fixed, moving, *, metric, window, sigma, kernel, regularization, s
             psi = geo.upsample_map(psi, shape, spacing)
             phi = geo.upsample_map(phi, shape, spacing)
             energy = float(energy / volume)
-        sim_after = float(loss_fn(interpolate(M_full, psi, spacing), F_full, mask_full))
+        sim_after = float(full_sim.loss_on_box(interpolate(M_full, psi[full_box], spacing)))
         ident = identity_map(shape, spacing, dtype=tdtype, device=dev)
         if A is not None:
             psi_total = _apply_affine_grid(A, psi)
