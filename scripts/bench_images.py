@@ -12,7 +12,9 @@ From (i): Dice against the fixed labels. From (ii), the method's map ``x -> y(x)
 (NDV %, SDlogJ; voxels 3 or more from the border) and, for (b), the mean distance to the known map inside the
 brain (mm). Each method runs in its own forked process: wall time of the registration alone, and the peak
 resident memory of that process above its level once the method's libraries are imported ("peak MB"; the
-imports' own growth is "lib MB": torch, ITK and ANTs weigh 100-200 MB before any work).
+imports' own growth is "lib MB": torch, ITK and ANTs weigh 100-200 MB before any work). Both are measured
+from a clean mark (free heap returned to the system, the kernel's peak counter reset; Linux): a forked child
+otherwise reuses the parent's free but resident heap, and the same run read anywhere from 4 to 280 MB.
 
 Threads: ``--threads`` (default 1) is applied to every method (torch, ITK, OpenMP), a fair single-core
 comparison that is also robust to a shared machine.
@@ -245,22 +247,67 @@ _IMPORTS = {"ours": _OURS_IMPORTS, "ours_ssd": _OURS_IMPORTS,
             "sitk": ("SimpleITK",)}
 
 
+def _status_kb(field: str):
+    """``VmRSS`` / ``VmHWM`` of this process in kB (Linux), or None."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _memory_mark() -> int:
+    """Start a peak-memory measurement; returns the resident size (kB) it is measured from.
+
+    A forked child inherits the parent's heap, including memory that is free but still resident, and its
+    ``ru_maxrss`` starts from the parent's: measured naively, its growth depended on what the parent had done
+    before (the same registration read 44-283 MB). So: return free heap memory to the system (glibc
+    ``malloc_trim``) and reset the kernel's peak counter to the current size (``/proc/self/clear_refs``), then
+    measure from there. Elsewhere, ``ru_maxrss``.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+    rss = _status_kb("VmRSS")
+    return rss if rss is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _memory_peak() -> int:
+    """Peak resident size (kB) since the last :func:`_memory_mark`."""
+    hwm = _status_kb("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def _child(method, case, queue):
     try:
         import importlib
 
         # the libraries' own import footprint is reported apart ("lib MB"): "peak MB" is the registration's
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        before = _memory_mark()
         for mod in _IMPORTS.get(method, ()):
             importlib.import_module(mod)
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        lib = _memory_peak() - before
+        base = _memory_mark()
         sec, warp, info = RUNNERS[method](case["fixed"], case["moving"], case["name"])
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = _memory_peak()
         labels = {k: warp(v.astype(np.float32), "nearest") for k, v in case["labels_moving"].items()}
         coords = _world_coords(case["moving"])
         wc = np.stack([warp(c.astype(np.float64), "linear") for c in coords])
         res = _evaluate(case, labels, wc)
-        res.update(seconds=sec, peak_mb=max(peak - base, 0) / 1024.0, lib_mb=max(base - before, 0) / 1024.0,
+        res.update(seconds=sec, peak_mb=max(peak - base, 0) / 1024.0, lib_mb=max(lib, 0) / 1024.0,
                    info=info)
         queue.put(res)
     except Exception as exc:  # report the failure in the table instead of crashing the benchmark
