@@ -87,15 +87,67 @@ def _box_pool(x: torch.Tensor, window: int, d: int | None = None) -> torch.Tenso
     for k in range(d):
         axis = x.dim() - d + k
         n = x.shape[axis]
-        acc = y.narrow(axis, 0, n)
-        for s in range(1, window):
-            acc = acc + y.narrow(axis, s, n)
+        acc = y.narrow(axis, 0, n) + y.narrow(axis, 1, n)  # in place from here: no temporary per shift
+        for s in range(2, window):
+            acc.add_(y.narrow(axis, s, n))
         y = acc
         idx = torch.arange(n, device=x.device, dtype=x.dtype)
         c = (torch.clamp(idx + r, max=n - 1) - torch.clamp(idx - r, min=0) + 1).reshape(
             [-1 if a == k else 1 for a in range(d)])
         count = c if count is None else count * c
     return y / count
+
+
+def _box_counts(shape, window: int, dtype, device) -> torch.Tensor:
+    """Number of voxels of each cropped box (a product of per-axis counts), broadcastable to ``shape``."""
+    r = window // 2
+    d = len(shape)
+    count = None
+    for k, n in enumerate(shape):
+        idx = torch.arange(n, device=device, dtype=dtype)
+        c = (torch.clamp(idx + r, max=n - 1) - torch.clamp(idx - r, min=0) + 1).reshape(
+            [-1 if a == k else 1 for a in range(d)])
+        count = c if count is None else count * c
+    return count
+
+
+class _LNCCLoss(torch.autograd.Function):
+    """``1 - Σ w lncc² / Σ w`` with a hand-written gradient w.r.t. the warped image only.
+
+    Autograd through the box sums kept ~60 image-sized tensors alive for the backward pass; this keeps four
+    (local mean and cross term, the denominator, the clamp's support). The box mean ``B`` is ``x ↦ S x / c``
+    with ``S`` the symmetric box sum (zero padding) and ``c`` the cropped box size, so ``Bᵀ g = S (g / c)``.
+    """
+
+    @staticmethod
+    def forward(ctx, warped, fixed, mj, vj, mask, window):
+        d = fixed.dim()
+        mi, mwf, mww = _box_pool(torch.stack([warped, warped * fixed, warped * warped]), window, d)
+        cross = mwf - mi * mj
+        vi_raw = mww - mi * mi
+        den = vi_raw.clamp_min(0) * vj + _EPS ** 2
+        cc2 = cross * cross / den
+        if mask is None:
+            total, weight = cc2.sum(), float(cc2.numel())
+        else:
+            total, weight = (cc2 * mask).sum(), float(mask.sum().clamp_min(1e-12))
+        ctx.window, ctx.weight = window, weight
+        ctx.save_for_backward(warped, fixed, mj, vj, mask, mi, cross, den, vi_raw >= 0)
+        return 1.0 - total / weight
+
+    @staticmethod
+    def backward(ctx, gout):
+        warped, fixed, mj, vj, mask, mi, cross, den, pos = ctx.saved_tensors
+        g = -gout / ctx.weight
+        if mask is not None:
+            g = g * mask
+        a = g * 2.0 * cross / den                                 # d/d mwf
+        b = torch.where(pos, -g * cross * cross * vj / (den * den), torch.zeros((), dtype=den.dtype))  # d/d mww
+        grads = torch.stack([-mj * a - 2.0 * mi * b, a, b])       # d/d (mi, mwf, mww)
+        d = fixed.dim()
+        count = _box_counts(fixed.shape, ctx.window, fixed.dtype, fixed.device)
+        back = _box_pool(grads / count, ctx.window, d) * count     # Bᵀ = S (· / c), and _box_pool is S(·) / c
+        return back[0] + back[1] * fixed + 2.0 * warped * back[2], None, None, None, None, None
 
 
 def _fixed_stats(fixed: torch.Tensor, window: int):
@@ -130,6 +182,9 @@ def lncc(warped: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None = 
     # differences of nearly equal local means, accurate to ~1e-7 in float32 for [0, 1] intensities (running sums
     # in float32 were not: their rounding noise made the loss random in flat regions)
     fixed, mj, vj = _fixed_stats(fixed, window) if fixed_stats is None else fixed_stats
+    if not (fixed.requires_grad or mj.requires_grad or vj.requires_grad
+            or (mask is not None and mask.requires_grad)):  # the usual case: the warped image alone is optimised
+        return _LNCCLoss.apply(warped, fixed, mj, vj, mask, window)
     mi, mwf, mww = _box_pool(torch.stack([warped, warped * fixed, warped * warped]), window, fixed.dim())
     cross = mwf - mi * mj
     vi = (mww - mi * mi).clamp_min(0)
