@@ -99,6 +99,40 @@ def test_nu_auto_follows_its_rule_and_no_warp_is_kernel_ridge(moons):
     np.testing.assert_allclose(ref.decision_function(X), s[:, 1] - s[:, 0], rtol=1e-9, atol=1e-9)
 
 
+def test_readout_alternative_replaces_the_loo_choice_only_beyond_one_standard_error(moons):
+    X, y = moons
+    q = torch.tensor(X)
+    Y = torch.eye(2, dtype=torch.float64)[torch.as_tensor(y)]
+    Yc = Y - Y.mean(0)
+    sel = loo_select(lambda s: WideGaussianKernel(sigma=s), q, Yc, [0.3, 1.0], [1e-3, 1e-1], classification=True)
+    assert sel.best_accuracy in sel.table and sel.best_accuracy[2] == max(r[2] for r in sel.table)
+    assert loo_select(lambda s: WideGaussianKernel(sigma=s), q, Yc, [1.0], [0.1],
+                      classification=False).best_accuracy is None
+    clf = KernelWarpingClassifier()
+    clf.backend_ = "dense"
+    make = lambda s: WideGaussianKernel(sigma=s)  # noqa: E731
+    good, bad = (1.0, 1e-2), (1e-3, 1e-3)  # a width far below the spacing of the points: near chance held out
+    rng = np.random.default_rng(0)
+    choice, table = clf._select_readout(q, Yc, [bad, good], make, rng)
+    assert choice == 1 and table[1][2] > table[0][2] + 0.2
+    assert clf._select_readout(q, Yc, [good, bad], make, rng)[0] == 0
+    assert clf._select_readout(q, Yc, [good, good], make, rng)[0] == 0  # a tie keeps the LOO choice
+    # Wiring: the fitted width and λ are those of the candidate chosen by the rule.
+    fitted = KernelWarpingClassifier(random_state=0)
+    fitted._select_nu = lambda *a: (np.inf, [])
+    fitted._select_readout = lambda q0, Yc, cands, mk, rng: (1, [(*c, 0.0) for c in cands])
+    fitted.fit(X, y)
+    assert fitted.readout_validation_ is None or (
+        (fitted.readout_sigma_, fitted.lam_) == fitted.readout_validation_[1][:2])
+    plain = KernelWarpingClassifier(random_state=0)
+    plain._select_nu = lambda *a: (np.inf, [])
+    plain.fit(X, y)
+    if plain.readout_validation_ is not None:
+        a = max(r[2] for r in plain.readout_validation_)
+        switch = plain.readout_validation_[1][2] > plain.readout_validation_[0][2] + np.sqrt(a * (1 - a) / len(X))
+        assert (plain.readout_sigma_, plain.lam_) == plain.readout_validation_[int(switch)][:2]
+
+
 def test_nu_auto_keeps_no_warp_below_thirty_points():
     X, y = make_moons(20, noise=0.1, random_state=0)
     clf = KernelWarpingClassifier().fit(X, y)

@@ -146,12 +146,17 @@ class LOOSelection:
         LOO score of the selected candidate (accuracy for classification, minus mean squared error otherwise).
     table : list of tuple
         ``(sigma, lam, score)`` for every candidate.
+    best_accuracy : tuple or None
+        Classification: ``(sigma, lam, accuracy)`` of the candidate with the largest LOO accuracy (ties broken by
+        the squared error), the alternative that ``KernelWarpingClassifier`` weighs against the chosen one by
+        internal cross-validation; None for regression.
     """
 
     sigma: float
     lam: float
     score: float
     table: list
+    best_accuracy: tuple | None = None
 
 
 def loo_select(make_kernel, q: torch.Tensor, Y: torch.Tensor, sigmas, lams, *, classification: bool,
@@ -206,13 +211,15 @@ def loo_select(make_kernel, q: torch.Tensor, Y: torch.Tensor, sigmas, lams, *, c
                     rows.append((float(sigma), float(lam), acc, mse))
     if not rows:
         raise ValueError("leave-one-out selection failed: every candidate gave a non-finite score")
+    best_acc = max(rows, key=lambda r: (r[2], -r[3])) if classification else None
     if not classification or select_by == "mse":
         best = min(rows, key=lambda r: r[3])
     elif select_by == "accuracy":
-        best = max(rows, key=lambda r: (r[2], -r[3]))
+        best = best_acc
     else:
         a = max(r[2] for r in rows)
         se = math.sqrt(a * (1 - a) / q.shape[0])
         best = min((r for r in rows if r[2] >= a - se - 1e-12), key=lambda r: r[3])
     table = [(r[0], r[1], r[2] if classification else -r[3]) for r in rows]
-    return LOOSelection(sigma=best[0], lam=best[1], score=best[2] if classification else -best[3], table=table)
+    return LOOSelection(sigma=best[0], lam=best[1], score=best[2] if classification else -best[3], table=table,
+                        best_accuracy=best_acc[:3] if classification else None)
