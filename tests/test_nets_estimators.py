@@ -16,14 +16,6 @@ from lddmm_nets.nets import (KernelWarpingClassifier, KernelWarpingRegressor, La
 from lddmm_nets.nets._kernels import WideGaussianKernel, matmul_sqdist
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two cores shared by several processes: one BLAS thread is several times faster than two oversubscribed.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def moons():

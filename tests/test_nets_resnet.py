@@ -17,7 +17,6 @@ def _rel(A, B):
 
 @pytest.fixture(scope="module")
 def trained():
-    torch.set_num_threads(1)
     X, y = make_moons(60, noise=0.2, random_state=0)
     X = torch.tensor(X)
     Y = torch.eye(2, dtype=torch.float64)[torch.as_tensor(y)]
