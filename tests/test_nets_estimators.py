@@ -337,3 +337,41 @@ def test_spirals_demo_recipe():
     assert path.shape == (9, 81, 2)
     np.testing.assert_allclose(path[-1], clf.warp(grid), atol=1e-12)
     np.testing.assert_array_equal(path[0], grid)
+
+
+def test_inner_selection_averages_repeated_shuffles_and_is_reproducible(moons):
+    from lddmm_nets.nets import _estimators as est
+
+    X, y = moons
+    clf = KernelWarpingClassifier(random_state=0).fit(X, y)
+    # A fixed random_state gives the same inner splits, hence the same table and choice.
+    again = KernelWarpingClassifier(random_state=0).fit(X, y)
+    assert again.nu_validation_ == clf.nu_validation_ and again.nu_ == clf.nu_
+    n, k = len(X), est._NU_FOLDS
+    q0 = clf._lift(clf._to_tensor(X))
+    Y = torch.eye(2, dtype=q0.dtype)[torch.as_tensor(y)]
+    Yc = Y - Y.mean(0)
+    # Small sets: _NU_REPEATS shuffles of the folds, each a partition of the points; large sets: one.
+    assert est._inner_repeats(n) == est._NU_REPEATS > 1 and est._inner_repeats(est._NU_REPEAT_MAX_POINTS + 1) == 1
+    folds = clf._inner_folds(Yc, np.random.default_rng(0))
+    assert len(folds) == k * est._NU_REPEATS
+    for r in range(est._NU_REPEATS):
+        held = np.sort(np.concatenate([va for _, va in folds[r * k:(r + 1) * k]]))
+        np.testing.assert_array_equal(held, np.arange(n))
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(folds[:k], folds[k:2 * k]))
+    # The table is the mean of the per-repeat tables (accuracy and squared error), and the choice applies the
+    # one-standard-error rule (binomial error of N points) to the means.
+    nu, table = clf._select_nu(q0, Yc, clf.warp_kernel_, clf.readout_kernel_, np.random.default_rng(0))
+    per_repeat = []
+    for r in range(est._NU_REPEATS):
+        one = KernelWarpingClassifier(random_state=0)
+        one.__dict__.update({a: v for a, v in clf.__dict__.items() if a.endswith("_")})
+        one._inner_folds = lambda Yc, rng, r=r: folds[r * k:(r + 1) * k]
+        per_repeat.append(one._select_nu(q0, Yc, clf.warp_kernel_, clf.readout_kernel_, np.random.default_rng(0))[1])
+    for j, row in enumerate(table):
+        assert row[0] == per_repeat[0][j][0]
+        assert row[1] == pytest.approx(np.mean([t[j][1] for t in per_repeat]), abs=1e-12)
+        assert row[2] == pytest.approx(np.mean([t[j][2] for t in per_repeat]), rel=1e-9)
+    a = max(r[1] for r in table)
+    ok = [r for r in table if r[1] >= a - np.sqrt(a * (1 - a) / n) - 1e-12]
+    assert nu == min(ok, key=lambda r: r[2])[0]

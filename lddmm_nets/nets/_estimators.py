@@ -13,6 +13,8 @@ Hyper-parameters are chosen inside ``fit`` from the training data only: the read
 leave-one-out on the unwarped points (for classifiers, checked against the best-LOO-accuracy candidate by 3-fold
 cross-validation), then (``nu="auto"``) the warp strength among a few values and "no warp" by
 3-fold cross-validation, so that the default falls back to plain kernel ridge regression when warping does not help.
+On training sets of at most 1,000 points both inner cross-validations are repeated over 3 shuffles of the folds and
+their held-out scores averaged, so that the choices depend less on one random split.
 """
 
 from __future__ import annotations
@@ -53,6 +55,12 @@ _LAM_GRID = tuple(10.0 ** (e / 4) for e in range(-16, 3))  # 1e-4 ... 10^0.5 in 
 # nu="auto": candidate warp strengths, compared with the unwarped readout (ν = ∞) by internal cross-validation.
 _NU_GRID = (0.01, 0.1)
 _NU_FOLDS = 3
+# Inner cross-validations (ν and readout switch) are repeated with this many different shuffles of the folds when
+# the training set has at most _NU_REPEAT_MAX_POINTS points; the held-out scores are averaged over the repeats
+# before the one-standard-error rule is applied, so that the choice depends less on one random split. Larger
+# sets keep one split: their held-out estimates vary less, and the inner fits are what the fit time is spent on.
+_NU_REPEATS = 3
+_NU_REPEAT_MAX_POINTS = 1000
 # Inner fits of the ν selection use at most this many training points per fold (the cost of the selection).
 _NU_MAX_POINTS = 600
 # Below this many points the selection is not attempted: the unwarped readout is kept.
@@ -74,6 +82,11 @@ def _make_kernel(spec, sigma: float, nugget: float, name: str):
         raise ValueError(f"{name} must be one of {_KERNEL_NAMES} or an engine kernel object (with matvec and gram); "
                          f"got {type(spec).__name__}")
     return spec
+
+
+def _inner_repeats(n: int) -> int:
+    """How many shuffles of the inner folds the selections inside ``fit`` average over (N training points)."""
+    return _NU_REPEATS if n <= _NU_REPEAT_MAX_POINTS else 1
 
 
 def _median_distance(X: np.ndarray, rng: np.random.Generator, n_max: int = 500) -> float:
@@ -325,24 +338,34 @@ class _KernelWarpingBase(BaseEstimator):
             return LayerTrajectory(warp_kernel, qs, p, backend=self.backend_), energies, qs[-1], p[0]
 
     def _inner_folds(self, Yc: torch.Tensor, rng):
-        """The ``_NU_FOLDS`` inner folds (stratified for classifiers when every class allows it)."""
+        """The inner folds: ``_NU_FOLDS`` folds, shuffled anew ``_inner_repeats(N)`` times.
+
+        Stratified for classifiers when every class allows it. Every point is held out once per repeat, so held-out
+        sums divided by ``N * repeats`` are averages over the repeats.
+        """
         n = Yc.shape[0]
-        seed = int(rng.integers(2**31 - 1))
         labels = Yc.argmax(1).cpu().numpy()
-        if self._classification and np.bincount(labels).min() >= _NU_FOLDS:
-            return list(StratifiedKFold(_NU_FOLDS, shuffle=True, random_state=seed).split(np.zeros(n), labels))
-        return list(KFold(_NU_FOLDS, shuffle=True, random_state=seed).split(np.zeros(n)))
+        folds = []
+        for _ in range(_inner_repeats(n)):
+            seed = int(rng.integers(2**31 - 1))
+            if self._classification and np.bincount(labels).min() >= _NU_FOLDS:
+                cv = StratifiedKFold(_NU_FOLDS, shuffle=True, random_state=seed)
+                folds += list(cv.split(np.zeros(n), labels))
+            else:
+                folds += list(KFold(_NU_FOLDS, shuffle=True, random_state=seed).split(np.zeros(n)))
+        return folds
 
     def _select_readout(self, q0: torch.Tensor, Yc: torch.Tensor, candidates, make_readout, rng):
         """Weigh the leave-one-out choice of the readout against the best-LOO-accuracy one (classifiers).
 
         ``candidates`` is ``[(sigma, lam) of loo_select's one-standard-error rule, (sigma, lam) of the largest LOO
         accuracy]``. Both unwarped readouts are fitted on every inner training fold (all its points) and scored on
-        the held-out points. The second replaces the first only when its held-out accuracy is higher by more than
-        one binomial standard error ``sqrt(a(1-a)/N)`` of the best ``a``: the same rule as ``loo_select``'s, read
-        the other way (differences below it are noise, so the smoother squared-error choice stays). On
-        high-dimensional many-class data (digits) the squared error prefers too narrow a kernel, and the accuracy
-        the inner folds measure says so; on small noisy 2-D sets the two agree or differ by noise.
+        the held-out points (accuracy averaged over the shuffles of ``_inner_folds``). The second replaces the first
+        only when its held-out accuracy is higher by more than one binomial standard error ``sqrt(a(1-a)/N)`` of the
+        best ``a``: the same rule as ``loo_select``'s, read the other way (differences below it are noise, so the
+        smoother squared-error choice stays). On high-dimensional many-class data (digits) the squared error prefers
+        too narrow a kernel, and the accuracy the inner folds measure says so; on small noisy 2-D sets the two agree
+        or differ by noise.
 
         Returns
         -------
@@ -354,7 +377,9 @@ class _KernelWarpingBase(BaseEstimator):
         n = q0.shape[0]
         correct = [0] * len(candidates)
         q = q0.double()
-        for tr, va in self._inner_folds(Yc, rng):
+        folds = self._inner_folds(Yc, rng)
+        n_held = sum(len(va) for _, va in folds)  # N times the number of repeats
+        for tr, va in folds:
             tr_t = torch.as_tensor(tr, device=q0.device)
             va_t = torch.as_tensor(va, device=q0.device)
             Yt = Yc[tr_t].double()
@@ -366,7 +391,7 @@ class _KernelWarpingBase(BaseEstimator):
                     alpha = ridge_solve(kernel, q[tr_t], Ytc, lam, backend=self.backend_)
                     pred = kernel.matvec(q[va_t], q[tr_t], alpha, backend=self.backend_) + mean
                 correct[j] += int((pred.argmax(1) == Yc[va_t].argmax(1)).sum())
-        acc = [c / n for c in correct]
+        acc = [c / n_held for c in correct]
         a = max(acc)
         se = math.sqrt(a * (1 - a) / n)
         choice = 1 if acc[1] > acc[0] + se + 1e-12 else 0
@@ -376,7 +401,8 @@ class _KernelWarpingBase(BaseEstimator):
         """Choose ν among ``_NU_GRID`` and ∞ (no warp) by internal cross-validation on the training set.
 
         Every candidate warp is fitted on the inner training folds (at most ``_NU_MAX_POINTS`` points each) with
-        the readout width and ridge selected before; the held-out points are warped along it and read out.
+        the readout width and ridge selected before; the held-out points are warped along it and read out. With
+        several shuffles of the folds (``_inner_repeats``), accuracy and squared error are means over them.
         Classifiers keep the candidates whose held-out accuracy is within one binomial standard error of the best
         and take the smallest held-out squared error among them (the rule of ``loo_select``); regressors take the
         smallest squared error. Ties go to the unwarped readout.
@@ -413,7 +439,9 @@ class _KernelWarpingBase(BaseEstimator):
                                                  backend=self.backend_) + mean
                 sq[nu] += float(((pred - Yv) ** 2).sum())
                 correct[nu] += int((pred.argmax(1) == Yv.argmax(1)).sum())
-        table = [(nu, correct[nu] / n if self._classification else math.nan, sq[nu] / n) for nu in candidates]
+        n_held = sum(len(va) for _, va in folds)  # N times the number of repeats
+        table = [(nu, correct[nu] / n_held if self._classification else math.nan, sq[nu] / n_held)
+                 for nu in candidates]
         if self._classification:
             a = max(r[1] for r in table)
             se = math.sqrt(a * (1 - a) / n)
@@ -472,13 +500,16 @@ _PARAM_DOC = """
         points) among 2^-4.5 ... 4 (steps of 2^(1/4)) times the median pairwise distance; classifiers use a
         one-standard-error rule on LOO accuracy, then the smallest LOO squared error (``loo_select``). When the
         candidate of largest LOO accuracy differs, both unwarped readouts are compared by 3-fold cross-validation
-        inside ``fit`` and the latter is taken only if its held-out accuracy is higher by more than one binomial
-        standard error (``readout_validation_``).
+        inside ``fit`` (repeated over 3 shuffles of the folds and averaged when N ≤ 1,000) and the latter is taken
+        only if its held-out accuracy is higher by more than one binomial standard error of N points
+        (``readout_validation_``).
     nu : float or "auto", default="auto"
         Weight of the kinetic energy relative to the data term ``ℓ / N``. "auto" chooses among 0.01, 0.1 and no
         warp at all (ν = ∞: plain kernel ridge regression with the selected width and λ) by 3-fold cross-validation
-        inside ``fit`` (warps fitted on at most 600 points per inner fold; held-out accuracy within one standard
-        error of the best, then the smallest held-out squared error; ties go to no warp). The default is therefore
+        inside ``fit`` (warps fitted on at most 600 points per inner fold; when N ≤ 1,000 the cross-validation is
+        repeated over 3 shuffles of the folds and the held-out accuracy and squared error are averaged; then held-out
+        accuracy within one binomial standard error of N points of the best, then the smallest held-out squared
+        error; ties go to no warp). The default is therefore
         never worse than the tuned kernel ridge readout on the training-internal criterion. The choice is ``nu_``.
     lam : float or "auto", default="auto"
         Ridge parameter λ of the readout ("auto": leave-one-out among 1e-4 ... √10, steps of 10^(1/4)).
@@ -500,7 +531,8 @@ _PARAM_DOC = """
         readout, predictions) are always float64.
     device : str, default="cpu"
     random_state : int, Generator or None
-        Seeds the subsamples (median distance, leave-one-out, inner folds of the ν selection).
+        Seeds the subsamples (median distance, leave-one-out, inner folds of the ν and readout selections): an int
+        makes ``fit`` reproducible; None draws fresh splits on every fit (scikit-learn's convention).
 """
 
 _ATTR_DOC = """
