@@ -47,6 +47,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from registration.evaluation import dice, world_coordinates  # noqa: E402
 from registration.io import Image, _sitk_geometry  # noqa: E402
 
 METHODS = ("ours", "ours_ssd", "ants", "ants_long", "dipy", "sitk")
@@ -187,35 +188,20 @@ RUNNERS = {
 
 # --------------------------------------------------------------------------------------------------- cases
 
-def _world_coords(img: Image) -> np.ndarray:
-    d = img.ndim
-    idx = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in img.shape], indexing="ij"))
-    return np.tensordot(img.affine[:d, :d], idx, axes=1) + img.affine[:d, 3].reshape((d,) + (1,) * d)
-
-
 def make_case(name: str, max_displacement: float):
-    from registration.data import load_circle_c, load_mni152, random_diffeomorphism
+    from registration.data import load_circle_c, load_mni152, warped_pair
 
     if name == "circle":
         circle, c = load_circle_c()
         return {"fixed": c, "moving": circle, "labels_moving": {"shape": (circle.data > 0.5).astype(np.uint8)},
                 "labels_fixed": {"shape": (c.data > 0.5).astype(np.uint8)}, "truth": None, "roi": None}
     mni = load_mni152(2)
-    warp = random_diffeomorphism(mni.t1.shape, mni.t1.affine, max_displacement=max_displacement, smoothness=12.0,
-                                 seed=0)
-    tr = warp.transform()
-    moving = tr.apply(mni.t1)
-    labels_m = {k: tr.apply(getattr(mni, k), interp="nearest").data for k in ("gm", "wm")}
-    truth = _world_coords(mni.t1) + warp.inverse_displacement  # fixed x -> moving-space point of the true map
+    pair = warped_pair(mni.t1, {"gm": mni.gm, "wm": mni.wm}, max_displacement=max_displacement, smoothness=12.0,
+                       seed=0)
     roi = mni.t1.data > 0.1 * mni.t1.data.max()
-    return {"fixed": mni.t1, "moving": Image(moving.data.astype(np.float32), mni.t1.affine),
-            "labels_moving": labels_m, "labels_fixed": {"gm": mni.gm.data, "wm": mni.wm.data}, "truth": truth,
-            "roi": roi, "warp_max_mm": warp.max_displacement}
-
-
-def _dice(a, b) -> float:
-    a, b = a > 0, b > 0
-    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+    return {"fixed": mni.t1, "moving": pair.moving, "labels_moving": pair.labels_moving,
+            "labels_fixed": pair.labels_fixed, "truth": pair.true_map(),  # fixed x -> moving-space point
+            "roi": roi, "warp_max_mm": pair.warp.max_displacement}
 
 
 def _evaluate(case, warped_labels, warped_coords) -> dict:
@@ -224,7 +210,7 @@ def _evaluate(case, warped_labels, warped_coords) -> dict:
 
     fixed = case["fixed"]
     d = fixed.ndim
-    out = {f"dice_{k}": _dice(warped_labels[k], case["labels_fixed"][k]) for k in warped_labels}
+    out = {f"dice_{k}": dice(warped_labels[k], case["labels_fixed"][k]) for k in warped_labels}
     spacing = tuple(float(np.linalg.norm(fixed.affine[:d, i])) for i in range(d))
     rot = fixed.affine[:d, :d] / np.asarray(spacing)[None, :]
     y = np.tensordot(rot.T, warped_coords, axes=1)  # the map in grid-aligned mm
@@ -236,7 +222,7 @@ def _evaluate(case, warped_labels, warped_coords) -> dict:
     if case["truth"] is not None:
         err = np.linalg.norm(warped_coords - case["truth"], axis=0)
         out["mean_error_mm"] = float(err[case["roi"]].mean())
-        out["mean_error_before_mm"] = float(np.linalg.norm(_world_coords(fixed) - case["truth"],
+        out["mean_error_before_mm"] = float(np.linalg.norm(world_coordinates(fixed) - case["truth"],
                                                            axis=0)[case["roi"]].mean())
     return out
 
@@ -304,7 +290,7 @@ def _child(method, case, queue):
         sec, warp, info = RUNNERS[method](case["fixed"], case["moving"], case["name"])
         peak = _memory_peak()
         labels = {k: warp(v.astype(np.float32), "nearest") for k, v in case["labels_moving"].items()}
-        coords = _world_coords(case["moving"])
+        coords = world_coordinates(case["moving"])
         wc = np.stack([warp(c.astype(np.float64), "linear") for c in coords])
         res = _evaluate(case, labels, wc)
         res.update(seconds=sec, peak_mb=max(peak - base, 0) / 1024.0, lib_mb=max(lib, 0) / 1024.0,
