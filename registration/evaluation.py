@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .io import Image
+from .transforms import _grid_world
 
 __all__ = ["dice", "world_coordinates", "map_error"]
 
@@ -26,9 +27,7 @@ def dice(a, b) -> float:
 
 def world_coordinates(image: Image) -> np.ndarray:
     """``(d, *shape)`` world coordinates (mm) of every voxel centre of ``image`` through its affine."""
-    d = image.ndim
-    idx = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in image.shape], indexing="ij"))
-    return np.tensordot(image.affine[:d, :d], idx, axes=1) + image.affine[:d, 3].reshape((d,) + (1,) * d)
+    return _grid_world(image.affine, image.shape)
 
 
 def map_error(displacement: np.ndarray, true_map: np.ndarray, image: Image, roi=None) -> float:

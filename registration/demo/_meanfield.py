@@ -33,9 +33,9 @@ def _meanfield_section(out: str, quick: bool, progress) -> Section:
         key="meanfield", title="Mean-field limit: particles against the grid EPDiff solution",
         caption="N particles drawn from a Gaussian density μ (independent samples, or a quadrature lattice) carry "
                 "momenta p_i = P_0(y_i)/N and are shot with the engine's shoot; the grid solver integrates EPDiff "
-                "with m_0 = P_0 μ. Relative errors of the velocity field at t = 1 (and of the momentum measure smoothed "
-                "by a Gaussian of half the kernel's width) fall like N^(-1/2) for independent samples (Monte Carlo), much faster for "
-                "quadrature samples, and like h^2 in the time step for RK2.",
+                "with m_0 = P_0 μ. Relative errors of the velocity field at t = 1 (and of the momentum measure "
+                "smoothed by a Gaussian of half the kernel's width) fall like N^(-1/2) for independent samples "
+                "(Monte Carlo), much faster for quadrature samples, and like h^2 in the time step for RK2.",
         pictures=["meanfield_n.png", "meanfield_steps.png"], numbers=numbers,
         checks=[Check("Monte Carlo slope (theory -0.5)", iid, "<=", -0.3),
                 Check("Monte Carlo slope (theory -0.5), lower bound", iid, ">=", -0.7),
