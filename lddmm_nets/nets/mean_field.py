@@ -434,11 +434,6 @@ def _target_map(x: torch.Tensor) -> torch.Tensor:
     return x + 0.6 * u
 
 
-def _slope(x, y) -> float:
-    """Least-squares slope of ``log y`` against ``log x``."""
-    return float(np.polyfit(np.log(np.asarray(x, float)), np.log(np.asarray(y, float)), 1)[0])
-
-
 def _row(study, variant, axis, N, L, quantity, errors) -> dict:
     e = np.asarray(errors, float).reshape(-1)
     return dict(zip(_ROW_KEYS, (study, variant, axis, int(N), int(L), quantity, float(np.sqrt((e ** 2).mean())),
@@ -489,6 +484,8 @@ def resnet_weight_convergence(*, quick: bool = False, seed: int = 0) -> tuple[li
         Fitted log-log slope of ``error`` against N (samples, mean-field studies) or L (depth studies), keyed by
         study.
     """
+    from lddmm_nets.meanfield import fit_loglog_slope
+
     if not isinstance(quick, bool):
         raise ValueError(f"quick: expected a bool, got {quick!r}")
     seed = check_int("seed", seed, minimum=0)
@@ -506,7 +503,7 @@ def resnet_weight_convergence(*, quick: bool = False, seed: int = 0) -> tuple[li
         for N, L, errs in entries:
             rows.append(_row(study, variant, xs_key, N, L, quantity, errs))
         xs = [e[0] if xs_key == "N" else e[1] for e in entries]
-        slopes[study] = _slope(xs, [rows[-len(entries) + i]["error"] for i in range(len(entries))])
+        slopes[study] = fit_loglog_slope(xs, [rows[-len(entries) + i]["error"] for i in range(len(entries))])
         _log.info("%s: slope %.3f", study, slopes[study])
 
     # --- noise-free references: quadrature particles, continuous-time mean field
