@@ -10,11 +10,10 @@ energy ``H(q_0, p_0)``) or L explicit-Euler layers with one momentum per layer (
 regressor on the warped training points; new points are warped along the stored trajectory, then read out.
 
 Hyper-parameters are chosen inside ``fit`` from the training data only: the readout width and λ by exact
-leave-one-out on the unwarped points (for classifiers, checked against the best-LOO-accuracy candidate by 3-fold
-cross-validation), then (``nu="auto"``) the warp strength among a few values and "no warp" by
-3-fold cross-validation, so that the default falls back to plain kernel ridge regression when warping does not help.
-On training sets of at most 1,000 points both inner cross-validations are repeated over 3 shuffles of the folds and
-their held-out scores averaged, so that the choices depend less on one random split.
+leave-one-out on the unwarped points (``loo_select``), then (``nu="auto"``) the warp strength among a few values and
+"no warp" by 3-fold cross-validation, so that the default falls back to plain kernel ridge regression when warping
+does not help. On training sets of at most 1,000 points the inner cross-validation is repeated over 3 shuffles of
+the folds and its held-out scores averaged, so that the choice depends less on one random split.
 """
 
 from __future__ import annotations
@@ -43,7 +42,7 @@ _MODES = ("shooting", "layers")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 # Candidate readout widths (times the median pairwise distance) and ridge parameters for the "auto" choice.
-_SIGMA_FACTORS = tuple(2.0 ** (e / 4) for e in range(-18, 9))  # 2^-4.5 ... 4 in steps of 2^(1/4)
+_SIGMA_FACTORS = tuple(2.0 ** (e / 4) for e in range(-18, 13))  # 2^-4.5 ... 8 in steps of 2^(1/4)
 # Leave-one-out selection runs on a random subsample of at most this many points (one eigh per width; all of
 # digits' 1,437 training points per fold: the selection on an 800-point subsample costs 0.1-0.2 point there).
 _LOO_MAX_POINTS = 2000
@@ -197,19 +196,9 @@ class _KernelWarpingBase(BaseEstimator):
             self.readout_sigma_ = sel.sigma if self.readout_sigma != "auto" or auto_sigma else None
             self.lam_ = sel.lam
             self.loo_initial_ = sel.score
-            self.readout_validation_ = None
-            alt = sel.best_accuracy
-            if alt is not None and (alt[0], alt[1]) != (sel.sigma, sel.lam) and n >= _NU_MIN_POINTS:
-                choice, self.readout_validation_ = self._select_readout(
-                    q0, Yc, [(sel.sigma, sel.lam), (alt[0], alt[1])], make_readout, rng)
-                if choice == 1:
-                    self.readout_sigma_ = alt[0] if self.readout_sigma_ is not None else None
-                    self.lam_ = alt[1]
-                    self.loo_initial_ = alt[2]
         else:
             self.readout_sigma_ = None if self.readout_sigma == "auto" else float(self.readout_sigma)
             self.lam_ = float(self.lam)
-            self.readout_validation_ = None
         readout_kernel = make_readout(self.readout_sigma_ if self.readout_sigma_ is not None else 1.0)
         if self.warp_sigma == "auto":
             self.warp_sigma_ = 2.0 * (self.readout_sigma_ if self.readout_sigma_ is not None else scale / 4)
@@ -355,57 +344,16 @@ class _KernelWarpingBase(BaseEstimator):
                 folds += list(KFold(_NU_FOLDS, shuffle=True, random_state=seed).split(np.zeros(n)))
         return folds
 
-    def _select_readout(self, q0: torch.Tensor, Yc: torch.Tensor, candidates, make_readout, rng):
-        """Weigh the leave-one-out choice of the readout against the best-LOO-accuracy one (classifiers).
-
-        ``candidates`` is ``[(sigma, lam) of loo_select's one-standard-error rule, (sigma, lam) of the largest LOO
-        accuracy]``. Both unwarped readouts are fitted on every inner training fold (all its points) and scored on
-        the held-out points (accuracy averaged over the shuffles of ``_inner_folds``). The second replaces the first
-        only when its held-out accuracy is higher by more than one binomial standard error ``sqrt(a(1-a)/N)`` of the
-        best ``a``: the same rule as ``loo_select``'s, read the other way (differences below it are noise, so the
-        smoother squared-error choice stays). On high-dimensional many-class data (digits) the squared error prefers
-        too narrow a kernel, and the accuracy the inner folds measure says so; on small noisy 2-D sets the two agree
-        or differ by noise.
-
-        Returns
-        -------
-        choice : int
-            0 (keep the first) or 1.
-        table : list of tuple
-            ``(sigma, lam, held-out accuracy)`` per candidate.
-        """
-        n = q0.shape[0]
-        correct = [0] * len(candidates)
-        q = q0.double()
-        folds = self._inner_folds(Yc, rng)
-        n_held = sum(len(va) for _, va in folds)  # N times the number of repeats
-        for tr, va in folds:
-            tr_t = torch.as_tensor(tr, device=q0.device)
-            va_t = torch.as_tensor(va, device=q0.device)
-            Yt = Yc[tr_t].double()
-            mean = Yt.mean(0)
-            Ytc = Yt - mean
-            for j, (sigma, lam) in enumerate(candidates):
-                kernel = make_readout(sigma)
-                with torch.no_grad():
-                    alpha = ridge_solve(kernel, q[tr_t], Ytc, lam, backend=self.backend_)
-                    pred = kernel.matvec(q[va_t], q[tr_t], alpha, backend=self.backend_) + mean
-                correct[j] += int((pred.argmax(1) == Yc[va_t].argmax(1)).sum())
-        acc = [c / n_held for c in correct]
-        a = max(acc)
-        se = math.sqrt(a * (1 - a) / n)
-        choice = 1 if acc[1] > acc[0] + se + 1e-12 else 0
-        return choice, [(s, lam, x) for (s, lam), x in zip(candidates, acc)]
-
     def _select_nu(self, q0: torch.Tensor, Yc: torch.Tensor, warp_kernel, readout_kernel, rng):
         """Choose ν among ``_NU_GRID`` and ∞ (no warp) by internal cross-validation on the training set.
 
         Every candidate warp is fitted on the inner training folds (at most ``_NU_MAX_POINTS`` points each) with
         the readout width and ridge selected before; the held-out points are warped along it and read out. With
         several shuffles of the folds (``_inner_repeats``), accuracy and squared error are means over them.
-        Classifiers keep the candidates whose held-out accuracy is within one binomial standard error of the best
-        and take the smallest held-out squared error among them (the rule of ``loo_select``); regressors take the
-        smallest squared error. Ties go to the unwarped readout.
+        Two-class classifiers keep the candidates whose held-out accuracy is within one binomial standard error of
+        the best and take the smallest held-out squared error among them; classifiers of more than two classes take
+        the largest held-out accuracy (the rules of ``loo_select``); regressors take the smallest squared error.
+        Ties go to the unwarped readout.
 
         Returns
         -------
@@ -442,7 +390,9 @@ class _KernelWarpingBase(BaseEstimator):
         n_held = sum(len(va) for _, va in folds)  # N times the number of repeats
         table = [(nu, correct[nu] / n_held if self._classification else math.nan, sq[nu] / n_held)
                  for nu in candidates]
-        if self._classification:
+        if self._classification and Yc.shape[1] > 2:
+            best = max(table, key=lambda r: r[1])  # the first of equals: no warp
+        elif self._classification:
             a = max(r[1] for r in table)
             se = math.sqrt(a * (1 - a) / n)
             best = min((r for r in table if r[1] >= a - se - 1e-12), key=lambda r: r[2])
@@ -497,20 +447,18 @@ _PARAM_DOC = """
         Width of Γ in input units; "auto" is twice the readout width.
     readout_sigma : float or "auto", default="auto"
         Width of K; "auto" is selected with ``lam`` by exact leave-one-out on the unwarped data (at most 2,000
-        points) among 2^-4.5 ... 4 (steps of 2^(1/4)) times the median pairwise distance; classifiers use a
-        one-standard-error rule on LOO accuracy, then the smallest LOO squared error (``loo_select``). When the
-        candidate of largest LOO accuracy differs, both unwarped readouts are compared by 3-fold cross-validation
-        inside ``fit`` (repeated over 3 shuffles of the folds and averaged when N ≤ 1,000) and the latter is taken
-        only if its held-out accuracy is higher by more than one binomial standard error of N points
-        (``readout_validation_``).
+        points) among 2^-4.5 ... 8 (steps of 2^(1/4)) times the median pairwise distance (``loo_select``):
+        regressors take the smallest LOO squared error; two-class classifiers a one-standard-error rule on LOO
+        accuracy, then the smallest LOO squared error; classifiers of more than two classes the largest LOO
+        accuracy averaged over each candidate's neighbours in the (width, λ) grid.
     nu : float or "auto", default="auto"
         Weight of the kinetic energy relative to the data term ``ℓ / N``. "auto" chooses among 0.01, 0.1 and no
         warp at all (ν = ∞: plain kernel ridge regression with the selected width and λ) by 3-fold cross-validation
         inside ``fit`` (warps fitted on at most 600 points per inner fold; when N ≤ 1,000 the cross-validation is
-        repeated over 3 shuffles of the folds and the held-out accuracy and squared error are averaged; then held-out
-        accuracy within one binomial standard error of N points of the best, then the smallest held-out squared
-        error; ties go to no warp). The default is therefore
-        never worse than the tuned kernel ridge readout on the training-internal criterion. The choice is ``nu_``.
+        repeated over 3 shuffles of the folds and the held-out accuracy and squared error are averaged; then, as for
+        the width: two classes, held-out accuracy within one binomial standard error of N points of the best, then
+        the smallest held-out squared error; more classes, the largest held-out accuracy; ties go to no warp). The
+        default is therefore never worse than the tuned kernel ridge readout on the training-internal criterion. The choice is ``nu_``.
     lam : float or "auto", default="auto"
         Ridge parameter λ of the readout ("auto": leave-one-out among 1e-4 ... √10, steps of 10^(1/4)).
     nugget : float, default=1e-3
@@ -555,9 +503,6 @@ _ATTR_DOC = """
     nu_validation_ : list of tuple or None
         With ``nu="auto"``: ``(nu, held-out accuracy or nan, held-out mean squared error)`` per candidate (empty
         below 30 training points, where no warp is kept).
-    readout_validation_ : list of tuple or None
-        Classifiers with an "auto" width or λ, when the LOO rule and the largest LOO accuracy disagree:
-        ``(sigma, lam, held-out accuracy)`` of the two readouts on the inner folds (None otherwise).
     objective_, kinetic_energy_, data_term_, initial_data_term_ : float
         Final objective ``ν E + ℓ/N``, its parts, and ℓ/N before warping.
     displacement_ : float
