@@ -13,6 +13,7 @@ from sklearn.utils.estimator_checks import check_estimator
 
 from lddmm_nets.nets import (KernelWarpingClassifier, KernelWarpingRegressor, LayerTrajectory, make_spirals,
                              discrete_hamiltonian_residuals, loo_select, ridge_loss, ridge_solve)
+from lddmm_nets.nets._estimators import one_standard_error_choice
 from lddmm_nets.nets._kernels import WideGaussianKernel, matmul_sqdist
 
 
@@ -70,11 +71,12 @@ def test_nu_auto_follows_its_rule_and_no_warp_is_kernel_ridge(moons):
     X, y = moons
     clf = KernelWarpingClassifier(random_state=0).fit(X, y)
     table = clf.nu_validation_
-    assert [r[0] for r in table] == [np.inf, 0.01, 0.1]
-    # The rule: held-out accuracy within one binomial standard error of the best, then the smallest squared error.
-    a = max(r[1] for r in table)
-    ok = [r for r in table if r[1] >= a - np.sqrt(a * (1 - a) / len(X)) - 1e-12]
-    assert clf.nu_ == min(ok, key=lambda r: r[2])[0]
+    assert [r[0] for r in table] == [np.inf, 0.1, 0.01]  # simplest first
+    # The rule: the first candidate whose mean loss (two classes: squared error) is within its paired standard
+    # error of the smallest.
+    assert all(r[3] == r[2] for r in table)
+    best = min(r[3] for r in table)
+    assert clf.nu_ == next(r[0] for r in table if r[3] <= best + r[4] + 1e-12)
     assert all(0.5 < r[1] <= 1 and r[2] > 0 for r in table)
     # ν = ∞ (chosen on the inner folds, or forced through the private optimiser) is kernel ridge regression with
     # the selected width and λ: identity trajectory, zero displacement, the closed-form ridge predictions.
@@ -126,12 +128,30 @@ def test_loo_selection_with_more_than_two_classes_maximises_the_smoothed_loo_acc
     assert (two.sigma, two.lam) == min(ok, key=mse.get)
 
 
-def test_nu_auto_with_more_than_two_classes_takes_the_best_held_out_accuracy():
+def test_one_standard_error_rule_with_paired_errors():
+    rng = np.random.default_rng(0)
+    base = rng.random(400)
+    # A flexible candidate better by a constant 0.01 on every point: the paired differences have no spread, so
+    # the gain is certain and the simplest candidate (index 0) loses.
+    assert one_standard_error_choice([base + 0.01, base])[0] == 1
+    # The same mean gain buried in noise of standard deviation 1 (standard error 0.05): the simplest is kept.
+    noise = rng.standard_normal(400)
+    noise = (noise - noise.mean()) / noise.std(ddof=1)
+    chosen, means, ses = one_standard_error_choice([base + 0.01 + noise, base])
+    assert chosen == 0 and ses[0] == pytest.approx(0.05) and ses[1] == 0.0
+    assert means == pytest.approx([base.mean() + 0.01, base.mean()])
+    # Among several within the error, the first (simplest) one; ties go to the first.
+    assert one_standard_error_choice([base, base, base - 0.001 + noise])[0] == 0
+    assert one_standard_error_choice([base + 1.0, base + noise, base])[0] == 1
+
+
+def test_nu_auto_with_more_than_two_classes_reads_the_0_1_error():
     X, y = make_blobs(240, centers=3, cluster_std=2.5, random_state=0)
     clf = KernelWarpingClassifier(random_state=0, max_iter=5).fit(X, y)
     table = clf.nu_validation_
-    best = max(r[1] for r in table)
-    assert clf.nu_ == next(r[0] for r in table if r[1] == best)  # the first of equals: no warp before any ν
+    assert all(r[3] == pytest.approx(1 - r[1]) for r in table)
+    best = min(r[3] for r in table)
+    assert clf.nu_ == next(r[0] for r in table if r[3] <= best + r[4] + 1e-12)
 
 
 def test_nu_auto_keeps_no_warp_below_thirty_points():
@@ -369,7 +389,7 @@ def test_inner_selection_averages_repeated_shuffles_and_is_reproducible(moons):
         np.testing.assert_array_equal(held, np.arange(n))
     assert not all(np.array_equal(a[1], b[1]) for a, b in zip(folds[:k], folds[k:2 * k]))
     # The table is the mean of the per-repeat tables (accuracy and squared error), and the choice applies the
-    # one-standard-error rule (binomial error of N points) to the means.
+    # paired one-standard-error rule to the per-point losses averaged over the repeats.
     nu, table = clf._select_nu(q0, Yc, clf.warp_kernel_, clf.readout_kernel_, np.random.default_rng(0))
     per_repeat = []
     for r in range(est._NU_REPEATS):
@@ -381,6 +401,5 @@ def test_inner_selection_averages_repeated_shuffles_and_is_reproducible(moons):
         assert row[0] == per_repeat[0][j][0]
         assert row[1] == pytest.approx(np.mean([t[j][1] for t in per_repeat]), abs=1e-12)
         assert row[2] == pytest.approx(np.mean([t[j][2] for t in per_repeat]), rel=1e-9)
-    a = max(r[1] for r in table)
-    ok = [r for r in table if r[1] >= a - np.sqrt(a * (1 - a) / n) - 1e-12]
-    assert nu == min(ok, key=lambda r: r[2])[0]
+    best = min(r[3] for r in table)
+    assert nu == next(r[0] for r in table if r[3] <= best + r[4] + 1e-12)

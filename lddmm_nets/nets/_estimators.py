@@ -88,6 +88,32 @@ def _inner_repeats(n: int) -> int:
     return _NU_REPEATS if n <= _NU_REPEAT_MAX_POINTS else 1
 
 
+def one_standard_error_choice(losses) -> tuple[int, list[float], list[float]]:
+    """The one-standard-error rule with paired errors: the simplest candidate not significantly worse than the best.
+
+    Parameters
+    ----------
+    losses : sequence of ndarray
+        Per-point held-out losses, one (N,) array per candidate, ordered from the simplest candidate to the most
+        flexible; every array scores the same N points.
+
+    Returns
+    -------
+    chosen : int
+        Index of the first candidate whose mean loss exceeds the smallest mean loss by at most the standard error
+        of the paired differences, ``sd(loss - best loss) / sqrt(N)``.
+    means, standard_errors : list of float
+        Each candidate's mean loss and that standard error (0 for the best).
+    """
+    losses = [np.asarray(x, dtype=np.float64) for x in losses]
+    n = losses[0].shape[0]
+    means = [float(x.mean()) for x in losses]
+    best = losses[int(np.argmin(means))]
+    ses = [float((x - best).std(ddof=1)) / math.sqrt(n) if n > 1 else 0.0 for x in losses]
+    chosen = next(j for j, (m, e) in enumerate(zip(means, ses)) if m <= min(means) + e + 1e-12)
+    return chosen, means, ses
+
+
 def _median_distance(X: np.ndarray, rng: np.random.Generator, n_max: int = 500) -> float:
     if X.shape[0] > n_max:
         X = X[rng.choice(X.shape[0], n_max, replace=False)]
@@ -348,27 +374,31 @@ class _KernelWarpingBase(BaseEstimator):
         """Choose ν among ``_NU_GRID`` and ∞ (no warp) by internal cross-validation on the training set.
 
         Every candidate warp is fitted on the inner training folds (at most ``_NU_MAX_POINTS`` points each) with
-        the readout width and ridge selected before; the held-out points are warped along it and read out. With
-        several shuffles of the folds (``_inner_repeats``), accuracy and squared error are means over them.
-        Two-class classifiers keep the candidates whose held-out accuracy is within one binomial standard error of
-        the best and take the smallest held-out squared error among them; classifiers of more than two classes take
-        the largest held-out accuracy (the rules of ``loo_select``); regressors take the smallest squared error.
-        Ties go to the unwarped readout.
+        the readout width and ridge selected before; the held-out points are warped along it and read out. Each
+        training point gets a held-out loss per candidate (averaged over the shuffles of ``_inner_repeats``): the
+        squared error of its scores, or for classifiers of more than two classes its 0-1 error (the criterion of
+        ``loo_select``). The choice is the one-standard-error rule with paired errors: the simplest candidate (no
+        warp first, then the weakest warp, largest ν) whose mean loss exceeds the smallest mean loss by at most the
+        standard error of the per-point differences ``sd(loss - best loss) / sqrt(N)``. A warp is therefore taken
+        only when its gain on the held-out points is larger than its noise.
 
         Returns
         -------
         nu : float
             The chosen ν (``math.inf``: no warp).
         table : list of tuple
-            ``(nu, accuracy or nan, mean squared error)`` for every candidate.
+            ``(nu, accuracy or nan, mean squared error, mean loss, paired standard error to the best)`` for every
+            candidate.
         """
         n = q0.shape[0]
-        candidates = (math.inf,) + tuple(_NU_GRID)
+        candidates = (math.inf,) + tuple(sorted(_NU_GRID, reverse=True))  # simplest first
         if n < _NU_MIN_POINTS:
             return math.inf, []
+        zero_one = self._classification and Yc.shape[1] > 2
         folds = self._inner_folds(Yc, rng)
-        sq = dict.fromkeys(candidates, 0.0)
-        correct = dict.fromkeys(candidates, 0)
+        repeats = sum(len(va) for _, va in folds) / n
+        sq = {nu: np.zeros(n) for nu in candidates}
+        wrong = {nu: np.zeros(n) for nu in candidates}
         for tr, va in folds:
             if len(tr) > _NU_MAX_POINTS:
                 tr = np.sort(rng.choice(tr, _NU_MAX_POINTS, replace=False))
@@ -385,20 +415,13 @@ class _KernelWarpingBase(BaseEstimator):
                     alpha = ridge_solve(readout_kernel, qL, Ytc.double(), self.lam_, backend=self.backend_)
                     pred = readout_kernel.matvec(traj.flow(q0[va_t].double()), qL, alpha,
                                                  backend=self.backend_) + mean
-                sq[nu] += float(((pred - Yv) ** 2).sum())
-                correct[nu] += int((pred.argmax(1) == Yv.argmax(1)).sum())
-        n_held = sum(len(va) for _, va in folds)  # N times the number of repeats
-        table = [(nu, correct[nu] / n_held if self._classification else math.nan, sq[nu] / n_held)
-                 for nu in candidates]
-        if self._classification and Yc.shape[1] > 2:
-            best = max(table, key=lambda r: r[1])  # the first of equals: no warp
-        elif self._classification:
-            a = max(r[1] for r in table)
-            se = math.sqrt(a * (1 - a) / n)
-            best = min((r for r in table if r[1] >= a - se - 1e-12), key=lambda r: r[2])
-        else:
-            best = min(table, key=lambda r: r[2])
-        return best[0], table
+                sq[nu][va] += ((pred - Yv) ** 2).sum(1).cpu().numpy() / repeats
+                wrong[nu][va] += (pred.argmax(1) != Yv.argmax(1)).double().cpu().numpy() / repeats
+        loss = wrong if zero_one else sq
+        chosen, means, ses = one_standard_error_choice([loss[nu] for nu in candidates])
+        table = [(nu, 1 - float(wrong[nu].mean()) if self._classification else math.nan, float(sq[nu].mean()),
+                  m, e) for nu, m, e in zip(candidates, means, ses)]
+        return candidates[chosen], table
 
     # ------------------------------------------------------------------ prediction
     def warp(self, X):
@@ -452,13 +475,14 @@ _PARAM_DOC = """
         accuracy, then the smallest LOO squared error; classifiers of more than two classes the largest LOO
         accuracy averaged over each candidate's neighbours in the (width, λ) grid.
     nu : float or "auto", default="auto"
-        Weight of the kinetic energy relative to the data term ``ℓ / N``. "auto" chooses among 0.01, 0.1 and no
-        warp at all (ν = ∞: plain kernel ridge regression with the selected width and λ) by 3-fold cross-validation
-        inside ``fit`` (warps fitted on at most 600 points per inner fold; when N ≤ 1,000 the cross-validation is
-        repeated over 3 shuffles of the folds and the held-out accuracy and squared error are averaged; then, as for
-        the width: two classes, held-out accuracy within one binomial standard error of N points of the best, then
-        the smallest held-out squared error; more classes, the largest held-out accuracy; ties go to no warp). The
-        default is therefore never worse than the tuned kernel ridge readout on the training-internal criterion. The choice is ``nu_``.
+        Weight of the kinetic energy relative to the data term ``ℓ / N``. "auto" chooses among no warp at all
+        (ν = ∞: plain kernel ridge regression with the selected width and λ), 0.1 and 0.01 by 3-fold
+        cross-validation inside ``fit`` (warps fitted on at most 600 points per inner fold; when N ≤ 1,000 the
+        cross-validation is repeated over 3 shuffles of the folds and each point's held-out loss averaged). The loss
+        is the squared error, or the 0-1 error for more than two classes; the choice is the simplest candidate whose
+        mean loss is within one paired standard error of the smallest, so a warp is taken only when its held-out
+        gain exceeds its noise, and the default falls back to the tuned kernel ridge readout otherwise. The choice
+        is ``nu_``.
     lam : float or "auto", default="auto"
         Ridge parameter λ of the readout ("auto": leave-one-out among 1e-4 ... √10, steps of 10^(1/4)).
     nugget : float, default=1e-3
@@ -501,8 +525,9 @@ _ATTR_DOC = """
     nu_ : float
         The warp strength used (``math.inf``: no warp, the trajectory is the identity).
     nu_validation_ : list of tuple or None
-        With ``nu="auto"``: ``(nu, held-out accuracy or nan, held-out mean squared error)`` per candidate (empty
-        below 30 training points, where no warp is kept).
+        With ``nu="auto"``: ``(nu, held-out accuracy or nan, held-out mean squared error, mean loss, paired
+        standard error of the loss to the best candidate's)`` per candidate, no warp first (empty below 30
+        training points, where no warp is kept).
     objective_, kinetic_energy_, data_term_, initial_data_term_ : float
         Final objective ``ν E + ℓ/N``, its parts, and ℓ/N before warping.
     displacement_ : float
