@@ -1,6 +1,6 @@
 """lddmm-nets engine: kernels, dense/KeOps backends, Hamiltonian geodesic shooting and integrators.
 
-The same kernels, integrators and :func:`shoot` drive landmark, image and idea registration.
+The same kernels, integrators and ``shoot`` drive landmark, image and idea registration.
 """
 
 from . import backends, integrators

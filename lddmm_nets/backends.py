@@ -2,7 +2,7 @@
 
 Every kernel formula in the engine is written once on *pairwise objects*: the squared distances ``D2_ij`` and
 inner products ``<a_i, b_j>``. With ``backend="dense"`` these are ordinary ``(M, N)`` torch tensors; with
-``backend="keops"`` they are symbolic :class:`pykeops.torch.LazyTensor` s reduced on the fly. The same
+``backend="keops"`` they are symbolic ``pykeops.torch.LazyTensor`` objects reduced on the fly. The same
 arithmetic (``exp``, ``sqrt``, products, ``@ p`` reductions) works on both, so nothing above this module ever
 asks which backend it runs on.
 
@@ -13,7 +13,7 @@ Memory cost per backend, for ``M`` target and ``N`` source points:
 * ``keops``: ``O(M + N)`` memory; the ``(M, N)`` matrix is never stored. The first call of each new formula compiles
   it with the system's C++ compiler (about 10 s, then cached under ``~/.cache/keops*``).
 
-The ``auto`` policy (:func:`select_backend`), on the CPU, for points of dimension ``d``:
+The ``auto`` policy (``select_backend``), on the CPU, for points of dimension ``d``:
 
 * ``d < 8``: dense while ``M * N <= AUTO_DENSE_MAX_PAIRS[dtype]`` (``2**18`` pairs in float32, about N = 510;
   ``2**15`` in float64, about N = 180), KeOps beyond. These are the crossovers measured by
@@ -25,7 +25,7 @@ The ``auto`` policy (:func:`select_backend`), on the CPU, for points of dimensio
 
 On CUDA devices the threshold is ``AUTO_DENSE_MAX_PAIRS_CUDA`` (``2**24`` pairs; not measured here). When KeOps
 cannot compile, ``auto`` falls back to dense with one warning, while an explicit ``backend="keops"`` raises
-:class:`KeOpsUnavailableError` with the compiler's reason.
+``KeOpsUnavailableError`` with the compiler's reason.
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def sqdist(x: torch.Tensor, y: torch.Tensor, backend: str):
 
     KeOps and low-dimensional dense inputs use sums of squared differences (exactly 0 and differentiable at
     coincident points, THEORY §7). Dense inputs with ``d >= MATMUL_MIN_DIM`` (data spaces of idea registration) use
-    :func:`matmul_sqdist`, which avoids the (M, N, d) tensor of differences.
+    ``matmul_sqdist``, which avoids the (M, N, d) tensor of differences.
 
     Parameters
     ----------

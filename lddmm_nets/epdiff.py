@@ -216,7 +216,7 @@ def shoot_image(image: torch.Tensor, scalar_momentum: torch.Tensor, smoother: Op
     spacing : sequence of float
         Grid spacing; ``d = len(spacing)``.
     n_steps, forward_map, checkpoint, final_momentum
-        As in :func:`shoot_vector_momentum`.
+        As in ``shoot_vector_momentum``.
 
     Returns
     -------
@@ -251,7 +251,7 @@ def shoot_image(image: torch.Tensor, scalar_momentum: torch.Tensor, smoother: Op
 #
 # The solvers above carry the inverse map semi-Lagrangianly (first order in time, what image registration uses).
 # The Eulerian solver below integrates the momentum itself with the engine's explicit Runge–Kutta schemes; it is
-# the continuum reference of the mean-field studies (:mod:`lddmm_nets.meanfield`).
+# the continuum reference of the mean-field studies (``lddmm_nets.meanfield``).
 
 import math as _math
 
@@ -261,7 +261,7 @@ from .grid import Grid as _Grid, GridOperator as _GridOperator
 
 
 class EPDiffInstabilityError(RuntimeError):
-    """The explicit time scheme of :func:`solve_epdiff` blew up (Courant number too large: take more steps)."""
+    """The explicit time scheme of ``solve_epdiff`` blew up (Courant number too large: take more steps)."""
 
 
 @dataclass
@@ -386,13 +386,13 @@ def solve_epdiff(m0: torch.Tensor, smoother: _GridOperator, *, n_steps: int = 20
         ``(d, *grid.shape)`` initial momentum (density per unit volume; components in axis order). Device and dtype
         of the solution follow it.
     smoother : GridOperator
-        ``m ↦ K ⋆ m``, e.g. ``kernel.on_grid(grid, boundary=...)`` or :func:`~lddmm_nets.grid.sobolev_operator`.
+        ``m ↦ K ⋆ m``, e.g. ``kernel.on_grid(grid, boundary=...)`` or ``sobolev_operator``.
     n_steps : int
         Number of equal time steps over ``[0, t1]``.
     t1 : float
         Final time (default 1).
     integrator : {"euler", "rk2", "rk4"}
-        An explicit Runge–Kutta scheme of :mod:`lddmm_nets.integrators` (order 1, 2, 4).
+        An explicit Runge–Kutta scheme of ``lddmm_nets.integrators`` (order 1, 2, 4).
     save_every : int
         Keep the state every ``save_every`` steps (the final state is always kept).
 

@@ -1,6 +1,6 @@
 """Fields on regular grids: finite differences, interpolation, composition of maps, Jacobians.
 
-This room holds the grid calculus that image shooting (:mod:`lddmm_nets.epdiff`) and image registration
+This room holds the grid calculus that image shooting (``lddmm_nets.epdiff``) and image registration
 build on. One implementation serves 1-D, 2-D and 3-D: the number of spatial dimensions ``d`` is the length of
 ``spacing`` and the last ``d`` axes of a tensor are its spatial axes.
 
@@ -129,7 +129,7 @@ def gradient(f: torch.Tensor, spacing, *, boundary: str = "replicate") -> torch.
 
 
 def divergence(v: torch.Tensor, spacing, *, boundary: str = "replicate") -> torch.Tensor:
-    """Finite-difference divergence ``Σ_i ∂v_i/∂x_i`` of a vector field (same stencils as :func:`gradient`).
+    """Finite-difference divergence ``Σ_i ∂v_i/∂x_i`` of a vector field (same stencils as ``gradient``).
 
     Parameters
     ----------

@@ -1,11 +1,11 @@
 """Regular grids with physical spacing and FFT operators on them.
 
-A :class:`Grid` is axis-aligned: node ``i = (i_0, ..., i_{d-1})`` sits at ``origin + i * spacing`` (physical units,
+A ``Grid`` is axis-aligned: node ``i = (i_0, ..., i_{d-1})`` sits at ``origin + i * spacing`` (physical units,
 e.g. mm). Fields on a grid are tensors whose last ``d`` axes are the grid's shape; vector fields are channels-first,
 ``(d, *shape)``, with components in axis order. One implementation serves 1-D, 2-D and 3-D.
 
-:class:`GridOperator` applies a Fourier multiplier (symbol) to such fields: a kernel's spectral density gives
-``m ↦ K ⋆ m`` (``v(x) = ∫ k(x - y) m(y) dy``) and :func:`sobolev_operator` gives ``(I - α Δ_h)^{-s}``.
+``GridOperator`` applies a Fourier multiplier (symbol) to such fields: a kernel's spectral density gives
+``m ↦ K ⋆ m`` (``v(x) = ∫ k(x - y) m(y) dy``) and ``sobolev_operator`` gives ``(I - α Δ_h)^{-s}``.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 ``H(q, p) = ½ Σ_ij k(q_i, q_j) p_i·p_j`` (+ ``½ r |p|²`` with a nugget ``r``). The equations of motion are
 ``q̇ = ∂H/∂p = K(q, q) p`` and ``ṗ = -∂H/∂q``; ambient points follow ``ẋ = v(x) = Σ_j k(x, q_j) p_j``.
-``gradient="autograd"`` differentiates :func:`hamiltonian` (the reference); ``gradient="closed"`` uses the
-kernel's closed form (:meth:`Kernel.dq_quadratic`), which the tests check against the reference in float64.
+``gradient="autograd"`` differentiates ``hamiltonian`` (the reference); ``gradient="closed"`` uses the
+kernel's closed form (``Kernel.dq_quadratic``), which the tests check against the reference in float64.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Registry of named time-stepping schemes for Hamiltonian systems, each with its declared order.
 
-A scheme advances the state ``(q, p, x)`` of a :class:`~lddmm_nets.hamiltonian.HamiltonianSystem` by one step
+A scheme advances the state ``(q, p, x)`` of a ``HamiltonianSystem`` by one step
 ``h``: ``q, p`` the landmark positions and momenta, ``x`` ambient points carried by the flow (or None). Ambient
 points are treated as extra landmarks with zero momentum, so every scheme moves a point placed on a landmark
 exactly as the landmark.
@@ -21,7 +21,7 @@ The landmark Hamiltonian is not separable, so the explicit leapfrog (Owhadi's ex
 symplectic nor second order here: its drift ``q + h ∂_pH(q, p_{1/2})`` misses the ``∂_{pq}H`` term. Implicit
 schemes solve their stage equations by fixed-point iteration (options ``tol`` and ``max_iter``); the iteration
 contracts when ``h`` times the Lipschitz constant of the vector field is below 1, and an unconverged solve raises
-:class:`ImplicitSolveError`.
+``ImplicitSolveError``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _axpy(state, h, deriv):
 
 
 class Integrator:
-    """A one-step scheme. Subclasses set ``name``, ``order`` and implement :meth:`step`."""
+    """A one-step scheme. Subclasses set ``name``, ``order`` and implement ``step``."""
 
     name: str = ""
     order: int = 0
@@ -206,7 +206,7 @@ def get(integrator: str | Integrator = "rk4", **options) -> Integrator:
     Parameters
     ----------
     integrator : str or Integrator
-        A registered name (see :func:`available`) or an Integrator instance (returned as is).
+        A registered name (see ``available``) or an Integrator instance (returned as is).
     **options
         Scheme options (implicit schemes: ``tol``, ``max_iter``).
 

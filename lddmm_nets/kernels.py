@@ -2,8 +2,8 @@
 
 A radial kernel is given by its unit-width profile ``g`` of the squared distance, ``k(x, y) = g(|x - y|²/σ²)``,
 and by the derivative ``g'`` (used by the closed-form Hamiltonian gradient), both written once on the backend's
-pairwise objects (see :mod:`lddmm_nets.backends`). Where the Fourier transform has a closed form,
-``spectral_density`` gives it and ``on_grid`` turns it into an FFT convolution operator on a :class:`~lddmm_nets.grid.Grid`.
+pairwise objects (see ``lddmm_nets.backends``). Where the Fourier transform has a closed form,
+``spectral_density`` gives it and ``on_grid`` turns it into an FFT convolution operator on a ``Grid``.
 
 Conventions (DESIGN): every radial kernel takes its width as the keyword ``sigma`` (a length, in the data's units)
 and is normalised so that ``k(x, x) = 1``. A ``nugget`` ``r >= 0`` is added to the diagonal of the symmetric Gram
@@ -36,8 +36,8 @@ __all__ = [
 class Kernel:
     """Base class: a positive definite scalar kernel ``k(x, y)``, used as ``Γ = k I_d`` on vector fields.
 
-    Subclasses implement :meth:`_pairwise` (the kernel matrix as a dense tensor or a LazyTensor) and may override
-    :meth:`dq_quadratic` with a closed form; the autograd version here is the reference.
+    Subclasses implement ``_pairwise`` (the kernel matrix as a dense tensor or a LazyTensor) and may override
+    ``dq_quadratic`` with a closed form; the autograd version here is the reference.
     """
 
     def __init__(self, *, nugget: float = 0.0):
@@ -60,7 +60,7 @@ class Kernel:
         p : (N, D) tensor
             Weights (momenta) at the source points.
         backend : {"auto", "dense", "keops"}
-            See :func:`lddmm_nets.backends.select_backend` for the auto policy and memory costs.
+            See ``lddmm_nets.backends.select_backend`` for the auto policy and memory costs.
 
         Returns
         -------
@@ -77,7 +77,7 @@ class Kernel:
         return self._matvec(x, y, p, backend)
 
     def _matvec(self, x, y, p, backend="auto"):
-        """Unchecked :meth:`matvec` for the engine's inner loops: the kernel sum, plus the nugget when ``y`` is None."""
+        """Unchecked ``matvec`` for the engine's inner loops: the kernel sum, plus the nugget when ``y`` is None."""
         out = self._sum(x, x if y is None else y, p, backend)
         if y is None and self.nugget:
             out = out + self.nugget * p

@@ -1,8 +1,8 @@
 """Geodesic shooting of landmarks and the diffeomorphism it generates.
 
-:func:`shoot` integrates the Hamiltonian system of :mod:`lddmm_nets.hamiltonian` from ``(q0, p0)`` over
+``shoot`` integrates the Hamiltonian system of ``lddmm_nets.hamiltonian`` from ``(q0, p0)`` over
 ``[0, t1]`` (unit time by default) in ``n_steps`` equal steps of a registered scheme, and returns a
-:class:`Trajectory`. The trajectory carries the states at every step and can push ambient points forward
+``Trajectory``. The trajectory carries the states at every step and can push ambient points forward
 (``flow``) and backward (``inverse_flow``, the exact inverse of the discrete map, solved by fixed point), and give
 the Jacobian of the flow at points. Everything is differentiable in ``q0`` and ``p0`` by autograd.
 """
@@ -161,9 +161,9 @@ def shoot(kernel: Kernel, q0: torch.Tensor, p0: torch.Tensor, *, n_steps: int = 
     n_steps : int
         Number of equal steps over ``[0, t1]``.
     integrator : str or Integrator
-        A name from :func:`lddmm_nets.integrators.available` or an instance.
+        A name from ``lddmm_nets.integrators.available`` or an instance.
     backend : {"auto", "dense", "keops"}
-        Kernel-sum backend (see :mod:`lddmm_nets.backends`).
+        Kernel-sum backend (see ``lddmm_nets.backends``).
     gradient : {"closed", "autograd"}
         ``∂H/∂q`` by the kernel's closed form or by autograd of ``H`` (the reference).
     t1 : float

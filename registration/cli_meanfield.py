@@ -1,6 +1,6 @@
 """``lddmm meanfield``: mean-field EPDiff studies written as CSV tables and log-log PNG plots.
 
-``lddmm meanfield [--case NAME] --out DIR [--quick]`` runs one study (or all) of :mod:`lddmm_nets.meanfield` and
+``lddmm meanfield [--case NAME] --out DIR [--quick]`` runs one study (or all) of ``lddmm_nets.meanfield`` and
 writes, per case, ``<case>.csv`` (tidy rows: one measurement per line), ``<case>.png`` (log-log error curves,
 fitted slopes in the legend) and ``<case>_slopes.json``. Files are written to a temporary directory beside DIR and
 moved into place at the end, so a failed run leaves nothing that looks complete.
@@ -119,7 +119,7 @@ def plot_convergence(rows: list[dict], slopes: dict, path: str, *, title: str = 
     rows : list of dict
         Tidy rows of a meanfield study (or of ``resnet_weight_convergence``).
     slopes : dict
-        ``label -> slope`` (labels as in :func:`lddmm_nets.meanfield.curves`, or the ResNet study names).
+        ``label -> slope`` (labels as in ``lddmm_nets.meanfield.curves``, or the ResNet study names).
     path : str
         Output PNG.
     """

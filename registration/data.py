@@ -109,7 +109,7 @@ class RandomWarp:
     max_displacement: float
 
     def transform(self):
-        """As a :class:`registration.transforms.DisplacementTransform`."""
+        """As a ``registration.transforms.DisplacementTransform``."""
         from .transforms import DisplacementTransform
 
         return DisplacementTransform(self.displacement, self.affine, self.inverse_displacement)
@@ -240,7 +240,7 @@ def warped_pair(image: Image, labels: dict | None = None, *, max_displacement: f
     labels : dict of str to Image or numpy.ndarray, optional
         Label maps on the same grid (warped with nearest-neighbour interpolation).
     max_displacement, smoothness, seed
-        See :func:`random_diffeomorphism` (mm).
+        See ``random_diffeomorphism`` (mm).
 
     Returns
     -------

@@ -5,8 +5,8 @@
     E(m_0) = (λ / 2|Ω|) ‖v_0‖_V²  +  D(M ∘ ψ_1, F) / D(M, F),        v_0 = K ⋆ m_0,
 
 where ``ψ_1`` is the inverse map at time 1 of the EPDiff geodesic shot from ``m_0``
-(:mod:`lddmm_nets.epdiff`; ``m_0`` a vector field by default, or ``m_0 = -P_0 ∇M`` with a scalar ``P_0``,
-THEORY §4), ``D`` the similarity loss (:mod:`registration.metrics`) measured relative to its value before
+(``lddmm_nets.epdiff``; ``m_0`` a vector field by default, or ``m_0 = -P_0 ∇M`` with a scalar ``P_0``,
+THEORY §4), ``D`` the similarity loss (``registration.metrics``) measured relative to its value before
 registration (so that one ``λ`` suits every metric and intensity range), and ``K`` a kernel normalised to unit
 mass (``K ⋆ 1 = 1``, so ``‖v‖_V² ≈ ∫|v|²`` for smooth ``v``). The gradient is autograd through the discrete
 scheme ("discretise, then optimise").
@@ -77,7 +77,7 @@ __all__ = ["register_images", "ImageRegistration", "LevelReport", "normalize_int
 KERNELS = ("gaussian", "matern", "sum")
 GEODESICS = ("single", "composed")
 DEFAULT_SHRINK = (4, 1)
-#: defaults of the options left as ``None``, by the images' dimension (see :func:`register_images`)
+#: defaults of the options left as ``None``, by the images' dimension (see ``register_images``)
 DEFAULTS_3D = dict(metric="lncc", regularization=0.01, n_steps=2, geodesics="single", shrink_factors=DEFAULT_SHRINK,
                    iterations=(50, 9), segments=1, sigma_voxels=2.0)
 DEFAULTS_2D = dict(metric="ssd", regularization=1e-3, n_steps=10, geodesics="composed", shrink_factors=(8, 4, 2, 1),
@@ -96,7 +96,7 @@ JACOBIAN_FLOOR = 1e-3
 
 @dataclass
 class RegistrationConfig:
-    """Options of :func:`register_images` (all validated; see its docstring)."""
+    """Options of ``register_images`` (all validated; see its docstring)."""
 
     metric: str = "lncc"
     window: int = 5
@@ -138,7 +138,7 @@ class LevelReport:
 
 @dataclass
 class ImageRegistration:
-    """Result of :func:`register_images`.
+    """Result of ``register_images``.
 
     Attributes
     ----------
@@ -242,7 +242,7 @@ class ImageRegistration:
         """Write the result files into ``directory`` atomically.
 
         Files: ``warped.nii.gz``, ``displacement.nii.gz`` (ITK convention, see
-        :func:`registration.io.save_displacement`), ``inverse_displacement.nii.gz``, ``jacobian.nii.gz``,
+        ``registration.io.save_displacement``), ``inverse_displacement.nii.gz``, ``jacobian.nii.gz``,
         ``momentum.nii.gz``, ``report.json`` and ``overview.png``. Everything is written into a temporary
         directory next to ``directory`` first and moved into place at the end (``report.json`` last), so an
         interrupted save never leaves a complete-looking result.
@@ -843,7 +843,7 @@ def register_images(fixed, moving, *, metric: str | None = None, window: int = 5
         2-D or 3-D scalar images of the same dimension (arrays: unit spacing). The moving image is resampled
         onto the fixed grid through the affines first; any intensity range is fine (normalised inside).
     metric : {"lncc", "ncc", "ssd"}, optional
-        Similarity loss (:mod:`registration.metrics`). Default: ``lncc`` for 3-D (suits MRI), ``ssd`` for 2-D
+        Similarity loss (``registration.metrics``). Default: ``lncc`` for 3-D (suits MRI), ``ssd`` for 2-D
         (on the robustly normalised intensities; LNCC has almost no signal inside uniform shapes).
     window : int
         LNCC box width in voxels of each level (odd).

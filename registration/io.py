@@ -1,13 +1,13 @@
 """Images in physical space: reading, writing and resampling through affines.
 
-An :class:`Image` is an array of voxel values plus the ``4 × 4`` affine that maps voxel indices ``(i, j, k, 1)``
+An ``Image`` is an array of voxel values plus the ``4 × 4`` affine that maps voxel indices ``(i, j, k, 1)``
 to world coordinates in millimetres, in the NIfTI / nibabel convention (RAS+: x to the Right, y Anterior,
 z Superior). 2-D images use the top-left ``2 × 2`` block of the affine and its first two translation entries.
 
 Readers: NIfTI (``.nii``, ``.nii.gz``) through nibabel; ``.mha``, ``.mhd``, ``.nrrd`` (and any other format
 SimpleITK reads) through SimpleITK, converting ITK's LPS world frame to RAS; ``.npy`` arrays with unit spacing
 and the identity affine. Writers mirror the readers. Vector images (displacement fields) are written through
-SimpleITK so that ITK and ANTs read them as displacement fields (see :func:`save_displacement`).
+SimpleITK so that ITK and ANTs read them as displacement fields (see ``save_displacement``).
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ def save_displacement(path, displacement: np.ndarray, affine: np.ndarray) -> Non
 
 
 def load_displacement(path) -> tuple[np.ndarray, np.ndarray]:
-    """Read a displacement field written by :func:`save_displacement` (or by ANTs / ITK).
+    """Read a displacement field written by ``save_displacement`` (or by ANTs / ITK).
 
     Returns
     -------

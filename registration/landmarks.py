@@ -2,7 +2,7 @@
 
 Minimise ``E(p0) = H(q0, p0) + |q1(p0) - target|² / σ²`` over the initial momenta ``p0`` with scipy's L-BFGS-B
 (the reference Fortran implementation and its Moré–Thuente line search; gradients by autograd), where ``q1`` is
-the endpoint of :func:`lddmm_nets.shoot`. ``H(q0, p0) = ½ |v_0|²_V`` is the kinetic energy of the geodesic, i.e.
+the endpoint of ``lddmm_nets.shoot``. ``H(q0, p0) = ½ |v_0|²_V`` is the kinetic energy of the geodesic, i.e.
 half its squared length.
 
 Stopping rule (``stop_reason`` of the result):
@@ -31,7 +31,7 @@ __all__ = ["register_landmarks", "LandmarkRegistration"]
 
 @dataclass
 class LandmarkRegistration:
-    """Result of :func:`register_landmarks`.
+    """Result of ``register_landmarks``.
 
     Attributes
     ----------
@@ -88,7 +88,7 @@ def register_landmarks(source: torch.Tensor, target: torch.Tensor, *, kernel: Ke
     sigma : float
         Noise scale of the data term, in data units: smaller fits the targets more tightly.
     n_steps, integrator, backend
-        Passed to :func:`lddmm_nets.shoot`.
+        Passed to ``lddmm_nets.shoot``.
     max_iter : int
         Maximum number of L-BFGS iterations.
     gtol, ftol : float

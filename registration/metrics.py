@@ -71,7 +71,7 @@ def _box(x: torch.Tensor, window: int) -> torch.Tensor:
 
 
 def _box_pool(x: torch.Tensor, window: int, d: int | None = None) -> torch.Tensor:
-    """The same cropped box mean as :func:`_box`, by direct sums of ``window`` shifted copies along each axis.
+    """The same cropped box mean as ``_box``, by direct sums of ``window`` shifted copies along each axis.
 
     Every output is a direct sum of ``window`` values per axis (no running sums), so float32 keeps the local
     variances ``E[x²] - E[x]²`` accurate to ~1e-7 for intensities in [0, 1] (a float32 running sum over a whole

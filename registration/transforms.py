@@ -2,7 +2,7 @@
 
 Convention (the same as ITK / ANTs "displacement field transforms"): the transform maps a point ``x`` of the
 fixed space to ``y = x + u(x)`` in the moving space, both in world millimetres (RAS+ here; LPS in the files
-written for ITK, see :func:`registration.io.save_displacement`). Warping an image ``M`` into the fixed space is
+written for ITK, see ``registration.io.save_displacement``). Warping an image ``M`` into the fixed space is
 the pull-back ``M(x + u(x))``. The inverse displacement ``w`` maps moving-space points back,
 ``x = y + w(y)``, and is sampled on the same grid.
 """
@@ -144,7 +144,7 @@ class DisplacementTransform:
 
     @classmethod
     def load(cls, directory) -> "DisplacementTransform":
-        """Read a transform saved by :meth:`save` (or by ``lddmm register``) from ``directory``."""
+        """Read a transform saved by ``save`` (or by ``lddmm register``) from ``directory``."""
         directory = os.fspath(directory)
         if not os.path.isdir(directory):
             raise FileNotFoundError(f"directory: no such result directory: {directory}")

@@ -1,8 +1,8 @@
 """Mean-field limits of particle systems (THEORY §6): particles vs the grid EPDiff continuum, and peakons.
 
-- :mod:`.particles`: samples of a density (independent, quasi-Monte Carlo, quadrature) and ``p_i = w_i P_0(y_i)``;
-- :mod:`.compare`: particle-vs-grid errors against N and the step count, with fitted log-log slopes;
-- :mod:`.peakons`: exact Camassa–Holm peakon solutions (1-D, Laplace kernel).
+- ``.particles``: samples of a density (independent, quasi-Monte Carlo, quadrature) and ``p_i = w_i P_0(y_i)``;
+- ``.compare``: particle-vs-grid errors against N and the step count, with fitted log-log slopes;
+- ``.peakons``: exact Camassa–Holm peakon solutions (1-D, Laplace kernel).
 """
 
 from .compare import (MeanFieldProblem, convergence_in_n, convergence_in_steps, curves, default_problem,

@@ -1,15 +1,15 @@
 """Particle systems against their mean-field limit: errors against N and against the time step.
 
-A :class:`MeanFieldProblem` fixes a kernel, a grid (the continuum's domain), a density μ and an initial momentum
+A ``MeanFieldProblem`` fixes a kernel, a grid (the continuum's domain), a density μ and an initial momentum
 per unit mass ``P_0``. The continuum solution is the Eulerian grid EPDiff solution from ``m_0 = P_0 ρ``
-(:func:`lddmm_nets.epdiff.solve_epdiff`, zero-padded: free space); a particle solution shoots
-``q_i = y_i``, ``p_i = w_i P_0(y_i)`` with :func:`lddmm_nets.shoot` and the same kernel. They are compared on the
+(``lddmm_nets.epdiff.solve_epdiff``, zero-padded: free space); a particle solution shoots
+``q_i = y_i``, ``p_i = w_i P_0(y_i)`` with ``lddmm_nets.shoot`` and the same kernel. They are compared on the
 grid's nodes at ``t = 0`` and ``t = t1`` by relative L2 errors of
 
 - the velocity ``v_t = K ⋆ m_t`` (particles: ``Σ_i k(x, q_i(t)) p_i(t)``), and
 - the momentum measure smoothed by a narrower Gaussian ``g_s`` (``Σ_i g_s(x - q_i(t)) p_i(t)`` vs ``g_s ⋆ m_t``).
 
-The studies return *tidy* rows (one dict per measurement) and :func:`fitted_slopes` gives the log-log slopes:
+The studies return *tidy* rows (one dict per measurement) and ``fitted_slopes`` gives the log-log slopes:
 about ``-1/2`` in N for independent samples, steeper for quasi-Monte Carlo and quadrature samples, and the
 scheme's order in the step size ``h = t1 / n_steps``. Nothing here prints or writes files.
 """
@@ -155,9 +155,9 @@ class MeanFieldProblem:
         Parameters
         ----------
         q0, p0 : (N, d) tensors
-            Particles and momenta (see :func:`~lddmm_nets.meanfield.sample_particles`).
+            Particles and momenta (see ``sample_particles``).
         n_steps, integrator, backend
-            As in :func:`lddmm_nets.shoot` (over ``[0, t1]``).
+            As in ``lddmm_nets.shoot`` (over ``[0, t1]``).
         times : sequence of float, optional
             Comparison times in ``[0, t1]``, each a multiple of the particle step ``t1 / n_steps``
             (default ``(0, t1)``).
@@ -259,7 +259,7 @@ def convergence_in_n(problem: MeanFieldProblem, ns: Sequence[int], *, methods: S
     seed : int
         Base seed; draw ``r`` uses ``seed + r``.
     times : sequence of float, optional
-        Comparison times (see :meth:`MeanFieldProblem.errors`).
+        Comparison times (see ``MeanFieldProblem.errors``).
 
     Returns
     -------
@@ -298,7 +298,7 @@ def convergence_in_steps(problem: MeanFieldProblem, steps: Sequence[int], *, int
     Returns
     -------
     list of dict
-        Tidy rows as in :func:`convergence_in_n`, with ``study="steps"``.
+        Tidy rows as in ``convergence_in_n``, with ``study="steps"``.
     """
     q0, p0 = sample_particles(problem.density, problem.momentum, n, method=method, seed=seed, dtype=dtype,
                               device=device)
@@ -362,7 +362,7 @@ def curves(rows: Sequence[dict]) -> dict[str, tuple[list, list]]:
 
 
 def fitted_slopes(rows: Sequence[dict]) -> dict[str, float]:
-    """Log-log slopes of the error curves of :func:`curves`.
+    """Log-log slopes of the error curves of ``curves``.
 
     Returns
     -------
@@ -405,9 +405,9 @@ def demo_comparison(quick: bool = False, *, backend: str = "auto") -> tuple[list
     Returns
     -------
     rows : list of dict
-        Tidy rows (see :func:`convergence_in_n`).
+        Tidy rows (see ``convergence_in_n``).
     slopes : dict
-        :func:`fitted_slopes` of the rows.
+        ``fitted_slopes`` of the rows.
     """
     problem = default_problem(2, cells=48 if quick else 64)
     ns = (64, 256, 1024) if quick else (64, 128, 256, 512, 1024)

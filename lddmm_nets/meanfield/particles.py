@@ -109,7 +109,7 @@ def sample_particles(density: GaussianDensity, momentum: Callable[[torch.Tensor]
     momentum : callable
         ``P_0``: ``(M, d)`` points -> ``(M, d)`` momentum per unit mass of μ.
     n : int
-        Number of particles (see :meth:`GaussianDensity.sample` for ``"quadrature"``).
+        Number of particles (see ``GaussianDensity.sample`` for ``"quadrature"``).
     method : {"iid", "qmc", "quadrature"}
     seed : int
 

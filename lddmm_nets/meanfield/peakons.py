@@ -1,6 +1,6 @@
 """Exact peakon solutions of Camassa–Holm: the 1-D EPDiff equation of the Laplace kernel (THEORY §6).
 
-With ``k(x, y) = exp(-|x - y|/σ)`` (:class:`~lddmm_nets.LaplaceKernel`) landmarks are peakons: the velocity of
+With ``k(x, y) = exp(-|x - y|/σ)`` (``LaplaceKernel``) landmarks are peakons: the velocity of
 ``N`` particles is ``u(x) = Σ_j p_j exp(-|x - q_j|/σ)`` and the landmark equations
 ``q̇_i = u(q_i)``, ``ṗ_i = (p_i/σ) Σ_j p_j sgn(q_i - q_j) exp(-|q_i - q_j|/σ)`` are the peakon equations.
 
@@ -175,7 +175,7 @@ _CASES = {  # name -> (speeds, t_start, t_end): the head-on case stops before th
 
 def peakon_convergence(steps: Sequence[int] = (25, 50, 100, 200), *,
                        integrators: Sequence[str] = ("rk2", "rk4"), sigma: float = 1.0) -> list[dict]:
-    """Errors of the particle solver (:func:`lddmm_nets.shoot`, Laplace kernel) against the two-peakon closed forms.
+    """Errors of the particle solver (``lddmm_nets.shoot``, Laplace kernel) against the two-peakon closed forms.
 
     Overtaking (speeds 2 and 1, from t = -3 to 3) and head-on (speeds 1.5 and -0.8, from t = -2 to -0.25, before
     the collision at 0), float64, dense backend.

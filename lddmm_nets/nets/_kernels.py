@@ -1,7 +1,7 @@
 """Kernel names accepted by the estimators, mapped to the engine's kernels.
 
 The ``Wide*`` names are kept for compatibility: the engine's dense path itself now computes squared distances of
-wide inputs (``d >= 8``) as ``|x|² + |y|² - 2 x·y`` with one matrix product (:func:`lddmm_nets.backends.matmul_sqdist`),
+wide inputs (``d >= 8``) as ``|x|² + |y|² - 2 x·y`` with one matrix product (``lddmm_nets.backends.matmul_sqdist``),
 which is what these classes used to add.
 """
 

@@ -30,7 +30,7 @@ class LayerTrajectory:
     p : torch.Tensor
         (L, N, D) momenta of the layers.
     backend : str
-        Kernel backend used by :meth:`flow` and :meth:`energy`.
+        Kernel backend used by ``flow`` and ``energy``.
     """
 
     kernel: object

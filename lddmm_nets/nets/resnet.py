@@ -4,10 +4,10 @@
 ``(ν Δt / 2)(‖W_k‖_F² + ‖b_k‖²)`` per layer: the explicit-Euler discretisation of a flow whose velocity fields live
 in the RKHS of the feature-map kernel ``Γ(x, y) = (φ(x)ᵀφ(y) + 1) I`` (``lddmm_nets.FeatureMapKernel``). The
 functions around it check what the theory says of a trained network: the least-action identity
-``W_k = Σ_i p_{k,i} φ(q_{k,i})ᵀ`` with momenta from backpropagation (:func:`backprop_momenta`), the regeneration of
-every layer from the initial momentum (:func:`shoot_weights`), the near conservation of ``‖W_k‖² + ‖b_k‖² = 2H``
-(:func:`layer_diagnostics`), invertibility of the blocks (:meth:`ResNetFlow.inverse`), the Jacobian of the learned
-map (:func:`min_jacobian_determinant`) and the train-with-L / evaluate-with-M test (:func:`depth_consistency`).
+``W_k = Σ_i p_{k,i} φ(q_{k,i})ᵀ`` with momenta from backpropagation (``backprop_momenta``), the regeneration of
+every layer from the initial momentum (``shoot_weights``), the near conservation of ``‖W_k‖² + ‖b_k‖² = 2H``
+(``layer_diagnostics``), invertibility of the blocks (``ResNetFlow.inverse``), the Jacobian of the learned
+map (``min_jacobian_determinant``) and the train-with-L / evaluate-with-M test (``depth_consistency``).
 """
 
 from __future__ import annotations
@@ -300,7 +300,7 @@ def _scaling_squaring(model: ResNetFlow, x: torch.Tensor, *, squarings: int, gri
 # ---------------------------------------------------------------------------------------------------- training
 @dataclass
 class TrainResult:
-    """Outcome of :func:`train_resnet`.
+    """Outcome of ``train_resnet``.
 
     Attributes
     ----------
@@ -320,7 +320,7 @@ class TrainResult:
 def train_resnet(model: ResNetFlow, X: torch.Tensor, Y: torch.Tensor, *, loss: str = "cross_entropy",
                  optimizer: str = "lbfgs", max_iter: int = 500, tol: float = 1e-10, lr: float = 1e-2,
                  callback=None) -> TrainResult:
-    """Full-batch training of a :class:`ResNetFlow` on X (N, d) and targets Y (N, k).
+    """Full-batch training of a ``ResNetFlow`` on X (N, d) and targets Y (N, k).
 
     Parameters
     ----------

@@ -3,7 +3,7 @@
 Sections: landmarks (circle onto a C), images (circle -> C, a 2-D T1 slice and the 3-D MNI152 template warped by
 known random diffeomorphisms), ideas (a kernel warping classifier on two spirals, the weight profile of a
 ResNetFlow) and the mean-field limit (particles against the grid EPDiff solution). Every section returns a
-:class:`Section` with its pictures, numbers and threshold checks; :func:`run_demo` writes them into one directory
+``Section`` with its pictures, numbers and threshold checks; ``run_demo`` writes them into one directory
 atomically.
 """
 
@@ -43,7 +43,7 @@ def run_demo(out: str, *, quick: bool = False, only=None, progress=None, threads
     quick : bool
         Smaller problems (under a minute on 2 cores).
     only : sequence of str, optional
-        Run only these sections (names in :data:`SECTIONS`).
+        Run only these sections (names in ``SECTIONS``).
     progress : callable, optional
         ``progress(message)``; default: a tqdm progress bar over the sections with a status line.
     threads : int or None
