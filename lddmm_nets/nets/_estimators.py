@@ -54,7 +54,7 @@ _LAM_GRID = tuple(10.0 ** (e / 4) for e in range(-16, 3))  # 1e-4 ... 10^0.5 in 
 # nu="auto": candidate warp strengths, compared with the unwarped readout (ν = ∞) by internal cross-validation.
 _NU_GRID = (0.01, 0.1)
 _NU_FOLDS = 3
-# Inner cross-validations (ν and readout switch) are repeated with this many different shuffles of the folds when
+# The inner cross-validation of ν is repeated with this many different shuffles of the folds when
 # the training set has at most _NU_REPEAT_MAX_POINTS points; the held-out scores are averaged over the repeats
 # before the one-standard-error rule is applied, so that the choice depends less on one random split. Larger
 # sets keep one split: their held-out estimates vary less, and the inner fits are what the fit time is spent on.

@@ -146,17 +146,12 @@ class LOOSelection:
         LOO score of the selected candidate (accuracy for classification, minus mean squared error otherwise).
     table : list of tuple
         ``(sigma, lam, score)`` for every candidate.
-    best_accuracy : tuple or None
-        Classification: ``(sigma, lam, accuracy)`` of the candidate with the largest LOO accuracy averaged over
-        its 3 x 3 neighbourhood in the (sigma, lam) grid (ties broken by its own accuracy, then the squared
-        error); None for regression.
     """
 
     sigma: float
     lam: float
     score: float
     table: list
-    best_accuracy: tuple | None = None
 
 
 def loo_select(make_kernel, q: torch.Tensor, Y: torch.Tensor, sigmas, lams, *, classification: bool,
@@ -179,8 +174,9 @@ def loo_select(make_kernel, q: torch.Tensor, Y: torch.Tensor, sigmas, lams, *, c
     classification : bool
         Report the LOO accuracy (argmax) as the score instead of minus the LOO mean squared error.
     select_by : {"auto", "mse", "accuracy"}
-        Criterion of the choice. "mse": smallest LOO squared error. "accuracy": ``best_accuracy``, the largest LOO
-        accuracy smoothed over the grid (the LOO accuracy is a step function of (σ, λ), noisy at the grid's
+        Criterion of the choice. "mse": smallest LOO squared error. "accuracy": the largest LOO accuracy
+        averaged over each candidate's 3 x 3 neighbourhood in the grid (ties broken by its own accuracy, then the
+        squared error) (the LOO accuracy is a step function of (σ, λ), noisy at the grid's
         resolution, and its raw argmax over hundreds of candidates overfits the LOO sample). "auto": "mse" for
         regression; "accuracy" for more than two classes; for two classes
         a one-standard-error rule: among the candidates whose LOO accuracy is within one binomial standard error
@@ -217,8 +213,7 @@ def loo_select(make_kernel, q: torch.Tensor, Y: torch.Tensor, sigmas, lams, *, c
                     rows.append((float(sigma), float(lam), acc, mse, i, j))
     if not rows:
         raise ValueError("leave-one-out selection failed: every candidate gave a non-finite score")
-    best_acc = None
-    if classification:
+    if classification and (select_by == "accuracy" or (select_by == "auto" and Y.shape[1] > 2)):
         # The LOO accuracy is a step function of (σ, λ), noisy at the grid's resolution: its argmax over a few
         # hundred candidates overfits the LOO sample. Rank by the mean over each candidate's 3 x 3 neighbourhood.
         acc_at = {(r[4], r[5]): r[2] for r in rows}
@@ -227,15 +222,12 @@ def loo_select(make_kernel, q: torch.Tensor, Y: torch.Tensor, sigmas, lams, *, c
             near = [acc_at[k] for k in ((r[4] + a, r[5] + b) for a in (-1, 0, 1) for b in (-1, 0, 1)) if k in acc_at]
             return sum(near) / len(near)
 
-        best_acc = max(rows, key=lambda r: (smoothed(r), r[2], -r[3]))
-    if not classification or select_by == "mse":
+        best = max(rows, key=lambda r: (smoothed(r), r[2], -r[3]))
+    elif not classification or select_by == "mse":
         best = min(rows, key=lambda r: r[3])
-    elif select_by == "accuracy" or Y.shape[1] > 2:
-        best = best_acc
     else:
         a = max(r[2] for r in rows)
         se = math.sqrt(a * (1 - a) / q.shape[0])
         best = min((r for r in rows if r[2] >= a - se - 1e-12), key=lambda r: r[3])
     table = [(r[0], r[1], r[2] if classification else -r[3]) for r in rows]
-    return LOOSelection(sigma=best[0], lam=best[1], score=best[2] if classification else -best[3], table=table,
-                        best_accuracy=best_acc[:3] if classification else None)
+    return LOOSelection(sigma=best[0], lam=best[1], score=best[2] if classification else -best[3], table=table)
