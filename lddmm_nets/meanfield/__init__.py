@@ -5,29 +5,11 @@
 - ``.peakons``: exact Camassa–Holm peakon solutions (1-D, Laplace kernel).
 """
 
+from . import compare, particles, peakons
 from .compare import (MeanFieldProblem, convergence_in_n, convergence_in_steps, curves, default_problem,
                       demo_comparison, energy_convergence, fit_loglog_slope, fitted_slopes)
 from .particles import SAMPLING_METHODS, GaussianDensity, sample_particles
 from .peakons import (grid_peakon_speed, peakon_antipeakon, peakon_convergence, peakon_velocity, single_peakon,
                       two_peakon)
 
-__all__ = [
-    "GaussianDensity",
-    "SAMPLING_METHODS",
-    "sample_particles",
-    "MeanFieldProblem",
-    "default_problem",
-    "convergence_in_n",
-    "convergence_in_steps",
-    "energy_convergence",
-    "curves",
-    "fitted_slopes",
-    "fit_loglog_slope",
-    "demo_comparison",
-    "single_peakon",
-    "two_peakon",
-    "peakon_antipeakon",
-    "peakon_velocity",
-    "peakon_convergence",
-    "grid_peakon_speed",
-]
+__all__ = [*particles.__all__, *compare.__all__, *peakons.__all__]
