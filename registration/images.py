@@ -353,16 +353,31 @@ def normalize_intensity(data: np.ndarray, *, name: str = "image", allow_constant
     ValueError
         If the image has NaN / infinite values, or (unless ``allow_constant``) no contrast.
     """
+    data, lo, hi = _intensity_range(data, name=name, allow_constant=allow_constant, lower=lower, upper=upper)
+    if not hi > lo:
+        return np.zeros_like(data)
+    return _rescale(data, lo, hi)
+
+
+def _intensity_range(data, *, name: str, allow_constant: bool = False, lower: float = 0.5,
+                     upper: float = 99.5) -> tuple[np.ndarray, float, float]:
+    """The float32 data and the ``(lo, hi)`` of ``normalize_intensity`` (``lo == hi``: a constant image).
+
+    Raises ValueError on NaN / infinite voxels, and on a constant image unless ``allow_constant``.
+    """
     data = np.asarray(data, dtype=np.float32)
     if not np.all(np.isfinite(data)):
         raise ValueError(f"{name}: contains {int(np.sum(~np.isfinite(data)))} NaN or infinite voxels")
     lo, hi = np.percentile(data, [lower, upper])
     if not hi > lo:
         lo, hi = float(data.min()), float(data.max())
-    if not hi > lo:
-        if allow_constant:
-            return np.zeros_like(data)
+    if not hi > lo and not allow_constant:
         raise ValueError(f"{name}: the image is constant (all voxels {lo:g}); nothing to register")
+    return data, lo, hi
+
+
+def _rescale(data: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``(data - lo) / (hi - lo)`` clipped to [0, 1], tiny values flushed to 0 (float32)."""
     return _flush_tiny(np.clip((data - lo) / (hi - lo), 0.0, 1.0))
 
 
@@ -977,11 +992,8 @@ def _register(fixed, moving, *, metric, window, sigma, kernel, regularization, s
                                 fixed_img.affine, fixed_img.shape)
     # normalise with the moving image's own statistics (this also rejects NaNs and constant images), then
     # apply the same map to the resampled copy (background outside its field of view stays at 0)
-    normalize_intensity(np.asarray(moving_img.data, dtype=np.float32), name="moving")
-    lo, hi = np.percentile(np.asarray(moving_img.data, dtype=np.float32), [0.5, 99.5])
-    if not hi > lo:
-        lo, hi = float(np.min(moving_img.data)), float(np.max(moving_img.data))
-    m_np = _flush_tiny(np.clip((m_on_f.data - lo) / (hi - lo), 0, 1))
+    _, lo, hi = _intensity_range(moving_img.data, name="moving")
+    m_np = _rescale(m_on_f.data, lo, hi)
     if float(m_np.max() - m_np.min()) <= 0:
         raise ValueError("moving: after resampling onto the fixed grid the image is constant "
                          "(no overlap between the fields of view?)")
