@@ -50,28 +50,9 @@ def ncc(warped: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None = N
     return 1.0 - num / den
 
 
-def _box(x: torch.Tensor, window: int) -> torch.Tensor:
-    """Local mean over a centred box of ``window`` voxels per side, cropped at the border.
-
-    Separable, by running sums: per axis a cumulative sum and one difference, ``O(1)`` work per voxel and axis
-    whatever the window (use float64: the differences of large partial sums). At the border the mean is over
-    the part of the box inside the image.
-    """
-    r = window // 2
-    y = x
-    for axis in range(x.dim()):
-        n = y.shape[axis]
-        spec = [0, 0] * (x.dim() - 1 - axis) + [r + 1, r]  # F.pad lists the last axis first
-        c = torch.cumsum(F.pad(y, spec), dim=axis)
-        idx = torch.arange(n, device=x.device, dtype=y.dtype)
-        count = (torch.clamp(idx + r, max=n - 1) - torch.clamp(idx - r, min=0) + 1)
-        count = count.reshape([-1 if a == axis else 1 for a in range(x.dim())])
-        y = (c.narrow(axis, window, n) - c.narrow(axis, 0, n)) / count
-    return y
-
-
 def _box_pool(x: torch.Tensor, window: int, d: int | None = None) -> torch.Tensor:
-    """The same cropped box mean as ``_box``, by direct sums of ``window`` shifted copies along each axis.
+    """Local mean over a centred box of ``window`` voxels per side, cropped at the border (there the mean is over
+    the part of the box inside the image), by direct sums of ``window`` shifted copies along each axis.
 
     Every output is a direct sum of ``window`` values per axis (no running sums), so float32 keeps the local
     variances ``E[x²] - E[x]²`` accurate to ~1e-7 for intensities in [0, 1] (a float32 running sum over a whole
@@ -83,7 +64,6 @@ def _box_pool(x: torch.Tensor, window: int, d: int | None = None) -> torch.Tenso
     # zero-pad every spatial axis once, sum the shifted copies axis by axis (each sum crops its axis), and
     # divide once by the number of voxels of each cropped box (a product of per-axis counts)
     y = F.pad(x, [r, r] * d)
-    count = None
     for k in range(d):
         axis = x.dim() - d + k
         n = x.shape[axis]
@@ -91,11 +71,7 @@ def _box_pool(x: torch.Tensor, window: int, d: int | None = None) -> torch.Tenso
         for s in range(2, window):
             acc.add_(y.narrow(axis, s, n))
         y = acc
-        idx = torch.arange(n, device=x.device, dtype=x.dtype)
-        c = (torch.clamp(idx + r, max=n - 1) - torch.clamp(idx - r, min=0) + 1).reshape(
-            [-1 if a == k else 1 for a in range(d)])
-        count = c if count is None else count * c
-    return y / count
+    return y / _box_counts(x.shape[x.dim() - d:], window, x.dtype, x.device)
 
 
 def _box_counts(shape, window: int, dtype, device) -> torch.Tensor:
