@@ -18,13 +18,17 @@ time for memory. Nothing here prints or reads files.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from . import integrators
+from ._checks import check_int, check_positive
 from .fields import as_spacing, compose, gradient, identity_map, interpolate, jacobian_matrix, _det
+from .grid import Grid, GridOperator
 
 __all__ = [
     "GridShooting",
@@ -253,12 +257,6 @@ def shoot_image(image: torch.Tensor, scalar_momentum: torch.Tensor, smoother: Op
 # The Eulerian solver below integrates the momentum itself with the engine's explicit Runge–Kutta schemes; it is
 # the continuum reference of the mean-field studies (``lddmm_nets.meanfield``).
 
-import math as _math
-
-from . import integrators as _integrators
-from ._checks import check_int as _check_int, check_positive as _check_positive
-from .grid import Grid as _Grid, GridOperator as _GridOperator
-
 
 class EPDiffInstabilityError(RuntimeError):
     """The explicit time scheme of ``solve_epdiff`` blew up (Courant number too large: take more steps)."""
@@ -301,7 +299,7 @@ class EPDiffSolution:
     velocity: torch.Tensor
     energy: torch.Tensor
     step_times: torch.Tensor
-    grid: _Grid
+    grid: Grid
     boundary: str
     integrator: str
     n_steps: int
@@ -349,7 +347,7 @@ class _EulerianEPDiffSystem:
         return (-(div + stretch),)
 
 
-def _derivative_symbols(grid: _Grid, fft_shape: tuple, dtype, device) -> torch.Tensor:
+def _derivative_symbols(grid: Grid, fft_shape: tuple, dtype, device) -> torch.Tensor:
     """``i ω_j`` on the real-FFT frequencies of ``fft_shape``, zero at each axis' Nyquist frequency: (d, *rshape)."""
     omega = grid.frequencies(fft_shape, dtype=torch.float64, device=device)  # (*rshape, d)
     d = len(fft_shape)
@@ -365,7 +363,7 @@ def _derivative_symbols(grid: _Grid, fft_shape: tuple, dtype, device) -> torch.T
     return (1j * torch.stack(parts)).to(ctype)
 
 
-def solve_epdiff(m0: torch.Tensor, smoother: _GridOperator, *, n_steps: int = 20, t1: float = 1.0,
+def solve_epdiff(m0: torch.Tensor, smoother: GridOperator, *, n_steps: int = 20, t1: float = 1.0,
                  integrator: str = "rk4", save_every: int = 1) -> EPDiffSolution:
     """Solve the vector-momentum EPDiff equation on a grid (Eulerian, explicit Runge–Kutta in time).
 
@@ -407,7 +405,7 @@ def solve_epdiff(m0: torch.Tensor, smoother: _GridOperator, *, n_steps: int = 20
     EPDiffInstabilityError
         The solution became non-finite (too few steps for the grid: keep ``max_cfl`` below about 1).
     """
-    if not isinstance(smoother, _GridOperator):
+    if not isinstance(smoother, GridOperator):
         raise ValueError(f"smoother: expected a GridOperator (kernel.on_grid(grid)), got {type(smoother).__name__}")
     grid = smoother.grid
     d = grid.ndim
@@ -416,12 +414,12 @@ def solve_epdiff(m0: torch.Tensor, smoother: _GridOperator, *, n_steps: int = 20
                          f"got {type(m0).__name__ if not isinstance(m0, torch.Tensor) else m0.dtype}")
     if tuple(m0.shape) != (d,) + grid.shape:
         raise ValueError(f"m0: expected shape {(d,) + grid.shape}, got {tuple(m0.shape)}")
-    n_steps = _check_int("n_steps", n_steps)
-    t1 = _check_positive("t1", t1)
-    save_every = _check_int("save_every", save_every)
-    scheme = _integrators.get(integrator)
-    if not isinstance(scheme, _integrators.ExplicitRK):
-        explicit = sorted(n for n, c in _integrators.REGISTRY.items() if issubclass(c, _integrators.ExplicitRK))
+    n_steps = check_int("n_steps", n_steps)
+    t1 = check_positive("t1", t1)
+    save_every = check_int("save_every", save_every)
+    scheme = integrators.get(integrator)
+    if not isinstance(scheme, integrators.ExplicitRK):
+        explicit = sorted(n for n, c in integrators.REGISTRY.items() if issubclass(c, integrators.ExplicitRK))
         raise ValueError(f"integrator: expected an explicit Runge–Kutta scheme, one of {explicit}, "
                          f"got {integrator!r}")
 
@@ -436,9 +434,9 @@ def solve_epdiff(m0: torch.Tensor, smoother: _GridOperator, *, n_steps: int = 20
         m = torch.nn.functional.pad(m0, pad)
     system = _EulerianEPDiffSystem(smoother.symbol(m0.dtype, m0.device),
                                    _derivative_symbols(grid, fft_shape, m0.dtype, m0.device), fft_shape)
-    vol = _math.prod(grid.spacing)
+    vol = math.prod(grid.spacing)
     h = t1 / n_steps
-    nyquist = sum(_math.pi / dx for dx in grid.spacing)
+    nyquist = sum(math.pi / dx for dx in grid.spacing)
     max_cfl = 0.0
 
     saved_t, saved_m, saved_v, outside, energies = [], [], [], [], []
@@ -460,7 +458,7 @@ def solve_epdiff(m0: torch.Tensor, smoother: _GridOperator, *, n_steps: int = 20
         v = system.velocity(m)
         energies.append(0.5 * vol * (m * v).sum())
         cfl = h * float(v.detach().abs().max()) * nyquist
-        if not _math.isfinite(cfl):
+        if not math.isfinite(cfl):
             raise EPDiffInstabilityError(
                 f"solve_epdiff: the solution became non-finite at step {k} of {n_steps} (Courant number so far "
                 f"{max_cfl:.3g}): the explicit scheme is unstable, take more n_steps")
