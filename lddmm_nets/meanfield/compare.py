@@ -333,8 +333,13 @@ _GROUPS = {  # study -> (keys naming a curve, abscissa)
 }
 
 
-def _aggregate(rows: Sequence[dict]) -> dict:
-    """``{curve label: (xs, root-mean-square errors over draws)}`` with labels ``study/group.../quantity``."""
+def curves(rows: Sequence[dict]) -> dict[str, tuple[list, list]]:
+    """The error curves of tidy rows: ``{label: (xs, errors)}``, errors the root mean square over draws.
+
+    Labels are ``study/<group>/<quantity>``: ``n/<method>/...`` against N, ``steps/<integrator>/...``,
+    ``energy/<integrator>/...``, ``peakons/<case>/<integrator>/...`` against the step size ``h``, and
+    ``peakon_grid/<method>/...`` against the width ``h`` of the smoothed peakon.
+    """
     acc: dict = {}
     for r in rows:
         if r.get("study") not in _GROUPS:
@@ -351,16 +356,6 @@ def _aggregate(rows: Sequence[dict]) -> dict:
     return out
 
 
-def curves(rows: Sequence[dict]) -> dict[str, tuple[list, list]]:
-    """The error curves of tidy rows: ``{label: (xs, errors)}``, errors the root mean square over draws.
-
-    Labels are ``study/<group>/<quantity>``: ``n/<method>/...`` against N, ``steps/<integrator>/...``,
-    ``energy/<integrator>/...``, ``peakons/<case>/<integrator>/...`` against the step size ``h``, and
-    ``peakon_grid/<method>/...`` against the width ``h`` of the smoothed peakon.
-    """
-    return _aggregate(rows)
-
-
 def fitted_slopes(rows: Sequence[dict]) -> dict[str, float]:
     """Log-log slopes of the error curves of ``curves``.
 
@@ -370,7 +365,7 @@ def fitted_slopes(rows: Sequence[dict]) -> dict[str, float]:
         ``label -> slope``: in N for ``n/...`` (about -0.5 for ``iid``), in the step size for ``steps/...``,
         ``energy/...`` and ``peakons/...`` (about the scheme's order).
     """
-    return {label: fit_loglog_slope(xs, ys) for label, (xs, ys) in _aggregate(rows).items()}
+    return {label: fit_loglog_slope(xs, ys) for label, (xs, ys) in curves(rows).items()}
 
 
 def energy_convergence(problem: MeanFieldProblem, steps: Sequence[int] = (8, 16, 32, 64), *,
