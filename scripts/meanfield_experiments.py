@@ -19,7 +19,6 @@ Usage: ``python scripts/meanfield_experiments.py [--quick] [--threads 1] [--out 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import time
 
@@ -28,6 +27,7 @@ import torch
 from lddmm_nets import backends
 from lddmm_nets.meanfield import (convergence_in_n, convergence_in_steps, default_problem, energy_convergence,
                                   fitted_slopes, grid_peakon_speed, peakon_convergence, sample_particles)
+from registration.cli_meanfield import write_csv
 
 
 def main(argv=None) -> int:
@@ -103,13 +103,7 @@ def main(argv=None) -> int:
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s, torch threads {torch.get_num_threads()}")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        cols: list[str] = []
-        for r in all_rows:
-            cols += [k for k in r if k not in cols]
-        with open(os.path.join(args.out, "meanfield_rows.csv"), "w", newline="") as fh:
-            wr = csv.DictWriter(fh, fieldnames=cols)
-            wr.writeheader()
-            wr.writerows(all_rows)
+        write_csv(all_rows, os.path.join(args.out, "meanfield_rows.csv"))
     return 0 if all(g[3] for g in goals) else 1
 
 
