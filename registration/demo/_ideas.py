@@ -103,6 +103,7 @@ def _spirals_section(out: str, quick: bool, progress) -> Section:
 def _resnet_section(out: str, quick: bool, progress) -> Section:
     from sklearn.datasets import make_moons
 
+    from lddmm_nets.meanfield import fit_loglog_slope
     from lddmm_nets.nets import ResNetFlow, layer_diagnostics, train_resnet
 
     X, y = make_moons(200, noise=0.1, random_state=0)
@@ -132,7 +133,7 @@ def _resnet_section(out: str, quick: bool, progress) -> Section:
     fig.savefig(os.path.join(out, "resnet_weights.png"), dpi=80)
     plt.close(fig)
     L2 = depths[-1]
-    slope = float(np.polyfit(np.log(depths), np.log([spreads[(L, 1e-2)] for L in depths]), 1)[0])
+    slope = fit_loglog_slope(depths, [spreads[(L, 1e-2)] for L in depths])
     numbers["log-log slope of the spread against L (theory: -1)"] = slope
     return Section(
         key="resnet", title="ResNets as flows: weight norms across layers",
