@@ -336,6 +336,9 @@ def _lbfgs(evaluate: _Evaluator, x0: torch.Tensor, *, max_iter, gtol, ftol, pati
         out["n_iter"] += 1
         if callback is not None:
             callback(it + 1, f, aux)
+        if float(g.abs().max()) <= gtol:
+            reason = "gradient"
+            break
         hist = out["history"]
         if len(hist) > patience:
             ref = hist[-1 - patience]
