@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from registration.evaluation import dice, world_coordinates  # noqa: E402
-from registration.io import Image, _sitk_geometry  # noqa: E402
+from registration.io import Image, sitk_geometry  # noqa: E402
 
 METHODS = ("ours", "ours_ssd", "ants", "ants_long", "dipy", "sitk")
 
@@ -77,7 +77,7 @@ def _to_sitk(img: Image):
 
     data = img.data.astype(np.float32)
     s = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose()))
-    origin, spacing, direction = _sitk_geometry(img.affine, img.ndim)
+    origin, spacing, direction = sitk_geometry(img.affine, img.ndim)
     s.SetOrigin(origin), s.SetSpacing(spacing), s.SetDirection(direction)
     return s
 
@@ -85,7 +85,7 @@ def _to_sitk(img: Image):
 def _to_ants(img: Image):
     import ants
 
-    origin, spacing, direction = _sitk_geometry(img.affine, img.ndim)
+    origin, spacing, direction = sitk_geometry(img.affine, img.ndim)
     d = img.ndim
     return ants.from_numpy(img.data.astype(np.float32), origin=list(origin), spacing=list(spacing),
                            direction=np.asarray(direction).reshape(d, d))

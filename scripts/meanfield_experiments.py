@@ -27,7 +27,7 @@ import torch
 from lddmm_nets import backends
 from lddmm_nets.meanfield import (convergence_in_n, convergence_in_steps, default_problem, energy_convergence,
                                   fitted_slopes, grid_peakon_speed, peakon_convergence, sample_particles)
-from registration.cli_meanfield import write_csv
+from registration.cli.meanfield import write_csv
 
 
 def main(argv=None) -> int:

@@ -8,7 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from registration.cli_images import add_parsers
+from registration.cli.register import add_parsers as add_register
+from registration.cli.apply import add_parsers as add_apply
 from registration.io import Image, load_image, save_image
 
 FILES = ["warped.nii.gz", "displacement.nii.gz", "inverse_displacement.nii.gz", "jacobian.nii.gz",
@@ -18,7 +19,9 @@ FAST = ["--shrink-factors", "2,1", "--smoothing-sigmas", "1,0", "--iterations", 
 
 def _run(argv):
     parser = argparse.ArgumentParser(prog="lddmm")
-    add_parsers(parser.add_subparsers(dest="command", required=True))
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_register(sub)
+    add_apply(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

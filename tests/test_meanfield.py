@@ -177,7 +177,7 @@ def test_peakon_study_slopes_are_the_schemes_orders():
 def _cli(argv):
     import argparse
 
-    from registration import cli_meanfield
+    from registration.cli import meanfield as cli_meanfield
 
     parser = argparse.ArgumentParser(prog="lddmm")
     cli_meanfield.add_parsers(parser.add_subparsers(dest="command", required=True))
@@ -203,7 +203,7 @@ def test_cli_writes_csv_png_and_slopes(tmp_path, capsys):
 
 
 def test_cli_rejects_unknown_case(tmp_path):
-    from registration.cli_meanfield import run_case
+    from registration.cli.meanfield import run_case
 
     with pytest.raises(SystemExit):
         _cli(["meanfield", "--case", "nope", "--out", str(tmp_path)])

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = ["Image", "load_image", "save_image", "save_displacement", "load_displacement", "resample_image",
-           "voxel_spacing"]
+           "voxel_spacing", "sitk_geometry"]
 
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS (its own inverse)
 
@@ -98,7 +98,7 @@ def _affine_from_sitk(img) -> np.ndarray:
     return _LPS @ aff  # ITK physical space is LPS; ours is RAS
 
 
-def _sitk_geometry(affine: np.ndarray, ndim: int):
+def sitk_geometry(affine: np.ndarray, ndim: int):
     """Origin, spacing and direction (ITK LPS convention) of a grid with this RAS affine."""
     aff = _LPS @ affine
     lin = aff[:ndim, :ndim]
@@ -191,7 +191,7 @@ def save_image(path, image: Image) -> None:
 
         data = image.data.astype(np.float32) if image.data.dtype == np.float64 else image.data
         img = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose()))
-        origin, spacing, direction = _sitk_geometry(image.affine, image.ndim)
+        origin, spacing, direction = sitk_geometry(image.affine, image.ndim)
         img.SetOrigin(origin), img.SetSpacing(spacing), img.SetDirection(direction)
         sitk.WriteImage(img, path)
 
@@ -223,7 +223,7 @@ def save_displacement(path, displacement: np.ndarray, affine: np.ndarray) -> Non
     arr = np.moveaxis(lps, 0, -1)  # (*shape, d)
     arr = np.ascontiguousarray(arr.transpose(tuple(range(d))[::-1] + (d,)))  # (z, y, x, d)
     img = sitk.GetImageFromArray(arr, isVector=True)
-    origin, spacing, direction = _sitk_geometry(affine, d)
+    origin, spacing, direction = sitk_geometry(affine, d)
     img.SetOrigin(origin), img.SetSpacing(spacing), img.SetDirection(direction)
     sitk.WriteImage(img, os.fspath(path))
 

@@ -1,12 +1,9 @@
-"""``lddmm register`` and ``lddmm apply``: image registration from the command line.
+"""``lddmm register``: image registration from the command line.
 
 ``lddmm register FIXED MOVING --out DIR [options]`` writes into DIR ``warped.nii.gz``, ``displacement.nii.gz``
 (ITK / ANTs displacement field, LPS vector components, fixed -> moving), ``inverse_displacement.nii.gz``,
 ``jacobian.nii.gz``, ``momentum.nii.gz``, ``report.json`` and ``overview.png``; files are written to a
 temporary directory and moved into place at the end, so a failed run leaves nothing that looks complete.
-
-``lddmm apply DIR IMAGE --out FILE [--interp linear|nearest]`` warps any moving-space image (labels with
-``--interp nearest``) into the fixed space with a saved result.
 
 Errors in user input raise ``ValueError`` / ``FileNotFoundError`` with a one-line message; the top-level
 ``lddmm`` command prints it and exits non-zero.
@@ -17,7 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 
-__all__ = ["add_parsers", "run_register", "run_apply"]
+__all__ = ["add_parsers", "run_register", "check_out_path"]
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -35,7 +32,7 @@ def _float_list(text: str) -> tuple[float, ...]:
 
 
 def add_parsers(subparsers) -> None:
-    """Add the ``register`` and ``apply`` sub-commands to an ``argparse`` subparsers object."""
+    """Add the ``register`` sub-command to an ``argparse`` subparsers object."""
     p = subparsers.add_parser(
         "register", help="register a moving image onto a fixed one (geodesic shooting)",
         description="Diffeomorphic registration of MOVING onto FIXED by geodesic shooting (LDDMM). Images: "
@@ -70,18 +67,8 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_register)
 
-    a = subparsers.add_parser(
-        "apply", help="warp an image or label map with a saved registration",
-        description="Warp IMAGE (moving space) into the fixed space with the registration saved in DIR.")
-    a.add_argument("result", metavar="DIR", help="output directory of `lddmm register`")
-    a.add_argument("image", help="image or label map in the moving space")
-    a.add_argument("--out", required=True, help="output file (.nii.gz, .mha, .nrrd, .npy)")
-    a.add_argument("--interp", default="linear", choices=["linear", "nearest"],
-                   help="interpolation (nearest for labels)")
-    a.set_defaults(func=run_apply)
 
-
-def _check_out_path(path: str, name: str) -> None:
+def check_out_path(path: str, name: str) -> None:
     parent = os.path.dirname(os.path.abspath(path)) or "."
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"{name}: the parent directory of {path} does not exist")
@@ -103,8 +90,8 @@ def _progress(bar):
 
 def run_register(args) -> int:
     """Run ``lddmm register``; returns the exit code (0 on success)."""
-    from .images import register_images
-    from .io import load_image
+    from ..images import register_images
+    from ..io import load_image
 
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads: expected a positive integer, got {args.threads}")
@@ -113,7 +100,7 @@ def run_register(args) -> int:
             raise FileNotFoundError(f"{name}: no such file: {path}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ValueError(f"--out: expected a directory, got an existing file {args.out}")
-    _check_out_path(args.out.rstrip("/") or args.out, "--out")
+    check_out_path(args.out.rstrip("/") or args.out, "--out")
     kwargs = {k: v for k, v in dict(
         metric=args.metric, window=args.window, sigma=args.sigma, kernel=args.kernel,
         regularization=args.regularization, shrink_factors=args.shrink_factors,
@@ -139,26 +126,4 @@ def run_register(args) -> int:
     if not args.quiet:
         print(f"{res.config.metric}: {res.similarity_before:.4f} -> {res.similarity_after:.4f}   "
               f"NDV {res.ndv_percent:.3f} %   SDlogJ {res.sdlogj:.3f}   {res.seconds:.1f} s   -> {args.out}")
-    return 0
-
-
-def run_apply(args) -> int:
-    """Run ``lddmm apply``; returns the exit code (0 on success)."""
-    from .io import load_image, save_image
-    from .transforms import DisplacementTransform
-
-    if not os.path.exists(args.image):
-        raise FileNotFoundError(f"image: no such file: {args.image}")
-    _check_out_path(args.out, "--out")
-    transform = DisplacementTransform.load(args.result)
-    img = load_image(args.image, name="image")
-    warped = transform.apply(img, interp=args.interp)
-    base = os.path.basename(args.out)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(args.out)), f".partial-{os.getpid()}-{base}")
-    try:
-        save_image(tmp, warped)
-        os.replace(tmp, args.out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return 0

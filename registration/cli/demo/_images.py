@@ -6,11 +6,11 @@ import os
 
 import numpy as np
 
-from ..data import load_circle_c, load_mni152, load_t1_slice, warped_pair
-from ..images import normalize_intensity, register_images
-from ..io import Image
-from ..transforms import ndv_percent, sdlogj
-from ..evaluation import dice, map_error
+from ...data import load_circle_c, load_mni152, load_t1_slice, warped_pair
+from ...images import normalize_intensity, register_images
+from ...io import Image
+from ...transforms import ndv_percent, sdlogj
+from ...evaluation import dice, map_error
 from ._report import Check, Section, use_agg
 
 __all__ = ["image_sections"]

@@ -12,7 +12,7 @@ __all__ = ["meanfield_sections"]
 def _meanfield_section(out: str, quick: bool, progress) -> Section:
     from lddmm_nets.meanfield import demo_comparison
 
-    from ..cli_meanfield import plot_convergence, write_csv
+    from ..meanfield import plot_convergence, write_csv
 
     progress("mean field: particles against the grid solution")
     rows, slopes = demo_comparison(quick)

@@ -9,7 +9,7 @@ import torch
 
 from lddmm_nets import GaussianKernel
 
-from ..landmarks import register_landmarks
+from ...landmarks import register_landmarks
 from ._report import Check, Section, use_agg
 
 __all__ = ["circle_to_c", "landmark_section"]

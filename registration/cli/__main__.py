@@ -1,0 +1,7 @@
+"""``python -m registration.cli`` runs the ``lddmm`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
