@@ -1,0 +1,215 @@
+"""Shape data terms (lddmm_nets.shapes): zero iff identical, invariances, orientation, closed forms, backends,
+gradients."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lddmm_nets import GaussianKernel, SumKernel
+from lddmm_nets.shapes import Cells, Currents, Measure, ShapeDistance, Varifold, cell_geometry
+from lddmm_nets.shapes import terms as shape_terms
+
+from conftest import requires_keops
+
+F64 = torch.float64
+
+
+def _terms(**kw):
+    return [Currents(0.6, **kw), Varifold(0.6, **kw), Varifold(0.6, oriented=True, **kw),
+            Varifold(0.6, angular="gaussian", **kw), Measure(0.6, **kw)]
+
+
+def _ids(terms):
+    return [t.direction for t in terms]
+
+
+def _sphere_mesh(n_theta=5, n_phi=8, dtype=F64):
+    """A closed, consistently oriented (outward) triangulated sphere of radius 1 (poles + rings)."""
+    th = torch.linspace(0, math.pi, n_theta + 2, dtype=dtype)[1:-1]
+    ph = torch.linspace(0, 2 * math.pi, n_phi + 1, dtype=dtype)[:-1]
+    T, P = torch.meshgrid(th, ph, indexing="ij")
+    ring = torch.stack([T.sin() * P.cos(), T.sin() * P.sin(), T.cos()], -1).reshape(-1, 3)
+    v = torch.cat([torch.tensor([[0, 0, 1.0]], dtype=dtype), ring, torch.tensor([[0, 0, -1.0]], dtype=dtype)])
+    idx = lambda i, j: 1 + i * n_phi + (j % n_phi)  # noqa: E731
+    faces = [[0, idx(0, j), idx(0, j + 1)] for j in range(n_phi)]
+    for i in range(n_theta - 1):
+        for j in range(n_phi):
+            faces += [[idx(i, j), idx(i + 1, j), idx(i + 1, j + 1)], [idx(i, j), idx(i + 1, j + 1), idx(i, j + 1)]]
+    south = len(v) - 1
+    faces += [[south, idx(n_theta - 1, j + 1), idx(n_theta - 1, j)] for j in range(n_phi)]
+    return v, torch.tensor(faces)
+
+
+def test_sphere_mesh_is_outward():
+    v, f = _sphere_mesh()
+    c = cell_geometry(v, f)
+    assert bool(((c.vectors * c.centers).sum(1) > 0).all())
+
+
+@pytest.mark.parametrize("term", _terms(), ids=_ids(_terms()))
+def test_zero_iff_identical(term, rng):
+    v, f = _sphere_mesh()
+    shape = (v, f) if term.direction != "constant" else (v, None)
+    ss = float(term.inner(shape, shape))
+    assert abs(float(term(shape, shape))) <= 1e-12 * ss  # round-off of three sums of size ⟨S,S⟩
+    moved = v + 0.05 * torch.randn(v.shape, generator=rng, dtype=F64)
+    assert float(term(shape, (moved, shape[1]))) > 1e-4 * ss
+
+
+@pytest.mark.parametrize("term", _terms(), ids=_ids(_terms()))
+def test_invariant_to_reindexing_vertices_and_cells(term, rng):
+    v, f = _sphere_mesh()
+    w = v + 0.1 * torch.randn(v.shape, generator=rng, dtype=F64)
+    perm = torch.randperm(len(v), generator=rng)
+    inv = torch.argsort(perm)
+    f2 = inv[f][torch.randperm(len(f), generator=rng)]  # same triangles, new vertex labels, new cell order
+    f2 = f2.roll(1, dims=1)  # and a cyclic shift of the vertices inside each cell (orientation kept)
+    d1 = term((v, f), (w, f))
+    d2 = term((v[perm], f2), (w, f))
+    torch.testing.assert_close(d1, d2, rtol=1e-12, atol=0)
+
+
+def test_orientation_currents_flip_sign_varifolds_do_not():
+    v, f = _sphere_mesh()
+    flipped = (v, f.flip(1))
+    S = (v, f)
+    cur = Currents(0.6)
+    torch.testing.assert_close(cur.inner(S, flipped), -cur.inner(S, S), rtol=1e-13, atol=0)
+    torch.testing.assert_close(cur(S, flipped), 4 * cur.inner(S, S), rtol=1e-12, atol=0)
+    for unoriented in (Varifold(0.6), Varifold(0.6, angular="gaussian"), Measure(0.6)):
+        assert abs(float(unoriented(S, flipped))) <= 1e-12 * float(unoriented.inner(S, S))
+    oriented = Varifold(0.6, oriented=True)
+    assert float(oriented(S, flipped)) > 0.5 * float(oriented.inner(S, S))
+
+
+@pytest.mark.parametrize("direction", ["linear", "binet", "sphere", "sphere_unoriented", "constant"])
+def test_two_segments_closed_form(direction):
+    """One segment against one segment: ⟨S, T⟩ = a b k_e(c, d) k_u(u, v), computed here by hand in numpy."""
+    p1, p2, q1, q2 = np.array([0.1, 0.2]), np.array([1.3, 0.7]), np.array([-0.4, 0.9]), np.array([0.5, 1.6])
+    sigma, sigma_u = 0.8, 0.7
+    a, b = np.linalg.norm(p2 - p1), np.linalg.norm(q2 - q1)
+    u, v = (p2 - p1) / a, (q2 - q1) / b
+    c, d = (p1 + p2) / 2, (q1 + q2) / 2
+    ke = np.exp(-np.sum((c - d) ** 2) / (2 * sigma**2))
+    t = u @ v
+    ku = {"linear": t, "binet": t * t, "sphere": np.exp(2 * (t - 1) / sigma_u**2),
+          "sphere_unoriented": np.exp(2 * (t * t - 1) / sigma_u**2), "constant": 1.0}[direction]
+    expected = a * b * ke * ku
+    seg = torch.tensor([[0, 1]])
+    S = (torch.tensor(np.stack([p1, p2])), seg)
+    T = (torch.tensor(np.stack([q1, q2])), seg)
+    for factorize in (True, False):
+        term = ShapeDistance(sigma, direction=direction, sigma_u=sigma_u, factorize=factorize)
+        assert float(term.inner(S, T)) == pytest.approx(expected, rel=1e-13)
+        # D of two single segments: a² + b² − 2⟨S, T⟩ (k_u(u, u) = 1 for every direction kernel)
+        assert float(term(S, T)) == pytest.approx(a * a + b * b - 2 * expected, rel=1e-12)
+
+
+def test_factorized_features_equal_the_pairwise_formula(rng):
+    v, f = _sphere_mesh()
+    w = v + 0.2 * torch.randn(v.shape, generator=rng, dtype=F64)
+    for direction in ("linear", "binet", "constant"):
+        fast, ref = (ShapeDistance(0.5, direction=direction, factorize=fz) for fz in (True, False))
+        torch.testing.assert_close(fast((v, f), (w, f)), ref((v, f), (w, f)), rtol=1e-12, atol=0)
+
+
+def test_multiscale_is_the_mean_of_the_scales(rng):
+    v, f = _sphere_mesh()
+    w = v + 0.2 * torch.randn(v.shape, generator=rng, dtype=F64)
+    multi = Varifold([0.3, 1.1])((v, f), (w, f))
+    single = [Varifold(s)((v, f), (w, f)) for s in (0.3, 1.1)]
+    torch.testing.assert_close(multi, 0.5 * (single[0] + single[1]), rtol=1e-12, atol=0)
+    weighted = Varifold(kernel=SumKernel([GaussianKernel(0.3), GaussianKernel(1.1)], weights=[3, 1]))
+    torch.testing.assert_close(weighted((v, f), (w, f)), 0.75 * single[0] + 0.25 * single[1], rtol=1e-12, atol=0)
+
+
+def test_curves_in_2d_and_point_clouds(rng):
+    t = torch.linspace(0, 2 * math.pi, 41, dtype=F64)[:-1]
+    circle = torch.stack([t.cos(), t.sin()], 1)
+    segs = torch.stack([torch.arange(40), (torch.arange(40) + 1) % 40], 1)
+    c = cell_geometry(circle, segs)
+    assert c.kind == "segments" and float(c.sizes.sum()) == pytest.approx(40 * 2 * math.sin(math.pi / 40))
+    # a circle against itself reversed: currents see a reversed orientation, the varifold does not
+    assert float(Currents(0.5)((circle, segs), (circle, segs.flip(1)))) > 1.0
+    assert abs(float(Varifold(0.5)((circle, segs), (circle, segs.flip(1))))) < 1e-12
+    cloud = Measure(0.5)
+    weights = torch.rand(40, generator=rng, dtype=F64)
+    P = cell_geometry(circle, None, weights)
+    assert float(cloud(P, P)) == pytest.approx(0.0, abs=1e-12)
+    torch.testing.assert_close(P.vectors[:, 0], weights)
+
+
+@pytest.mark.parametrize("term", _terms(), ids=_ids(_terms()))
+def test_gradcheck_float64(term, rng):
+    v, f = _sphere_mesh(3, 5)
+    w = v + 0.1 * torch.randn(v.shape, generator=rng, dtype=F64)
+    cells = f if term.direction != "constant" else None
+    x = (v + 0.1 * torch.randn(v.shape, generator=rng, dtype=F64)).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: term((x, cells), (w, cells)), (x,), eps=1e-6, atol=1e-7)
+
+
+def test_degenerate_cells_have_finite_gradients():
+    v = torch.tensor([[0.0, 0, 0], [1, 0, 0], [2, 0, 0], [0, 1, 0]], dtype=F64, requires_grad=True)
+    f = torch.tensor([[0, 1, 2], [0, 1, 3]])  # the first triangle has zero area
+    for term in _terms():
+        cells = None if term.direction == "constant" else f
+        (g,) = torch.autograd.grad(term((v, cells), (v.detach() + 0.1, cells)), v)
+        assert bool(torch.isfinite(g).all()), term.direction
+
+
+@requires_keops
+@pytest.mark.parametrize("term", _terms(), ids=_ids(_terms()))
+def test_dense_and_keops_agree(term, rng):
+    v, f = _sphere_mesh()
+    w = v + 0.1 * torch.randn(v.shape, generator=rng, dtype=F64)
+    cells = f if term.direction != "constant" else None
+    out = {}
+    for backend in ("dense", "keops"):
+        term.backend = backend
+        x = v.clone().requires_grad_(True)
+        d = term((x, cells), (w, cells))
+        out[backend] = (d, torch.autograd.grad(d, x)[0])
+    torch.testing.assert_close(out["keops"][0], out["dense"][0], rtol=1e-10, atol=0)
+    torch.testing.assert_close(out["keops"][1], out["dense"][1], rtol=1e-9, atol=1e-12)
+
+
+@requires_keops
+def test_truncated_keops_sum_is_within_its_bound(rng, monkeypatch):
+    """Truncation at 4σ drops pairs weighing < exp(−8) each; with blocks kept conservatively the error is far
+    smaller than that bound times ⟨S, S⟩, and the truncation really skips blocks."""
+    monkeypatch.setattr(shape_terms, "TRUNCATE_MIN_PAIRS", 1)
+    v, f = _sphere_mesh(14, 28)
+    v = v * torch.tensor([4.0, 2.0, 1.0], dtype=F64)  # an ellipsoid larger than the kernel
+    w = v + 0.05 * torch.randn(v.shape, generator=rng, dtype=F64)
+    out = {}
+    for truncate in (None, 4.0):
+        term = Varifold(0.3, backend="keops", truncate=truncate)
+        x = v.clone().requires_grad_(True)
+        d = term((x, f), (w, f))
+        out[truncate] = (d, torch.autograd.grad(d, x)[0], term.last_kept)
+    scale = float(Varifold(0.3).inner((v, f), (v, f)))
+    assert out[4.0][2] < 0.6
+    assert abs(float((out[4.0][0] - out[None][0]).detach())) < math.exp(-8) * scale
+    rel = float((out[4.0][1] - out[None][1]).norm() / out[None][1].norm())
+    assert rel < 1e-3
+
+
+def test_bad_inputs():
+    v, f = _sphere_mesh(3, 4)
+    with pytest.raises(ValueError, match="triangles need 3-D"):
+        cell_geometry(v[:, :2], f)
+    with pytest.raises(ValueError, match="points carry no direction"):
+        Varifold(1.0)((v, None), (v, None))
+    with pytest.raises(ValueError, match="exactly one"):
+        Varifold(1.0, kernel=GaussianKernel(1.0))
+    with pytest.raises(ValueError, match="cells: expected indices"):
+        cell_geometry(v, f + 100)
+    with pytest.raises(ValueError, match="direction"):
+        ShapeDistance(1.0, direction="cosine")
+    with pytest.raises(ValueError, match="target: expected 3-D"):
+        Currents(1.0)((v, f), (v[:, :2], torch.tensor([[0, 1]])))
+    with pytest.raises(TypeError, match="source"):
+        Currents(1.0)("mesh.gii", (v, f))
+    assert isinstance(cell_geometry(v, f), Cells)
