@@ -24,8 +24,12 @@ d_j) g_j``: one kernel sum of features, the cheapest form (``factorize=True``, d
 pairwise formula, the reference the tests compare with. The Gaussian width ``σ_u`` of the spherical kernels scales
 the directions, never the formula, so KeOps compiles one formula per family.
 
-Memory and speed. With ``backend="auto"``, ``lddmm_nets.backends.select_backend`` picks dense (``(F_S, F_T)``
-matrices) for small shapes and KeOps (O(F) memory) beyond. On KeOps, Gaussian components of more than
+Memory and speed. With ``backend="auto"`` the sums are dense (``(F_S, F_T)`` matrices, squared distances by one
+matrix product on centred points) up to ``DENSE_MAX_PAIRS`` pairs and KeOps (O(F) memory) beyond, through
+``lddmm_nets.backends.select_backend`` (its fallback to dense when KeOps cannot compile, with a warning). The dense
+limit is higher than the engine's general ``auto`` policy because, for these formulas on this class of CPU, the
+dense path stays 2-4 times faster than KeOps' up to a few million pairs (``scripts/bench_shapes.py --profile``
+prints the crossover) and a few such matrices cost tens of MiB. On KeOps, Gaussian components of more than
 ``TRUNCATE_MIN_PAIRS`` pairs are *truncated*: only pairs of cell clusters that may hold a pair closer than
 ``truncate · σ`` are reduced (``LazyTensor.ranges``, see ``lddmm_nets.shapes._blocks``); a dropped pair weighs less
 than ``exp(−truncate²/2)`` (3.4e-4 at the default 4). ``truncate=None`` sums every pair.
@@ -43,9 +47,10 @@ from .._checks import check_choice, check_positive
 from ..kernels import GaussianKernel, RadialKernel, SumKernel
 from ._blocks import block_ranges
 from .geometry import Cells, cell_geometry, safe_norm
+from .system import centred_sqdist
 
 __all__ = ["ShapeDistance", "Currents", "Varifold", "Measure", "TargetDistance", "DIRECTIONS", "as_cells",
-           "TRUNCATE_MIN_PAIRS", "TRUNCATE_CELL"]
+           "TRUNCATE_MIN_PAIRS", "TRUNCATE_CELL", "DENSE_MAX_PAIRS"]
 
 DIRECTIONS = ("linear", "binet", "sphere", "sphere_unoriented", "constant")
 _LINEAR = ("linear", "binet", "constant")
@@ -53,6 +58,8 @@ _LINEAR = ("linear", "binet", "constant")
 TRUNCATE_MIN_PAIRS = 2**22
 #: side of the clustering cells of the truncation, in units of the kernel width
 TRUNCATE_CELL = 2.0
+#: ``backend="auto"``: dense up to this many pairs (16 MiB per float32 matrix), KeOps beyond
+DENSE_MAX_PAIRS = 2**22
 
 
 def as_cells(shape, name: str = "shape") -> Cells:
@@ -155,6 +162,11 @@ class ShapeDistance:
     def _constant(self) -> float:
         return math.exp(-2.0 / self.sigma_u**2) if self.direction in ("sphere", "sphere_unoriented") else 1.0
 
+    def _backend(self, m: int, n: int, x: torch.Tensor) -> str:
+        if self.backend == "auto" and m * n <= DENSE_MAX_PAIRS:
+            return "dense"
+        return B.select_backend(self.backend, m, n, x.device, x.dtype, x.shape[1])
+
     def _pair_sum(self, left, right) -> torch.Tensor:
         """``Σ_i w_i · Σ_j k_e(c_i, d_j) k_u(u_i, v_j) g_j``: the one formula, on dense tensors or LazyTensors."""
         (c, w, u), (d, g, v) = left, right
@@ -162,7 +174,7 @@ class ShapeDistance:
         for weight, k in _components(self.kernel):
             s = 1.0 / k.sigma
             cl, cr, wl, gr, ul, vr = c * s, d * s, w, g, u, v
-            b = B.select_backend(self.backend, cl.shape[0], cr.shape[0], cl.device, cl.dtype, cl.shape[1])
+            b = self._backend(cl.shape[0], cr.shape[0], cl)
             ranges = None
             if (b == "keops" and self.truncate is not None and isinstance(k, GaussianKernel)
                     and cl.shape[0] * cr.shape[0] >= TRUNCATE_MIN_PAIRS):
@@ -170,7 +182,7 @@ class ShapeDistance:
                                                               TRUNCATE_CELL)
                 cl, wl, cr, gr = cl[px], wl[px], cr[py], gr[py]
                 ul, vr = (None, None) if u is None else (ul[px], vr[py])
-            G = k.profile(B.sqdist(cl, cr, b))
+            G = k.profile(B.sqdist(cl, cr, b) if b == "keops" else centred_sqdist(cl, cr))
             if ul is not None:
                 G = G * self._direction_pairs(ul, vr, b)
             if ranges is not None:

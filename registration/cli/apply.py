@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 from .register import check_out_path
+from .register_shapes import is_shape_path, run_apply_shapes
 
 __all__ = ["add_parsers", "run_apply"]
 
@@ -15,7 +16,8 @@ def add_parsers(subparsers) -> None:
     """Add the ``apply`` sub-command to an ``argparse`` subparsers object."""
     a = subparsers.add_parser(
         "apply", help="warp an image or label map with a saved registration",
-        description="Warp IMAGE (moving space) into the fixed space with the registration saved in DIR.")
+        description="Warp IMAGE (moving space) into the fixed space with the registration saved in DIR; with a "
+                    "shape registration, move a mesh, curve or point set (written in the format --out names).")
     a.add_argument("result", metavar="DIR", help="output directory of `lddmm register`")
     a.add_argument("image", help="image or label map in the moving space")
     a.add_argument("--out", required=True, help="output file (.nii.gz, .mha, .nrrd, .npy)")
@@ -26,6 +28,8 @@ def add_parsers(subparsers) -> None:
 
 def run_apply(args) -> int:
     """Run ``lddmm apply``; returns the exit code (0 on success)."""
+    if is_shape_path(args.image) or os.path.exists(os.path.join(args.result, "momenta.npz")):
+        return run_apply_shapes(args)
     from ..io import load_image, save_image
     from ..transforms import DisplacementTransform
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from .register_shapes import add_shape_options, is_shape_path, run_register_shapes
+
 __all__ = ["add_parsers", "run_register", "check_out_path"]
 
 
@@ -36,7 +38,9 @@ def add_parsers(subparsers) -> None:
     p = subparsers.add_parser(
         "register", help="register a moving image onto a fixed one (geodesic shooting)",
         description="Diffeomorphic registration of MOVING onto FIXED by geodesic shooting (LDDMM). Images: "
-                    "NIfTI, .mha/.mhd/.nrrd, or .npy (unit spacing); 2-D or 3-D; any intensity range.")
+                    "NIfTI, .mha/.mhd/.nrrd, or .npy (unit spacing); 2-D or 3-D; any intensity range. Meshes, "
+                    "curves and point sets (GIFTI, FreeSurfer, .vtk/.ply/.obj/.stl/.off, .npz, .npy of shape "
+                    "(N, 2|3)) are registered without correspondence (varifold data term).")
     p.add_argument("fixed", help="fixed (reference) image")
     p.add_argument("moving", help="moving image, warped onto the fixed grid")
     p.add_argument("--out", required=True, help="output directory")
@@ -65,6 +69,7 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-overview", action="store_true", help="skip overview.png")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_shape_options(p)
     p.set_defaults(func=run_register)
 
 
@@ -90,6 +95,8 @@ def _progress(bar):
 
 def run_register(args) -> int:
     """Run ``lddmm register``; returns the exit code (0 on success)."""
+    if is_shape_path(args.fixed) or is_shape_path(args.moving):
+        return run_register_shapes(args)
     from ..images import register_images
     from ..io import load_image
 

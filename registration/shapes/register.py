@@ -1,0 +1,368 @@
+"""``register_shapes``: curves, surfaces and point clouds registered by geodesic shooting without correspondence.
+
+Model (THEORY §3, §8). Momenta ``p0`` live on control points ``q0`` (a grid, a subsample or the source vertices);
+the control points follow the landmark Hamiltonian flow of the deformation kernel and the source vertices are
+ambient points carried by it, integrated together by one of the engine's schemes over ``n_steps``. Each level of
+the coarse-to-fine schedule minimises
+
+    ``E(p0) = γ H(q0, p0) / σ² + (1/n) Σ_o D_l(φ_1(S_o), T_o) / D_l(S_o, T_o)``
+
+over ``p0`` with the engine's optimiser (L-BFGS, strong Wolfe line search): ``H = ½ ⟨p0, K p0⟩`` is the kinetic
+energy of the geodesic, ``σ`` the deformation kernel's width, ``D_l`` the data term at level ``l``'s width, divided
+by its value before registration so that one ``γ`` (``regularization``) suits shapes of any size, unit or
+resolution, and ``n`` the number of objects. Levels run from coarse to fine data widths; each starts from the
+previous level's momenta and compares coarser meshes where the width allows (``registration.shapes.pyramid``).
+
+Preconditioning. With ``K = L Lᵀ`` (Cholesky of the control points' Gram matrix, a jitter of 1e-6 added) the
+optimiser sees ``z`` with ``p0 = (σ / √γ) L^{-T} z``, so that the regularity is ``½ |z|²``: L-BFGS starts on a
+well-conditioned problem (the whitening of ``registration.landmarks``; a Cholesky factor instead of ``K^{-1/2}``:
+L-BFGS is invariant under the rotation between them, and the factor costs a sixth of an eigendecomposition). Above
+``WHITEN_MAX`` control points (O(K²) memory) ``p0 = (σ / √γ) z`` without whitening.
+
+Flips. A triangle flips when its warped normal turns against its source normal (``normal_ratios <= 0``; segments:
+tangents). With ``check_flips`` (default) a step that flips a cell of the level's source is infeasible (the
+objective returns None) and the line search steps back: registrations never flip a cell of the meshes they compare.
+A level whose starting point flips a cell of its (finer) mesh halves the momenta until none flips and records the
+factor (``LevelRecord.start_scale``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from lddmm_nets import GaussianKernel, HamiltonianSystem, Kernel, Trajectory, integrators
+from lddmm_nets._checks import check_choice, check_int, check_positive
+from lddmm_nets.optim import ConvergenceWarning, minimize
+from lddmm_nets.kernels import RadialKernel, SumKernel
+from lddmm_nets.shapes import Currents, Measure, ShapeDistance, Varifold
+from lddmm_nets.shapes.system import DENSE_MAX_PAIRS, FusedHamiltonianSystem
+
+from .control import CONTROL_POINTS, control_points as make_control_points
+from .measures import normal_ratios
+from .pyramid import Pyramid
+from .result import LevelRecord, ShapeRegistration
+from .shape import Shape, as_shape
+from .transform import ShapeTransform
+
+__all__ = ["register_shapes", "DATA_TERMS", "WHITEN_MAX", "make_data_term"]
+
+DATA_TERMS = ("auto", "varifold", "oriented_varifold", "currents", "measure")
+WHITEN_MAX = 4096
+
+
+def make_data_term(name: str, sigma, kind: str, backend: str = "auto") -> ShapeDistance:
+    """The data term ``name`` (``DATA_TERMS``) at width(s) ``sigma`` for shapes of ``kind``."""
+    check_choice("data_term", name, DATA_TERMS)
+    if name == "auto":
+        name = "measure" if kind == "points" else "varifold"
+    if kind == "points" and name != "measure":
+        raise ValueError(f"data_term: point clouds carry no directions, expected 'measure' or 'auto', got {name!r}")
+    if name == "varifold":
+        return Varifold(sigma, backend=backend)
+    if name == "oriented_varifold":
+        return Varifold(sigma, oriented=True, backend=backend)
+    if name == "currents":
+        return Currents(sigma, backend=backend)
+    return Measure(sigma, backend=backend)
+
+
+def _as_list(obj, name: str) -> tuple[list[Shape], bool]:
+    if isinstance(obj, (list, tuple)) and not (len(obj) == 2 and not isinstance(obj[0], (Shape, str))
+                                               and hasattr(obj[1], "shape") and getattr(obj[1], "ndim", 0) == 2
+                                               and not getattr(obj[1], "is_floating_point", lambda: True)()):
+        shapes = [as_shape(o, f"{name}[{i}]") for i, o in enumerate(obj)]
+        if not shapes:
+            raise ValueError(f"{name}: expected a shape or a non-empty list of shapes, got an empty list")
+        return shapes, False
+    return [as_shape(obj, name)], True
+
+
+@dataclass
+class _Deformation:
+    """What every level shares: kernel, scheme, control points and the momenta parametrisation."""
+
+    kernel: Kernel
+    system: HamiltonianSystem
+    scheme: integrators.Integrator
+    q0: torch.Tensor
+    factor: torch.Tensor | None  # upper-triangular Lᵀ, or None (no whitening)
+    gram: torch.Tensor | None
+    scale: float  # σ / √γ
+    n_steps: int
+
+    def momenta(self, z: torch.Tensor) -> torch.Tensor:
+        if self.factor is None:
+            return self.scale * z
+        return self.scale * torch.linalg.solve_triangular(self.factor, z, upper=True)
+
+    def variables(self, p0: torch.Tensor) -> torch.Tensor:
+        return p0 / self.scale if self.factor is None else (self.factor @ p0) / self.scale
+
+    def regularity(self, z: torch.Tensor, p0: torch.Tensor) -> torch.Tensor:
+        """``γ H / σ² = ½ ⟨p0, K p0⟩ / scale²`` (exact: the Gram matrix without jitter)."""
+        Kp = self.gram @ p0 if self.gram is not None else self.system.dH_dp(self.q0, p0)
+        return 0.5 * (p0 * Kp).sum() / self.scale**2
+
+    def shoot(self, p0: torch.Tensor, x: torch.Tensor):
+        """Control points, momenta and ambient points integrated together: ``(qs, ps, x1)``."""
+        h = 1.0 / self.n_steps
+        state = (self.q0, p0, x)
+        qs, ps = [self.q0], [p0]
+        for _ in range(self.n_steps):
+            state = self.scheme.step(self.system, state, h)
+            qs.append(state[0])
+            ps.append(state[1])
+        return qs, ps, state[2]
+
+    def trajectory(self, p0: torch.Tensor) -> Trajectory:
+        with torch.no_grad():
+            qs, ps, _ = self.shoot(p0, None)
+        times = torch.linspace(0.0, 1.0, self.n_steps + 1, dtype=p0.dtype, device=p0.device)
+        return Trajectory(torch.stack(qs), torch.stack(ps), times, self.system, self.scheme)
+
+
+def _system(kernel: Kernel, backend: str, n: int) -> HamiltonianSystem:
+    """The fused dense system (one kernel matrix per stage) for radial kernels on up to ``DENSE_MAX_PAIRS`` pairs
+    of control points (or ``backend="dense"``), the engine's ``HamiltonianSystem`` otherwise."""
+    radial = isinstance(kernel, RadialKernel) or (isinstance(kernel, SumKernel)
+                                                  and all(isinstance(k, RadialKernel) for k in kernel.kernels))
+    if radial and (backend == "dense" or (backend == "auto" and n * n <= DENSE_MAX_PAIRS)):
+        return FusedHamiltonianSystem(kernel, backend=backend)
+    return HamiltonianSystem(kernel, backend=backend)
+
+
+def _whitening(kernel: Kernel, q0: torch.Tensor):
+    """``(Lᵀ, K)`` with ``K + jitter I = L Lᵀ`` in float64, or ``(None, None)`` above ``WHITEN_MAX`` points."""
+    if q0.shape[0] > WHITEN_MAX:
+        return None, None
+    K = kernel.gram(q0.double())
+    jitter = 1e-6 * float(K.diagonal().mean())
+    L = torch.linalg.cholesky(K + jitter * torch.eye(K.shape[0], dtype=K.dtype, device=K.device))
+    return L.T.contiguous().to(q0.dtype), K.to(q0.dtype)
+
+
+class _Level:
+    """One level: the objects' source and target at this width, their data terms and normalisations."""
+
+    def __init__(self, width, sources: list[Shape], targets: list[Shape], data_term: str, backend: str,
+                 dtype, device):
+        self.width = width
+        self.sources = [s.to(dtype, device) for s in sources]
+        self.terms = []
+        self.norms = []
+        for s, t in zip(self.sources, targets):
+            term = make_data_term(data_term, width, s.kind, backend) if isinstance(data_term, str) else data_term
+            attached = term.attach(t.to(dtype, device).cells_geometry())
+            with torch.no_grad():
+                d0 = float(attached(s.cells_geometry()))
+            self.terms.append(attached)
+            self.norms.append(d0)
+        self.vertices = torch.cat([s.vertices for s in self.sources])
+        self.splits = [s.n_vertices for s in self.sources]
+        self.reference = [s.cells_geometry().vectors.detach() if s.kind != "points" else None
+                          for s in self.sources]
+
+    def data(self, x1: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """``(mean relative distance, min normal ratio)`` of warped vertices ``x1``."""
+        total = x1.new_zeros(())
+        worst = math.inf
+        for s, term, d0, ref, xo in zip(self.sources, self.terms, self.norms, self.reference,
+                                        torch.split(x1, self.splits)):
+            cells = s.cells_geometry(xo)
+            if d0 > 0:
+                total = total + term(cells) / d0
+            if ref is not None:
+                den = (ref * ref).sum(1)
+                ratio = (cells.vectors.detach() * ref).sum(1) / torch.where(den > 0, den, torch.ones_like(den))
+                ratio = torch.where(den > 0, ratio, torch.ones_like(ratio))
+                worst = min(worst, float(ratio.min()))
+        return total / len(self.sources), worst
+
+
+def _run_level(deform: _Deformation, level: _Level, z0: torch.Tensor, *, max_iter: int, ftol: float,
+               check_flips: bool, callback, index: int, n_levels: int):
+    """Minimise the level's objective from ``z0``; returns ``(OptimResult, start_scale, start_distance)``."""
+
+    on_control_points = level.vertices.shape == deform.q0.shape and torch.equal(level.vertices, deform.q0)
+
+    def fun(z):
+        p0 = deform.momenta(z)
+        qs, _, x1 = deform.shoot(p0, None if on_control_points else level.vertices)
+        x1 = qs[-1] if on_control_points else x1
+        data, worst = level.data(x1)
+        if check_flips and worst <= 0:
+            return None
+        return deform.regularity(z, p0) + data, data
+
+    scale, start = 1.0, 1.0
+    if z0.abs().max() > 0:
+        with torch.no_grad():
+            out = fun(z0)
+            while out is None and scale > 1e-3:
+                scale *= 0.5
+                out = fun(z0 * scale)
+        start = float(out[1]) if out is not None else math.nan
+    progress = None
+    if callback is not None:
+        def progress(it, f, aux):
+            callback(dict(level=index, n_levels=n_levels, iteration=it, objective=f, distance=aux))
+    res = minimize(fun, z0 * scale, max_iter=max_iter, ftol=ftol, gtol=1e-6, patience=3, history_size=10,
+                   line_search="wolfe", callback=progress, warn=False, name=f"register_shapes level {index + 1}")
+    return res, scale, start
+
+
+def _defaults(sources: list[Shape], sigma, data_sigma, spacing):
+    diameter = max(s.diameter for s in sources) or 1.0
+    sigma = check_positive("sigma", sigma) if sigma is not None else 0.05 * diameter
+    if data_sigma is None:
+        data_sigma = 0.5 * sigma
+    data_sigma = check_positive("data_sigma", data_sigma)
+    spacing = check_positive("spacing", spacing) if spacing is not None else sigma
+    return sigma, data_sigma, spacing
+
+
+def register_shapes(source, target, *, sigma: float | None = None, kernel: Kernel | None = None,
+                    data_term: str | ShapeDistance = "auto", data_sigma: float | None = None,
+                    levels: Sequence[float] = (4.0, 2.0, 1.0), control_points="grid", spacing: float | None = None,
+                    regularization: float = 0.01, n_steps: int = 10, integrator: str = "rk2",
+                    max_iter: int | Sequence[int] = 100, ftol: float | Sequence[float] = 1e-4,
+                    resolution: float = 1.0,
+                    check_flips: bool = True, backend: str = "auto", dtype: torch.dtype = torch.float32,
+                    device=None, callback: Callable[[dict], None] | None = None) -> ShapeRegistration:
+    """Register shapes without correspondence by geodesic shooting (module docstring).
+
+    Parameters
+    ----------
+    source, target : Shape, path, (vertices, cells) pair, (N, d) points, or lists of them (objects registered
+        together with one deformation, paired in order)
+        Shapes in world coordinates (data units, e.g. mm).
+    sigma : float, optional
+        Width of the Gaussian deformation kernel (data units); default 5 % of the source's bounding-box diagonal.
+    kernel : Kernel, optional
+        Any engine kernel instead (its ``sigma`` attribute sets the momentum scale).
+    data_term : {"auto", "varifold", "oriented_varifold", "currents", "measure"} or ShapeDistance
+        ``"auto"``: unoriented varifold (Gaussian × Cauchy–Binet) for curves and surfaces, kernel measure for
+        point clouds. A ``ShapeDistance`` instance is used as is at every level (no coarse-to-fine).
+    data_sigma : float, optional
+        Final width of the data term's Gaussian (data units); default ``sigma / 2``.
+    levels : sequence of float
+        Coarse-to-fine multiples of ``data_sigma`` (default 4, 2, 1).
+    control_points : {"grid", "subsample", "vertices"} or (K, d) tensor
+        Where the momenta live (``registration.shapes.control``).
+    spacing : float, optional
+        Grid step or subsampling side (default ``sigma``).
+    regularization : float
+        ``γ``: weight of the kinetic energy ``H / σ²`` against the relative data term.
+    n_steps : int
+        Time steps of the shooting.
+    integrator : str
+        A scheme of ``lddmm_nets.integrators`` (default ``"rk2"``).
+    max_iter : int or sequence of int
+        L-BFGS iterations per level.
+    ftol : float or sequence of float
+        A level stops when its objective decreased by less than ``ftol`` (relative) over 3 iterations (one value,
+        or one per level).
+    resolution : float
+        A level compares meshes whose mean edge length is at most ``resolution`` times its data width (coarser
+        copies from the pyramid); the last level always uses the full shapes.
+    check_flips : bool
+        Treat steps that flip a triangle (segment) as infeasible (module docstring).
+    backend : {"auto", "dense", "keops"}
+    dtype : torch.dtype
+        Dtype of the optimisation (default float32); results are evaluated in float64.
+    device : torch device, optional
+        Default: the source's.
+    callback : callable, optional
+        ``callback(info)`` after every iteration, ``info`` with ``level``, ``n_levels``, ``iteration``,
+        ``objective``, ``distance`` (relative data term).
+
+    Returns
+    -------
+    ShapeRegistration
+    """
+    t_start = time.perf_counter()
+    sources, single = _as_list(source, "source")
+    targets, single_t = _as_list(target, "target")
+    if len(sources) != len(targets) or single != single_t:
+        raise ValueError(f"target: expected {len(sources)} object(s) (as source), got {len(targets)}")
+    for i, (s, t) in enumerate(zip(sources, targets)):
+        if s.dim != t.dim:
+            raise ValueError(f"target[{i}]: expected {s.dim}-D (as the source), got {t.dim}-D")
+    check_choice("backend", backend, ("auto", "dense", "keops"))
+    n_steps = check_int("n_steps", n_steps)
+    gamma = check_positive("regularization", regularization)
+    levels = [check_positive("levels", f) for f in levels]
+    if not levels:
+        raise ValueError("levels: expected at least one multiple of data_sigma, got none")
+    iters = [max_iter] * len(levels) if isinstance(max_iter, int) else list(max_iter)
+    if len(iters) != len(levels):
+        raise ValueError(f"max_iter: expected one value or {len(levels)} (one per level), got {len(iters)}")
+    iters = [check_int("max_iter", m, minimum=0) for m in iters]
+    ftols = [ftol] * len(levels) if isinstance(ftol, (int, float)) else list(ftol)
+    if len(ftols) != len(levels):
+        raise ValueError(f"ftol: expected one value or {len(levels)} (one per level), got {len(ftols)}")
+    ftols = [check_positive("ftol", f, allow_zero=True) for f in ftols]
+    sigma, data_sigma, spacing = _defaults(sources, sigma if kernel is None else kernel.sigma, data_sigma, spacing)
+    kernel = kernel if kernel is not None else GaussianKernel(sigma=sigma)
+    device = torch.device(device) if device is not None else sources[0].vertices.device
+    verts = torch.cat([s.vertices for s in sources]).to(dtype=dtype, device=device)
+    if isinstance(control_points, str):
+        check_choice("control_points", control_points, CONTROL_POINTS)
+        q0 = make_control_points(verts, control_points, spacing,
+                                 extent=torch.cat([t.vertices for t in targets]).to(verts))
+    else:
+        q0 = torch.as_tensor(control_points).to(verts)
+        if q0.ndim != 2 or q0.shape[1] != verts.shape[1]:
+            raise ValueError(f"control_points: expected shape (K, {verts.shape[1]}), got {tuple(q0.shape)}")
+    system = _system(kernel, backend, int(q0.shape[0]))
+    factor, gram = _whitening(kernel, q0)
+    deform = _Deformation(kernel, system, integrators.get(integrator), q0, factor, gram,
+                          sigma / math.sqrt(gamma), n_steps)
+    pyramids = ([Pyramid(s) for s in sources], [Pyramid(t) for t in targets])
+    z = torch.zeros_like(q0)
+    records, history = [], []
+    for index, factor_l in enumerate(levels):
+        t0 = time.perf_counter()
+        width = data_sigma * factor_l
+        last = index == len(levels) - 1
+        pick = (lambda p: p.shape) if last else (lambda p: p.at(width, resolution))
+        level = _Level(width if isinstance(data_term, str) else None,
+                       [pick(p) for p in pyramids[0]], [pick(p) for p in pyramids[1]],
+                       data_term, backend, dtype, device)
+        res, scale, start = _run_level(deform, level, z, max_iter=iters[index], ftol=ftols[index], check_flips=check_flips,
+                                callback=callback, index=index, n_levels=len(levels))
+        z = res.x
+        history.extend(res.history)
+        records.append(LevelRecord(
+            data_sigma=width, n_source_cells=sum(s.n_cells for s in level.sources),
+            n_target_cells=sum(t.n_cells for t in (pick(p) for p in pyramids[1])), n_iter=res.n_iter,
+            n_eval=res.n_eval, stop_reason=res.stop_reason, converged=res.converged,
+            relative_distance_before=start,
+            relative_distance_after=float(res.aux) if res.aux is not None else math.nan,
+            start_scale=scale, seconds=time.perf_counter() - t0))
+    p0 = deform.momenta(z).detach()
+    transform = ShapeTransform(kernel, q0.detach(), p0, n_steps, integrator if isinstance(integrator, str)
+                               else integrator.name)
+    result = ShapeRegistration.build(sources, targets, transform, records, history, single=single,
+                                     data_term=data_term, data_sigma=data_sigma, backend=backend,
+                                     seconds=time.perf_counter() - t_start,
+                                     config=dict(sigma=sigma, data_sigma=data_sigma, levels=levels,
+                                                 control_points=control_points if isinstance(control_points, str)
+                                                 else "given", n_control_points=int(q0.shape[0]),
+                                                 spacing=spacing, regularization=gamma, n_steps=n_steps,
+                                                 integrator=str(integrator), max_iter=iters, ftol=ftols,
+                                                 resolution=resolution, check_flips=check_flips,
+                                                 backend=backend, dtype=str(dtype).replace("torch.", ""),
+                                                 whitened=factor is not None))
+    if not result.converged:
+        warnings.warn(f"register_shapes: the last level stopped without converging ({result.stop_reason}); "
+                      f"relative distance {records[-1].relative_distance_after:.3g}", ConvergenceWarning,
+                      stacklevel=2)
+    return result
+
