@@ -175,25 +175,40 @@ def test_dense_and_keops_agree(term, rng):
     torch.testing.assert_close(out["keops"][1], out["dense"][1], rtol=1e-9, atol=1e-12)
 
 
+def test_truncated_gaussian_is_c1_and_close_to_the_gaussian(rng):
+    """k_R vanishes with its slope at R σ, differs from the Gaussian by at most 9 e^(−R²/2), and D_R is then
+    within that bound times Σ |w_i · w_j| of D."""
+    term = Varifold(0.3, truncate=4.0)
+    d2 = torch.tensor([15.999, 16.0, 16.001, 0.0, 4.0], dtype=F64, requires_grad=True)
+    k = term._profile(term.kernel, d2)
+    (slope,) = torch.autograd.grad(k.sum(), d2)
+    assert abs(float(k[0])) < 1e-9 and float(k[1]) == 0.0 and float(k[2]) == 0.0
+    assert abs(float(slope[0])) < 1e-6 and float(slope[2]) == 0.0
+    assert abs(float(k[3]) - 1.0) <= 9 * math.exp(-8) + 1e-15
+    v, f = _sphere_mesh(8, 14)
+    w = v + 0.05 * torch.randn(v.shape, generator=rng, dtype=F64)
+    exact = Varifold(0.3)((v, f), (w, f))
+    bound = 9 * math.exp(-8) * float(Varifold(0.3, truncate=None).inner((v, f), (v, f)) * 4)
+    assert abs(float(term((v, f), (w, f)) - exact)) < bound
+
+
 @requires_keops
-def test_truncated_keops_sum_is_within_its_bound(rng, monkeypatch):
-    """Truncation at 4σ drops pairs weighing < exp(−8) each; with blocks kept conservatively the error is far
-    smaller than that bound times ⟨S, S⟩, and the truncation really skips blocks."""
+def test_block_sparse_keops_equals_the_dense_truncated_sum(rng, monkeypatch):
+    """The block-sparse KeOps reduction skips only blocks where k_R is exactly 0: it equals the dense sum of k_R
+    (values and gradients, to round-off), and it really skips blocks."""
     monkeypatch.setattr(shape_terms, "TRUNCATE_MIN_PAIRS", 1)
     v, f = _sphere_mesh(14, 28)
-    v = v * torch.tensor([4.0, 2.0, 1.0], dtype=F64)  # an ellipsoid larger than the kernel
+    v = v * torch.tensor([4.0, 2.0, 1.0], dtype=F64)  # an ellipsoid larger than the kernel's support
     w = v + 0.05 * torch.randn(v.shape, generator=rng, dtype=F64)
     out = {}
-    for truncate in (None, 4.0):
-        term = Varifold(0.3, backend="keops", truncate=truncate)
+    for backend in ("dense", "auto"):
+        term = Varifold(0.3, backend=backend, truncate=4.0)
         x = v.clone().requires_grad_(True)
         d = term((x, f), (w, f))
-        out[truncate] = (d, torch.autograd.grad(d, x)[0], term.last_kept)
-    scale = float(Varifold(0.3).inner((v, f), (v, f)))
-    assert out[4.0][2] < 0.6
-    assert abs(float((out[4.0][0] - out[None][0]).detach())) < math.exp(-8) * scale
-    rel = float((out[4.0][1] - out[None][1]).norm() / out[None][1].norm())
-    assert rel < 1e-3
+        out[backend] = (d.detach(), torch.autograd.grad(d, x)[0], term.last_kept)
+    assert out["auto"][2] < 0.6
+    torch.testing.assert_close(out["auto"][0], out["dense"][0], rtol=1e-10, atol=0)
+    torch.testing.assert_close(out["auto"][1], out["dense"][1], rtol=1e-9, atol=1e-12)
 
 
 def test_bad_inputs():

@@ -1,4 +1,4 @@
-"""Block-sparse truncation of Gaussian kernel sums for KeOps (``LazyTensor.ranges``): O(N) memory, O(N k) work.
+"""Block-sparse sums of compactly supported kernels: KeOps ranges (``LazyTensor.ranges``) and padded dense blocks.
 
 Points are grouped into cubic cells (clusters), each side sorted so that a cluster is a contiguous range, and the
 pair of clusters ``(A, B)`` is reduced only when ``|c_A − c_B| <= radius + r_A + r_B`` (centroids ``c``, cluster
@@ -6,13 +6,17 @@ radii ``r``): every pair of points closer than ``radius`` is kept, whatever the 
 unit width (points scaled by ``1/σ``) and ``radius = 4``, a dropped pair weighs less than ``exp(−8) ≈ 3.4e-4``.
 The clusters are recomputed from the current positions at every call (O(N log N)), so moving points never lose a
 neighbour. The cluster-pair mask is ``(C_x, C_y)`` booleans with ``C ≈ N / (points per cell)``.
+
+``block_pairs`` prepares the same truncation for dense torch: clusters cut into chunks of at most ``size`` points and
+padded to exactly ``size``, and the list of kept cluster pairs; a sum is then a batch of ``(size, size)`` matrix
+products over the kept pairs, evaluated in chunks (``lddmm_nets.shapes.terms``).
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["voxel_clusters", "block_ranges"]
+__all__ = ["voxel_clusters", "block_ranges", "padded_clusters", "block_pairs"]
 
 
 def voxel_clusters(x: torch.Tensor, cell: float):
@@ -30,7 +34,12 @@ def voxel_clusters(x: torch.Tensor, cell: float):
     """
     with torch.no_grad():
         keys = torch.floor(x / cell).long()
-        _, labels = torch.unique(keys, dim=0, return_inverse=True)
+        keys = keys - keys.min(0).values
+        span = keys.max(0).values + 1
+        flat = keys[:, 0]
+        for i in range(1, keys.shape[1]):  # one integer per cell (row-major), then a 1-D unique: far faster
+            flat = flat * span[i] + keys[:, i]
+        _, labels = torch.unique(flat, return_inverse=True)
         perm = torch.argsort(labels, stable=True)
         counts = torch.bincount(labels)
         ends = torch.cumsum(counts, 0)
@@ -75,3 +84,57 @@ def block_ranges(x: torch.Tensor, y: torch.Tensor, radius: float, cell: float):
         ny = (ry[:, 1] - ry[:, 0]).to(x.dtype)
         kept = float((nx[:, None] * ny[None, :] * keep).sum()) / max(x.shape[0] * y.shape[0], 1)
     return px, py, from_matrix(rx, ry, keep), kept
+
+
+def padded_clusters(x: torch.Tensor, cell: float, size: int):
+    """Clusters of at most ``size`` points: the cubic cells of side ``cell``, cut in chunks of ``size``.
+
+    Returns
+    -------
+    index : (C, size) long tensor
+        Point indices of each cluster; padding slots repeat the cluster's first point.
+    mask : (C, size) bool tensor
+        Real slots.
+    centroids : (C, d) tensor
+    radii : (C,) tensor
+    """
+    perm, ranges, _, _ = voxel_clusters(x, cell)
+    with torch.no_grad():
+        start, end = ranges[:, 0].long(), ranges[:, 1].long()
+        chunks = (end - start + size - 1) // size
+        cell_of = torch.repeat_interleave(torch.arange(len(start), device=x.device), chunks)
+        first = torch.cumsum(chunks, 0) - chunks
+        chunk_start = start[cell_of] + size * (torch.arange(len(cell_of), device=x.device) - first[cell_of])
+        chunk_len = torch.minimum(end[cell_of] - chunk_start, torch.full_like(chunk_start, size))
+        slot = torch.arange(size, device=x.device)
+        mask = slot[None, :] < chunk_len[:, None]
+        index = perm[torch.where(mask, chunk_start[:, None] + slot[None, :], chunk_start[:, None])]
+        pts = x[index]
+        w = mask.to(x.dtype)[..., None]
+        centroids = (pts * w).sum(1) / w.sum(1)
+        radii = (((pts - centroids[:, None]) ** 2).sum(-1).sqrt() * mask).amax(1)
+    return index, mask, centroids, radii
+
+
+def block_pairs(x: torch.Tensor, y: torch.Tensor, radius: float, cell: float, size: int):
+    """Padded clusters of ``x`` and ``y`` and the pairs of clusters that may hold a pair closer than ``radius``.
+
+    Returns
+    -------
+    rows, cols : tuple
+        ``padded_clusters`` of ``x`` and of ``y`` (index, mask, centroids, radii).
+    pairs : (K, 2) long tensor
+        Cluster of ``x``, cluster of ``y``.
+    kept : float
+        Fraction of the ``M N`` point pairs inside the kept blocks (padding excluded).
+    """
+    rows = padded_clusters(x, cell, size)
+    cols = padded_clusters(y, cell, size)
+    with torch.no_grad():
+        cx, cy = rows[2], cols[2]
+        d2 = ((cx * cx).sum(1)[:, None] + (cy * cy).sum(1)[None, :] - 2 * cx @ cy.T).clamp_min(0)
+        keep = d2 <= (radius + rows[3][:, None] + cols[3][None, :]) ** 2
+        pairs = keep.nonzero()
+        n_rows, n_cols = rows[1].sum(1), cols[1].sum(1)
+        kept = float((n_rows[pairs[:, 0]] * n_cols[pairs[:, 1]]).sum()) / max(x.shape[0] * y.shape[0], 1)
+    return rows, cols, pairs, kept

@@ -7,14 +7,14 @@ kernel ``k(x, y) = g(|x − y|²/σ²)`` on the dense backend both come from the
     ``∂H/∂p = K p + r p``,   ``∂H/∂q_i = (2/σ) Σ_j A_ij (q_i − q_j)/σ = (2/σ) (q̃_i Σ_j A_ij − (A q̃)_i)``
 
 (``q̃ = q/σ``, ``r`` the nugget; for the Gaussian ``g' = −g/2`` reuses ``K``), and ``D2`` is one matrix product on
-centred points in float64 (``centred_sqdist``). Ambient points use the same form for ``K(x, q) p``. This
+centred points (``centred_sqdist``, in the points' dtype: a kernel of the deformation suffers no cancellation). Ambient points use the same form for ``K(x, q) p``. This
 halves the passes over ``(N, N)`` memory and makes a shooting step about twice as fast as the two separate sums
 (measured in ``scripts/bench_shapes.py --profile``). The tests check it against ``HamiltonianSystem`` with
 ``gradient="autograd"`` (the reference) in float64.
 
-Sizes: the matrices are dense, so ``FusedHamiltonianSystem`` is meant for up to ``DENSE_MAX_PAIRS`` pairs per
-product; larger products (ambient points of a full-resolution mesh) go through the kernel's own ``matvec`` with
-the KeOps backend (O(N) memory).
+Sizes: the matrices are dense, so ``FusedHamiltonianSystem`` is meant for up to ``DENSE_MAX_PAIRS`` control-point
+pairs; ambient points are summed densely up to ``DENSE_MAX_AMBIENT_PAIRS`` pairs and through the kernel's own
+``matvec`` beyond (KeOps, O(N) memory).
 """
 
 from __future__ import annotations
@@ -25,13 +25,17 @@ from .. import backends as B
 from ..hamiltonian import HamiltonianSystem
 from ..kernels import GaussianKernel, RadialKernel, SumKernel
 
-__all__ = ["FusedHamiltonianSystem", "DENSE_MAX_PAIRS", "centred_sqdist"]
+__all__ = ["FusedHamiltonianSystem", "DENSE_MAX_PAIRS", "DENSE_MAX_AMBIENT_PAIRS", "centred_sqdist"]
 
-#: largest ``M · N`` evaluated as dense matrices (4 MiB per float32 matrix; autograd keeps a few per step)
-DENSE_MAX_PAIRS = 2**20
+#: largest ``N²`` of the control points' own products evaluated as dense matrices (16 MiB per float32 matrix;
+#: autograd keeps a few per stage): 2,048 control points
+DENSE_MAX_PAIRS = 2**22
+#: largest ``M · N`` of ambient points against control points evaluated densely (64 MiB per float32 matrix, a few
+#: kept per step for autograd): with a bounded number of control points it grows linearly with the vertices
+DENSE_MAX_AMBIENT_PAIRS = 2**24
 
 
-def centred_sqdist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def centred_sqdist(x: torch.Tensor, y: torch.Tensor, exact: bool = True) -> torch.Tensor:
     """Dense ``|x_i − y_j|²`` by one matrix product, in float64, after centring both sets on their joint mean.
 
     ``|x|² + |y|² − 2 x·y`` loses ``eps · |x|²`` to cancellation; in float32 with points tens of kernel widths from
@@ -40,11 +44,14 @@ def centred_sqdist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     Computed in float64 and returned in the inputs' dtype, the result is as accurate as the sum of squared
     differences, at the cost of a ``(M, N)`` float64 matrix product with an inner dimension of ``d``.
 
+    ``exact=False`` stays in the inputs' dtype (twice as fast in float32): enough for a deformation's kernel, whose
+    values enter no such difference of large sums.
+
     Returns
     -------
     (M, N) tensor, dtype of ``x``
     """
-    xd, yd = x.double(), y.double()
+    xd, yd = (x.double(), y.double()) if exact else (x, y)
     m = 0.5 * (xd.mean(0) + yd.mean(0)) if len(x) and len(y) else 0.0
     return B.matmul_sqdist(xd - m, yd - m).to(x.dtype)
 
@@ -77,7 +84,7 @@ class FusedHamiltonianSystem(HamiltonianSystem):
         for w, k in _components(self.kernel):
             s = 1.0 / k.sigma
             qs = q * s
-            d2 = centred_sqdist(qs, qs)
+            d2 = centred_sqdist(qs, qs, exact=False)
             K = k.profile(d2)
             G = -0.5 * K if isinstance(k, GaussianKernel) else k.dprofile(d2)
             A = G * (p @ p.T)
@@ -86,13 +93,14 @@ class FusedHamiltonianSystem(HamiltonianSystem):
         return dq, dp
 
     def velocity(self, x, q, p):
-        """``v(x) = Σ_j k(x, q_j) p_j``: dense below ``DENSE_MAX_PAIRS`` pairs, the kernel's ``matvec`` above."""
-        if x.shape[0] * q.shape[0] > DENSE_MAX_PAIRS:
+        """``v(x) = Σ_j k(x, q_j) p_j``: dense up to ``DENSE_MAX_AMBIENT_PAIRS`` pairs, the kernel's ``matvec``
+        (its backend policy: KeOps for large sets) above."""
+        if x.shape[0] * q.shape[0] > DENSE_MAX_AMBIENT_PAIRS:
             return self.kernel.matvec(x, q, p, self.backend)
         out = torch.zeros(x.shape[0], p.shape[1], dtype=p.dtype, device=p.device)
         for w, k in _components(self.kernel):
             s = 1.0 / k.sigma
-            out = out + w * (k.profile(centred_sqdist(x * s, q * s)) @ p)
+            out = out + w * (k.profile(centred_sqdist(x * s, q * s, exact=False)) @ p)
         return out
 
     def dH_dp(self, q, p):

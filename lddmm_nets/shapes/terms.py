@@ -25,14 +25,21 @@ pairwise formula, the reference the tests compare with. The Gaussian width ``σ_
 the directions, never the formula, so KeOps compiles one formula per family.
 
 Memory and speed. With ``backend="auto"`` the sums are dense (``(F_S, F_T)`` matrices, squared distances by one
-matrix product on centred points) up to ``DENSE_MAX_PAIRS`` pairs and KeOps (O(F) memory) beyond, through
-``lddmm_nets.backends.select_backend`` (its fallback to dense when KeOps cannot compile, with a warning). The dense
-limit is higher than the engine's general ``auto`` policy because, for these formulas on this class of CPU, the
-dense path stays 2-4 times faster than KeOps' up to a few million pairs (``scripts/bench_shapes.py --profile``
-prints the crossover) and a few such matrices cost tens of MiB. On KeOps, Gaussian components of more than
-``TRUNCATE_MIN_PAIRS`` pairs are *truncated*: only pairs of cell clusters that may hold a pair closer than
-``truncate · σ`` are reduced (``LazyTensor.ranges``, see ``lddmm_nets.shapes._blocks``); a dropped pair weighs less
-than ``exp(−truncate²/2)`` (3.4e-4 at the default 4). ``truncate=None`` sums every pair.
+matrix product on centred points, in float64) up to ``DENSE_MAX_PAIRS`` pairs and KeOps (O(F) memory) beyond,
+through ``lddmm_nets.backends.select_backend`` (its fallback to dense when KeOps cannot compile, with a warning).
+The dense limit is higher than the engine's general ``auto`` policy because, for these formulas on this class of
+CPU, the dense path stays 2-4 times faster than KeOps' up to a few million pairs (``scripts/bench_shapes.py
+--profile`` prints the crossover) and a few such matrices cost tens of MiB.
+
+Truncation (``truncate=R``, in units of σ; off by default). Gaussian components become the compactly supported,
+continuously differentiable kernel ``k_R(r) = exp(−r²/2σ²) − e^{−R²/2} (1 + (R² − r²/σ²)/2)`` for ``r < Rσ`` and 0
+beyond (value and slope vanish at ``Rσ``; at ``R = 4`` it differs from the Gaussian by at most ``9 e^{−8} = 3e-3``).
+Being a fixed kernel, it makes every split of the sums consistent (``⟨T,T⟩`` computed once, ``⟨S,S⟩ − 2⟨S,T⟩`` at
+every step) and exact on both backends; what it buys is speed: when the shapes span many supports, KeOps reduces
+only the pairs of cell clusters that may hold a pair closer than ``Rσ`` (``LazyTensor.ranges``,
+``lddmm_nets.shapes._blocks``): O(F k) work for ``k`` neighbours instead of O(F²), and ``auto`` takes that path
+whenever the shapes' extent exceeds ``TRUNCATE_SPAN`` supports and the sum has more than ``TRUNCATE_MIN_PAIRS``
+pairs.
 """
 
 from __future__ import annotations
@@ -41,11 +48,12 @@ import math
 from typing import Sequence
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from .. import backends as B
 from .._checks import check_choice, check_positive
 from ..kernels import GaussianKernel, RadialKernel, SumKernel
-from ._blocks import block_ranges
+from ._blocks import block_pairs, block_ranges
 from .geometry import Cells, cell_geometry, safe_norm
 from .system import centred_sqdist
 
@@ -54,8 +62,13 @@ __all__ = ["ShapeDistance", "Currents", "Varifold", "Measure", "TargetDistance",
 
 DIRECTIONS = ("linear", "binet", "sphere", "sphere_unoriented", "constant")
 _LINEAR = ("linear", "binet", "constant")
-#: pairs (F_S · F_T) from which KeOps sums of Gaussian components are truncated
-TRUNCATE_MIN_PAIRS = 2**22
+#: pairs (F_S · F_T) from which ``auto`` sums truncated Gaussian components block-sparsely on KeOps
+TRUNCATE_MIN_PAIRS = 2**16
+#: ... when the shapes' extent is at least this many truncation radii
+TRUNCATE_SPAN = 3.0
+#: dense blocks: side of the clustering cells (in widths), points per padded cluster, cluster pairs per batch, and
+#: the padded size (entries) above which a batch is recomputed in the backward pass instead of kept in memory
+BLOCK_CELL, BLOCK_SIZE, BLOCK_CHUNK, BLOCK_KEEP_MAX = 1.0, 16, 8192, 2**24
 #: side of the clustering cells of the truncation, in units of the kernel width
 TRUNCATE_CELL = 2.0
 #: ``backend="auto"``: dense up to this many pairs (16 MiB per float32 matrix), KeOps beyond
@@ -82,6 +95,16 @@ def _symmetric_square(n: torch.Tensor) -> torch.Tensor:
     return n[:, i] * n[:, j] * w / safe_norm(n)
 
 
+def _inner(a, b, backend):
+    """Pairwise inner products; dense inputs may carry batch dimensions (blocks)."""
+    return B.inner(a, b, backend) if backend == "keops" else a @ b.transpose(-1, -2)
+
+
+def _step(x):
+    """Heaviside step ``1[x > 0]`` on a dense tensor or a LazyTensor."""
+    return (x > 0).to(x.dtype) if isinstance(x, torch.Tensor) else x.step()
+
+
 def _components(kernel) -> list:
     if isinstance(kernel, SumKernel):
         return list(zip(kernel.weights, kernel.kernels))
@@ -104,13 +127,14 @@ class ShapeDistance:
         Width of the spherical direction kernels (``"sphere"``, ``"sphere_unoriented"``); default 0.5.
     backend : {"auto", "dense", "keops"}
     truncate : float or None
-        Truncation radius of KeOps Gaussian sums in units of σ (module docstring); None: every pair.
+        Truncation radius of the Gaussian components in units of σ (module docstring: the compactly supported
+        kernel ``k_R``); None (default): the Gaussian itself, every pair summed.
     factorize : bool
         Evaluate linear direction kernels as kernel sums of cell features (default) or by the pairwise formula.
     """
 
     def __init__(self, sigma: float | Sequence[float] | None = None, *, kernel=None, direction: str = "binet",
-                 sigma_u: float = 0.5, backend: str = "auto", truncate: float | None = 4.0, factorize: bool = True):
+                 sigma_u: float = 0.5, backend: str = "auto", truncate: float | None = None, factorize: bool = True):
         if (sigma is None) == (kernel is None):
             raise ValueError("sigma, kernel: expected exactly one of them, got "
                              f"{'both' if sigma is not None else 'neither'}")
@@ -153,10 +177,10 @@ class ShapeDistance:
     def _direction_pairs(self, u, v, backend):
         """``k_u`` on the backend's pairwise objects (the factor ``exp(−2/σ_u²)`` of the spherical ones apart)."""
         if self.direction == "sphere":
-            return B.inner(u, v, backend).exp()
+            return _inner(u, v, backend).exp()
         if self.direction == "sphere_unoriented":
-            return (B.inner(u, v / (math.sqrt(2.0) / self.sigma_u), backend) ** 2).exp()
-        t = B.inner(u, v, backend)
+            return (_inner(u, v / (math.sqrt(2.0) / self.sigma_u), backend) ** 2).exp()
+        t = _inner(u, v, backend)
         return t * t if self.direction == "binet" else t
 
     def _constant(self) -> float:
@@ -167,6 +191,57 @@ class ShapeDistance:
             return "dense"
         return B.select_backend(self.backend, m, n, x.device, x.dtype, x.shape[1])
 
+    def _sparse(self, k, cl, cr) -> str | None:
+        """How a (scaled) sum of a truncated Gaussian is reduced block-sparsely: ``"dense"`` blocks (CPU),
+        ``"keops"`` ranges (CUDA, or ``backend="keops"``), or None (every pair)."""
+        if self.truncate is None or not isinstance(k, GaussianKernel):
+            return None
+        if self.backend == "keops":
+            return "keops"
+        if cl.shape[0] * cr.shape[0] < TRUNCATE_MIN_PAIRS:
+            return None
+        with torch.no_grad():
+            both = torch.cat([cl, cr])
+            span = float((both.max(0).values - both.min(0).values).norm())
+        if span < TRUNCATE_SPAN * self.truncate:
+            return None
+        return "keops" if cl.device.type == "cuda" and B.keops_available() else "dense"
+
+    def _block_sum(self, k, left, right) -> torch.Tensor:
+        """The same formula on padded dense blocks of cluster pairs (``_blocks.block_pairs``), in local
+        coordinates (each block centred on its row cluster: no cancellation in float32)."""
+        (c, w, u), (d, g, v) = left, right
+        rows, cols, pairs, self.last_kept = block_pairs(c.detach(), d.detach(), self.truncate, BLOCK_CELL,
+                                                        BLOCK_SIZE)
+        (ri, rm, rc, _), (ci, cm, _, _) = rows, cols
+        heavy = torch.is_grad_enabled() and len(pairs) * BLOCK_SIZE**2 > BLOCK_KEEP_MAX
+
+        def chunk(a, b, c, w, d, g, u, v):
+            ia, ib, ctr = ri[a], ci[b], rc[a][:, None, :]
+            X, Y = c[ia] - ctr, d[ib] - ctr
+            d2 = ((X * X).sum(-1)[:, :, None] + (Y * Y).sum(-1)[:, None, :] - 2 * X @ Y.transpose(1, 2))
+            G = self._profile(k, d2.clamp_min(0))
+            if u is not None:
+                G = G * self._direction_pairs(u[ia], v[ib], "dense")
+            W = w[ia] * rm[a][..., None].to(w.dtype)
+            return (W * (G @ (g[ib] * cm[b][..., None].to(g.dtype)))).sum()
+
+        total = c.new_zeros(())
+        for start in range(0, len(pairs), BLOCK_CHUNK):
+            a, b = pairs[start:start + BLOCK_CHUNK].T
+            args = (a, b, c, w, d, g, u, v)
+            total = total + (checkpoint(chunk, *args, use_reentrant=False) if heavy else chunk(*args))
+        return total
+
+    def _profile(self, k, d2):
+        """``k``'s profile, or the C¹ compactly supported ``k_R`` of a truncated Gaussian (module docstring)."""
+        if self.truncate is None or not isinstance(k, GaussianKernel):
+            return k.profile(d2)
+        r2 = self.truncate**2
+        tail = math.exp(-0.5 * r2)
+        inside = r2 - d2
+        return _step(inside) * ((-0.5 * d2).exp() - tail - (0.5 * tail) * inside)
+
     def _pair_sum(self, left, right) -> torch.Tensor:
         """``Σ_i w_i · Σ_j k_e(c_i, d_j) k_u(u_i, v_j) g_j``: the one formula, on dense tensors or LazyTensors."""
         (c, w, u), (d, g, v) = left, right
@@ -174,15 +249,20 @@ class ShapeDistance:
         for weight, k in _components(self.kernel):
             s = 1.0 / k.sigma
             cl, cr, wl, gr, ul, vr = c * s, d * s, w, g, u, v
-            b = self._backend(cl.shape[0], cr.shape[0], cl)
             ranges = None
-            if (b == "keops" and self.truncate is not None and isinstance(k, GaussianKernel)
-                    and cl.shape[0] * cr.shape[0] >= TRUNCATE_MIN_PAIRS):
+            sparse = self._sparse(k, cl, cr)
+            if sparse == "dense":
+                total = total + weight * self._block_sum(k, (cl, wl, ul), (cr, gr, vr))
+                continue
+            if sparse == "keops":
+                b = "keops"
                 px, py, ranges, self.last_kept = block_ranges(cl.detach(), cr.detach(), self.truncate,
                                                               TRUNCATE_CELL)
                 cl, wl, cr, gr = cl[px], wl[px], cr[py], gr[py]
                 ul, vr = (None, None) if u is None else (ul[px], vr[py])
-            G = k.profile(B.sqdist(cl, cr, b) if b == "keops" else centred_sqdist(cl, cr))
+            else:
+                b = self._backend(cl.shape[0], cr.shape[0], cl)
+            G = self._profile(k, B.sqdist(cl, cr, b) if b == "keops" else centred_sqdist(cl, cr))
             if ul is not None:
                 G = G * self._direction_pairs(ul, vr, b)
             if ranges is not None:
@@ -255,7 +335,7 @@ class Currents(ShapeDistance):
     Parameters: as ``ShapeDistance`` (without ``direction``).
     """
 
-    def __init__(self, sigma=None, *, kernel=None, backend="auto", truncate=4.0, factorize=True):
+    def __init__(self, sigma=None, *, kernel=None, backend="auto", truncate=None, factorize=True):
         super().__init__(sigma, kernel=kernel, direction="linear", backend=backend, truncate=truncate,
                          factorize=factorize)
 
@@ -279,7 +359,7 @@ class Varifold(ShapeDistance):
     ANGULAR = ("binet", "gaussian")
 
     def __init__(self, sigma=None, *, kernel=None, oriented: bool = False, angular: str = "binet",
-                 sigma_u: float = 0.5, backend="auto", truncate=4.0, factorize=True):
+                 sigma_u: float = 0.5, backend="auto", truncate=None, factorize=True):
         check_choice("angular", angular, self.ANGULAR)
         if oriented:
             direction = "sphere"
@@ -293,6 +373,6 @@ class Measure(ShapeDistance):
     """Kernel distance between measures (point clouds with weights, or cells weighted by their sizes):
     ``k_u ≡ 1`` (MMD). Parameters: as ``ShapeDistance`` (without ``direction``)."""
 
-    def __init__(self, sigma=None, *, kernel=None, backend="auto", truncate=4.0, factorize=True):
+    def __init__(self, sigma=None, *, kernel=None, backend="auto", truncate=None, factorize=True):
         super().__init__(sigma, kernel=kernel, direction="constant", backend=backend, truncate=truncate,
                          factorize=factorize)
