@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 
 import numpy as np
 
@@ -92,7 +93,9 @@ def _load_freesurfer(path, name):
     import nibabel.freesurfer as fs
 
     try:
-        coords, faces, info = fs.read_geometry(path, read_metadata=True)
+        with warnings.catch_warnings():  # files without volume geometry (valid, e.g. written by nibabel) warn
+            warnings.filterwarnings("ignore", message="(Unknown extension code|No volume information)")
+            coords, faces, info = fs.read_geometry(path, read_metadata=True)
     except (ValueError, OSError) as err:
         raise ValueError(f"{name}: {path} is not a readable FreeSurfer surface ({err})") from None
     return _shape(coords, faces, str(path), {"format": "freesurfer", "volume_info": info})
@@ -107,7 +110,9 @@ def _load_meshio(path, name):
     import meshio
 
     try:
-        mesh = meshio.read(path)
+        with warnings.catch_warnings():  # meshio's STL size check overflows a 32-bit product harmlessly
+            warnings.filterwarnings("ignore", category=RuntimeWarning, module="meshio")
+            mesh = meshio.read(path)
     except Exception as err:  # meshio raises many types for unreadable files
         raise ValueError(f"{name}: cannot read {path} with meshio ({type(err).__name__}: {err})") from None
     groups = {"triangle": [], "line": [], "vertex": []}
@@ -212,7 +217,7 @@ def _write(path, ext, vertices, cells, meta):
         pts = vertices if vertices.shape[1] == 3 else np.concatenate([vertices, np.zeros((len(vertices), 1))], 1)
         kind = {None: "vertex", 2: "line", 3: "triangle"}[None if cells is None or cells.shape[1] == 1
                                                           else cells.shape[1]]
-        data = np.arange(len(pts))[:, None] if kind == "vertex" else cells
+        data = (np.arange(len(pts))[:, None] if kind == "vertex" else cells).astype(np.int32)
         meshio.write(path, meshio.Mesh(pts, [(kind, data)]), file_format=ext[1:])
     elif ext == ".npy":
         np.save(path, vertices)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lddmm_nets import GaussianKernel, shoot
+from lddmm_nets import GaussianKernel
 
 from .shape import Shape
 
@@ -115,9 +115,8 @@ def random_warp(shape: Shape, *, max_displacement: float = 8.0, smoothness: floa
     gen = torch.Generator().manual_seed(int(seed))
     p0 = torch.randn(q0.shape, generator=gen, dtype=torch.float64)
     kernel = GaussianKernel(sigma=smoothness)
-    for _ in range(3):  # rescale to the requested largest displacement (the map is nearly linear in p0 at first)
-        with torch.no_grad():
-            moved = shoot(kernel, q0, p0, n_steps=n_steps, integrator="rk4").flow(v)
+    for _ in range(4):  # rescale to the requested largest displacement (the map is nearly linear in p0 at first)
+        moved = ShapeTransform(kernel, q0, p0, n_steps, "rk4").apply(v)
         p0 = p0 * (max_displacement / float((moved - v).norm(dim=1).max()))
     transform = ShapeTransform(kernel, q0, p0, n_steps, "rk4")
     return transform.apply(shape.to(torch.float64)), transform

@@ -17,7 +17,7 @@ from scipy.spatial import cKDTree
 
 from .shape import Shape
 
-__all__ = ["normal_ratios", "flipped_cells", "surface_distances", "chamfer", "hausdorff", "vertex_error",
+__all__ = ["normal_ratios", "transported_ratios", "flipped_cells", "surface_distances", "chamfer", "hausdorff", "vertex_error",
            "point_triangle_distances", "point_segment_distances"]
 
 
@@ -42,6 +42,37 @@ def normal_ratios(source: Shape, warped) -> np.ndarray:
     den = (ns * ns).sum(1)
     ratio = (nw * ns).sum(1) / torch.where(den > 0, den, torch.ones_like(den))
     return _np(torch.where(den > 0, ratio, torch.ones_like(ratio)))  # degenerate source cells cannot flip
+
+
+def transported_ratios(source: Shape, warped, jacobian) -> np.ndarray:
+    """``n_w · n_J / |n_J|²`` per cell, against the normal (tangent) the deformation itself carries there.
+
+    ``n_J = det(J) J^{-T} n_s`` for triangles (the cofactor: how a smooth map moves an area vector) and ``n_J = J
+    t_s`` for segments, with ``J = Dφ_1`` at the cell's centre. Unlike ``normal_ratios`` it does not count a cell
+    that turned with its neighbourhood (a curve bent by more than 90°): a ratio ``<= 0`` means the cell is inverted
+    with respect to the smooth map, i.e. the piecewise-linear shape folds. For small deformations (``J ≈ I``) the
+    two agree.
+
+    Parameters
+    ----------
+    source : Shape
+    warped : Shape or (N, d) array
+    jacobian : (F, d, d) tensor or array
+        ``Dφ_1`` at the source's cell centres (``Trajectory.flow_jacobian``).
+    """
+    if source.kind == "points":
+        return np.zeros(0)
+    v = warped.vertices if isinstance(warped, Shape) else torch.as_tensor(warped)
+    ns = source.cells_geometry().vectors.detach().double()
+    nw = source.cells_geometry(v.to(source.vertices)).vectors.detach().double()
+    J = torch.as_tensor(jacobian).to(ns)
+    if source.kind == "triangles":
+        nj = torch.linalg.det(J)[:, None] * torch.linalg.solve(J.transpose(1, 2), ns[:, :, None])[:, :, 0]
+    else:
+        nj = (J @ ns[:, :, None])[:, :, 0]
+    den = (nj * nj).sum(1)
+    ratio = (nw * nj).sum(1) / torch.where(den > 0, den, torch.ones_like(den))
+    return _np(torch.where(den > 0, ratio, torch.ones_like(ratio)))
 
 
 def flipped_cells(source: Shape, warped) -> int:

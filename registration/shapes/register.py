@@ -36,40 +36,58 @@ from typing import Callable, Sequence
 
 import torch
 
-from lddmm_nets import GaussianKernel, HamiltonianSystem, Kernel, Trajectory, integrators
+from lddmm_nets import GaussianKernel, HamiltonianSystem, Kernel, integrators
 from lddmm_nets._checks import check_choice, check_int, check_positive
 from lddmm_nets.optim import ConvergenceWarning, minimize
-from lddmm_nets.kernels import RadialKernel, SumKernel
 from lddmm_nets.shapes import Currents, Measure, ShapeDistance, Varifold
-from lddmm_nets.shapes.system import DENSE_MAX_PAIRS, FusedHamiltonianSystem
 
 from .control import CONTROL_POINTS, control_points as make_control_points
 from .measures import normal_ratios
 from .pyramid import Pyramid
 from .result import LevelRecord, ShapeRegistration
 from .shape import Shape, as_shape
-from .transform import ShapeTransform
+from .transform import ShapeTransform, hamiltonian_system, integrate
 
 __all__ = ["register_shapes", "DATA_TERMS", "WHITEN_MAX", "make_data_term"]
 
 DATA_TERMS = ("auto", "varifold", "oriented_varifold", "currents", "measure")
 WHITEN_MAX = 4096
+#: truncation radius of the data terms' Gaussians, in widths (``lddmm_nets.shapes.terms``: a C¹ compactly supported
+#: kernel within 3e-3 of the Gaussian, summed block-sparsely when the shapes span many widths)
+TRUNCATE = 4.0
+#: cells whose orientation is guarded (flip check and barrier): surfaces; a curve's tangent may turn by more than
+#: 90° under an ordinary large deformation (a circle bent into a C), so segments are only reported
+GUARD_KINDS = ("triangles",)
+#: normal ratio at or below which a step is infeasible: a margin above 0 so that the float64 evaluation of the
+#: result (the optimisation runs in float32) cannot find a flip the optimiser did not see
+FLIP_MARGIN = 1e-3
+#: ``τ``: the barrier acts on cells whose normal ratio is below it
+BARRIER_THRESHOLD = 0.1
+#: ``control_points="auto"``: the source vertices up to this many (the fused dense system's size), a grid beyond
+VERTEX_CONTROL_MAX = 1024
+#: grid control points are kept within this many spacings of a source vertex
+GRID_REACH = 0.5
+#: default iteration budgets and objective tolerances of the coarse levels and of the last one
+COARSE_MAX_ITER, FINE_MAX_ITER = 40, 100
+COARSE_FTOL, FINE_FTOL = 1e-3, 1e-4
 
 
-def make_data_term(name: str, sigma, kind: str, backend: str = "auto") -> ShapeDistance:
-    """The data term ``name`` (``DATA_TERMS``) at width(s) ``sigma`` for shapes of ``kind``."""
+def make_data_term(name: str, sigma, kind: str, backend: str = "auto", truncate: float | None = TRUNCATE):
+    """The data term ``name`` (``DATA_TERMS``) at width(s) ``sigma`` for shapes of ``kind`` (Gaussians truncated
+    at ``truncate`` widths, ``lddmm_nets.shapes.terms``)."""
     check_choice("data_term", name, DATA_TERMS)
     if name == "auto":
         name = "measure" if kind == "points" else "varifold"
     if kind == "points" and name != "measure":
         raise ValueError(f"data_term: point clouds carry no directions, expected 'measure' or 'auto', got {name!r}")
+    kw = dict(backend=backend, truncate=truncate)
     if name == "varifold":
-        return Varifold(sigma, backend=backend)
+        return Varifold(sigma, **kw)
     if name == "oriented_varifold":
-        return Varifold(sigma, oriented=True, backend=backend)
+        return Varifold(sigma, oriented=True, **kw)
     if name == "currents":
-        return Currents(sigma, backend=backend)
-    return Measure(sigma, backend=backend)
+        return Currents(sigma, **kw)
+    return Measure(sigma, **kw)
 
 
 def _as_list(obj, name: str) -> tuple[list[Shape], bool]:
@@ -111,30 +129,7 @@ class _Deformation:
 
     def shoot(self, p0: torch.Tensor, x: torch.Tensor):
         """Control points, momenta and ambient points integrated together: ``(qs, ps, x1)``."""
-        h = 1.0 / self.n_steps
-        state = (self.q0, p0, x)
-        qs, ps = [self.q0], [p0]
-        for _ in range(self.n_steps):
-            state = self.scheme.step(self.system, state, h)
-            qs.append(state[0])
-            ps.append(state[1])
-        return qs, ps, state[2]
-
-    def trajectory(self, p0: torch.Tensor) -> Trajectory:
-        with torch.no_grad():
-            qs, ps, _ = self.shoot(p0, None)
-        times = torch.linspace(0.0, 1.0, self.n_steps + 1, dtype=p0.dtype, device=p0.device)
-        return Trajectory(torch.stack(qs), torch.stack(ps), times, self.system, self.scheme)
-
-
-def _system(kernel: Kernel, backend: str, n: int) -> HamiltonianSystem:
-    """The fused dense system (one kernel matrix per stage) for radial kernels on up to ``DENSE_MAX_PAIRS`` pairs
-    of control points (or ``backend="dense"``), the engine's ``HamiltonianSystem`` otherwise."""
-    radial = isinstance(kernel, RadialKernel) or (isinstance(kernel, SumKernel)
-                                                  and all(isinstance(k, RadialKernel) for k in kernel.kernels))
-    if radial and (backend == "dense" or (backend == "auto" and n * n <= DENSE_MAX_PAIRS)):
-        return FusedHamiltonianSystem(kernel, backend=backend)
-    return HamiltonianSystem(kernel, backend=backend)
+        return integrate(self.system, self.scheme, self.q0, p0, x, self.n_steps)
 
 
 def _whitening(kernel: Kernel, q0: torch.Tensor):
@@ -168,25 +163,34 @@ class _Level:
         self.reference = [s.cells_geometry().vectors.detach() if s.kind != "points" else None
                           for s in self.sources]
 
-    def data(self, x1: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """``(mean relative distance, min normal ratio)`` of warped vertices ``x1``."""
+    def data(self, x1: torch.Tensor, barrier: float = 0.0, guarded: bool = True):
+        """``(mean relative distance, barrier term, min normal ratio)`` of warped vertices ``x1``.
+
+        The barrier term is ``(barrier / F) Σ ψ(r)`` over the guarded cells (``GUARD_KINDS``) with
+        ``ψ(r) = −log(r/τ) − 1 + r/τ`` below ``τ = BARRIER_THRESHOLD`` and 0 above (continuous with its slope).
+        """
         total = x1.new_zeros(())
+        penalty = x1.new_zeros(())
         worst = math.inf
         for s, term, d0, ref, xo in zip(self.sources, self.terms, self.norms, self.reference,
                                         torch.split(x1, self.splits)):
             cells = s.cells_geometry(xo)
             if d0 > 0:
                 total = total + term(cells) / d0
-            if ref is not None:
-                den = (ref * ref).sum(1)
-                ratio = (cells.vectors.detach() * ref).sum(1) / torch.where(den > 0, den, torch.ones_like(den))
-                ratio = torch.where(den > 0, ratio, torch.ones_like(ratio))
-                worst = min(worst, float(ratio.min()))
-        return total / len(self.sources), worst
+            if ref is None or not guarded or s.kind not in GUARD_KINDS:
+                continue
+            den = (ref * ref).sum(1)
+            ratio = (cells.vectors * ref).sum(1) / torch.where(den > 0, den, torch.ones_like(den))
+            ratio = torch.where(den > 0, ratio, torch.ones_like(ratio))
+            worst = min(worst, float(ratio.detach().min()))
+            if barrier > 0 and worst > 0:
+                low = ratio[ratio < BARRIER_THRESHOLD] / BARRIER_THRESHOLD
+                penalty = penalty + (barrier / len(ratio)) * (low - low.log() - 1.0).sum()
+        return total / len(self.sources), penalty, worst
 
 
 def _run_level(deform: _Deformation, level: _Level, z0: torch.Tensor, *, max_iter: int, ftol: float,
-               check_flips: bool, callback, index: int, n_levels: int):
+               check_flips: bool, barrier: float, callback, index: int, n_levels: int):
     """Minimise the level's objective from ``z0``; returns ``(OptimResult, start_scale, start_distance)``."""
 
     on_control_points = level.vertices.shape == deform.q0.shape and torch.equal(level.vertices, deform.q0)
@@ -195,10 +199,10 @@ def _run_level(deform: _Deformation, level: _Level, z0: torch.Tensor, *, max_ite
         p0 = deform.momenta(z)
         qs, _, x1 = deform.shoot(p0, None if on_control_points else level.vertices)
         x1 = qs[-1] if on_control_points else x1
-        data, worst = level.data(x1)
-        if check_flips and worst <= 0:
+        data, penalty, worst = level.data(x1, barrier, check_flips)
+        if check_flips and worst <= FLIP_MARGIN:
             return None
-        return deform.regularity(z, p0) + data, data
+        return deform.regularity(z, p0) + data + penalty, data
 
     scale, start = 1.0, 1.0
     if z0.abs().max() > 0:
@@ -227,13 +231,29 @@ def _defaults(sources: list[Shape], sigma, data_sigma, spacing):
     return sigma, data_sigma, spacing
 
 
+def _control_points(control_points, sources, targets, spacing, dtype, device):
+    """``(q0, kind)``: the control points and how they were made (``"auto"`` resolved)."""
+    verts = torch.cat([s.vertices for s in sources]).to(dtype=dtype, device=device)
+    if not isinstance(control_points, str):
+        q0 = torch.as_tensor(control_points).to(verts)
+        if q0.ndim != 2 or q0.shape[1] != verts.shape[1]:
+            raise ValueError(f"control_points: expected shape (K, {verts.shape[1]}), got {tuple(q0.shape)}")
+        return q0, "given"
+    check_choice("control_points", control_points, ("auto",) + CONTROL_POINTS)
+    if control_points == "auto":
+        control_points = "vertices" if verts.shape[0] <= VERTEX_CONTROL_MAX else "grid"
+    extent = torch.cat([t.vertices for t in targets]).to(verts)
+    return make_control_points(verts, control_points, spacing, reach=GRID_REACH, extent=extent), control_points
+
+
 def register_shapes(source, target, *, sigma: float | None = None, kernel: Kernel | None = None,
                     data_term: str | ShapeDistance = "auto", data_sigma: float | None = None,
-                    levels: Sequence[float] = (4.0, 2.0, 1.0), control_points="grid", spacing: float | None = None,
-                    regularization: float = 0.01, n_steps: int = 10, integrator: str = "rk2",
-                    max_iter: int | Sequence[int] = 100, ftol: float | Sequence[float] = 1e-4,
-                    resolution: float = 1.0,
-                    check_flips: bool = True, backend: str = "auto", dtype: torch.dtype = torch.float32,
+                    levels: Sequence[float] = (2.0, 1.0), control_points="auto", spacing: float | None = None,
+                    regularization: float = 1e-4, n_steps: int = 10, integrator: str = "euler",
+                    max_iter: int | Sequence[int] | None = None, ftol: float | Sequence[float] | None = None,
+                    resolution: float = 2.0,
+                    check_flips: bool = True, barrier: float = 0.1, backend: str = "auto",
+                    dtype: torch.dtype = torch.float32,
                     device=None, callback: Callable[[dict], None] | None = None) -> ShapeRegistration:
     """Register shapes without correspondence by geodesic shooting (module docstring).
 
@@ -252,7 +272,8 @@ def register_shapes(source, target, *, sigma: float | None = None, kernel: Kerne
     data_sigma : float, optional
         Final width of the data term's Gaussian (data units); default ``sigma / 2``.
     levels : sequence of float
-        Coarse-to-fine multiples of ``data_sigma`` (default 4, 2, 1).
+        Coarse-to-fine multiples of ``data_sigma`` (default 2, 1; start at 4 for deformations much larger than
+        ``data_sigma``).
     control_points : {"grid", "subsample", "vertices"} or (K, d) tensor
         Where the momenta live (``registration.shapes.control``).
     spacing : float, optional
@@ -262,17 +283,20 @@ def register_shapes(source, target, *, sigma: float | None = None, kernel: Kerne
     n_steps : int
         Time steps of the shooting.
     integrator : str
-        A scheme of ``lddmm_nets.integrators`` (default ``"rk2"``).
-    max_iter : int or sequence of int
-        L-BFGS iterations per level.
-    ftol : float or sequence of float
-        A level stops when its objective decreased by less than ``ftol`` (relative) over 3 iterations (one value,
-        or one per level).
+        A scheme of ``lddmm_nets.integrators`` (default ``"euler"``).
+    max_iter : int or sequence of int, optional
+        L-BFGS iterations per level (default ``COARSE_MAX_ITER`` for the coarse levels, ``FINE_MAX_ITER`` for the
+        last).
+    ftol : float or sequence of float, optional
+        A level stops when its objective decreased by less than ``ftol`` (relative) over 3 iterations (default
+        ``COARSE_FTOL`` for the coarse levels, ``FINE_FTOL`` for the last).
     resolution : float
         A level compares meshes whose mean edge length is at most ``resolution`` times its data width (coarser
         copies from the pyramid); the last level always uses the full shapes.
     check_flips : bool
-        Treat steps that flip a triangle (segment) as infeasible (module docstring).
+        Treat steps that flip a triangle as infeasible (module docstring).
+    barrier : float
+        Weight of the log barrier that keeps triangles away from flipping (module docstring); 0: none.
     backend : {"auto", "dense", "keops"}
     dtype : torch.dtype
         Dtype of the optimisation (default float32); results are evaluated in float64.
@@ -300,6 +324,10 @@ def register_shapes(source, target, *, sigma: float | None = None, kernel: Kerne
     levels = [check_positive("levels", f) for f in levels]
     if not levels:
         raise ValueError("levels: expected at least one multiple of data_sigma, got none")
+    if max_iter is None:  # coarse levels only bring the shapes near each other; the last one fits
+        max_iter = [COARSE_MAX_ITER] * (len(levels) - 1) + [FINE_MAX_ITER]
+    if ftol is None:
+        ftol = [COARSE_FTOL] * (len(levels) - 1) + [FINE_FTOL]
     iters = [max_iter] * len(levels) if isinstance(max_iter, int) else list(max_iter)
     if len(iters) != len(levels):
         raise ValueError(f"max_iter: expected one value or {len(levels)} (one per level), got {len(iters)}")
@@ -311,16 +339,8 @@ def register_shapes(source, target, *, sigma: float | None = None, kernel: Kerne
     sigma, data_sigma, spacing = _defaults(sources, sigma if kernel is None else kernel.sigma, data_sigma, spacing)
     kernel = kernel if kernel is not None else GaussianKernel(sigma=sigma)
     device = torch.device(device) if device is not None else sources[0].vertices.device
-    verts = torch.cat([s.vertices for s in sources]).to(dtype=dtype, device=device)
-    if isinstance(control_points, str):
-        check_choice("control_points", control_points, CONTROL_POINTS)
-        q0 = make_control_points(verts, control_points, spacing,
-                                 extent=torch.cat([t.vertices for t in targets]).to(verts))
-    else:
-        q0 = torch.as_tensor(control_points).to(verts)
-        if q0.ndim != 2 or q0.shape[1] != verts.shape[1]:
-            raise ValueError(f"control_points: expected shape (K, {verts.shape[1]}), got {tuple(q0.shape)}")
-    system = _system(kernel, backend, int(q0.shape[0]))
+    q0, cp_kind = _control_points(control_points, sources, targets, spacing, dtype, device)
+    system = hamiltonian_system(kernel, backend, int(q0.shape[0]))
     factor, gram = _whitening(kernel, q0)
     deform = _Deformation(kernel, system, integrators.get(integrator), q0, factor, gram,
                           sigma / math.sqrt(gamma), n_steps)
@@ -335,7 +355,8 @@ def register_shapes(source, target, *, sigma: float | None = None, kernel: Kerne
         level = _Level(width if isinstance(data_term, str) else None,
                        [pick(p) for p in pyramids[0]], [pick(p) for p in pyramids[1]],
                        data_term, backend, dtype, device)
-        res, scale, start = _run_level(deform, level, z, max_iter=iters[index], ftol=ftols[index], check_flips=check_flips,
+        res, scale, start = _run_level(deform, level, z, max_iter=iters[index], ftol=ftols[index],
+                                       check_flips=check_flips, barrier=barrier,
                                 callback=callback, index=index, n_levels=len(levels))
         z = res.x
         history.extend(res.history)
@@ -353,11 +374,11 @@ def register_shapes(source, target, *, sigma: float | None = None, kernel: Kerne
                                      data_term=data_term, data_sigma=data_sigma, backend=backend,
                                      seconds=time.perf_counter() - t_start,
                                      config=dict(sigma=sigma, data_sigma=data_sigma, levels=levels,
-                                                 control_points=control_points if isinstance(control_points, str)
-                                                 else "given", n_control_points=int(q0.shape[0]),
+                                                 control_points=cp_kind, n_control_points=int(q0.shape[0]),
                                                  spacing=spacing, regularization=gamma, n_steps=n_steps,
                                                  integrator=str(integrator), max_iter=iters, ftol=ftols,
                                                  resolution=resolution, check_flips=check_flips,
+                                                 barrier=barrier,
                                                  backend=backend, dtype=str(dtype).replace("torch.", ""),
                                                  whitened=factor is not None))
     if not result.converged:

@@ -14,7 +14,7 @@ import torch
 
 from lddmm_nets import Trajectory
 
-from .measures import normal_ratios, surface_distances
+from .measures import normal_ratios, surface_distances, transported_ratios
 from .shape import Shape
 from .transform import ShapeTransform
 
@@ -78,9 +78,14 @@ class ShapeRegistration:
     energy : float
         Kinetic energy ``H(q0, p0) = ½ ⟨p0, K p0⟩`` of the geodesic (data units²).
     min_normal_ratio : float
-        Smallest ``n_w · n_s / |n_s|²`` over the full source's triangles (segments); ``nan`` for point clouds.
+        Smallest ``n_w · n_s / |n_s|²`` over the full source's triangles (segments): the warped normal against the
+        source normal (``measures.normal_ratios``); ``nan`` for point clouds.
     flipped : int
-        Cells with a ratio ``<= 0``.
+        Triangles (segments) with ``n_w · n_s <= 0``: turned against their source orientation.
+    folded : int
+        Cells inverted with respect to the smooth map (``measures.transported_ratios <= 0``): the piecewise-linear
+        shape folds there. Equal to ``flipped`` for small deformations; for curves bent by more than 90° (a circle
+        into a C) ``flipped`` counts turned segments that are not folds.
     levels : list of LevelRecord
     objective_history : list of float
         The objective after every iteration, all levels in a row.
@@ -105,6 +110,7 @@ class ShapeRegistration:
     energy: float
     min_normal_ratio: float
     flipped: int
+    folded: int = 0
     levels: list = field(default_factory=list)
     objective_history: list = field(default_factory=list)
     n_iter: int = 0
@@ -133,11 +139,17 @@ class ShapeRegistration:
                 ratios.append(normal_ratios(s64, w))
             p0, q0 = traj.p[0], traj.q[0]
             energy = float(traj.system.energy(q0, p0))
+        folded = 0
+        for s in sources:
+            if s.kind != "points":
+                jac = traj.flow_jacobian(s.to(torch.float64).cells_geometry().centers)
+                folded += int((transported_ratios(s.to(torch.float64), transform.apply(s.to(torch.float64)),
+                                                  jac) <= 0).sum())
         all_ratios = np.concatenate(ratios) if ratios else np.zeros(0)
         return cls(transform=transform, source=_unwrap(sources, single), target=_unwrap(targets, single),
                    warped=_unwrap(warped, single), trajectory=traj, distance_before=before, distance_after=after,
                    energy=energy, min_normal_ratio=float(all_ratios.min()) if all_ratios.size else math.nan,
-                   flipped=int((all_ratios <= 0).sum()), levels=list(levels), objective_history=list(history),
+                   flipped=int((all_ratios <= 0).sum()), folded=folded, levels=list(levels), objective_history=list(history),
                    n_iter=sum(r.n_iter for r in levels), seconds=seconds, stop_reason=levels[-1].stop_reason,
                    converged=levels[-1].converged, config=dict(config))
 
@@ -166,7 +178,8 @@ class ShapeRegistration:
             "distance_before": self.distance_before, "distance_after": self.distance_after,
             "relative_distance_after": rel, "energy": self.energy, "iterations": self.n_iter,
             "seconds": self.seconds, "stop_reason": self.stop_reason, "converged": self.converged,
-            "flipped_triangles": self.flipped, "min_normal_ratio": self.min_normal_ratio,
+            "flipped_triangles": self.flipped, "folded_cells": self.folded,
+            "min_normal_ratio": self.min_normal_ratio,
             "n_control_points": int(self.control_points.shape[0]),
             "levels": [asdict(r) for r in self.levels], "config": self.config,
         }

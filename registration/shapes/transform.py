@@ -14,13 +14,50 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lddmm_nets import GaussianKernel, Kernel, SumKernel, Trajectory, shoot
+from lddmm_nets import GaussianKernel, HamiltonianSystem, Kernel, SumKernel, Trajectory, integrators
+from lddmm_nets.kernels import RadialKernel
+from lddmm_nets.shapes.system import DENSE_MAX_PAIRS, FusedHamiltonianSystem
 
 from .shape import Shape
 
-__all__ = ["ShapeTransform", "MOMENTA_FILE"]
+__all__ = ["ShapeTransform", "MOMENTA_FILE", "hamiltonian_system", "integrate", "make_trajectory"]
 
 MOMENTA_FILE = "momenta.npz"
+
+
+def hamiltonian_system(kernel: Kernel, backend: str, n_control_points: int) -> HamiltonianSystem:
+    """The fused dense system (``lddmm_nets.shapes.system``: one kernel matrix per stage) for radial kernels on up
+    to ``DENSE_MAX_PAIRS`` pairs of control points (or ``backend="dense"``); the engine's ``HamiltonianSystem``
+    (its own backend policy, KeOps for large sets) otherwise."""
+    radial = isinstance(kernel, RadialKernel) or (isinstance(kernel, SumKernel)
+                                                  and all(isinstance(k, RadialKernel) for k in kernel.kernels))
+    n = int(n_control_points)
+    if radial and (backend == "dense" or (backend == "auto" and n * n <= DENSE_MAX_PAIRS)):
+        return FusedHamiltonianSystem(kernel, backend=backend)
+    return HamiltonianSystem(kernel, backend=backend)
+
+
+def integrate(system: HamiltonianSystem, scheme: integrators.Integrator, q0: torch.Tensor, p0: torch.Tensor,
+              x0: torch.Tensor | None, n_steps: int):
+    """Control points, momenta and ambient points integrated together over unit time: ``(qs, ps, x1)`` with the
+    ``n_steps + 1`` positions and momenta and the final ambient points (None without ``x0``)."""
+    h = 1.0 / n_steps
+    state = (q0, p0, x0)
+    qs, ps = [q0], [p0]
+    for _ in range(n_steps):
+        state = scheme.step(system, state, h)
+        qs.append(state[0])
+        ps.append(state[1])
+    return qs, ps, state[2]
+
+
+def make_trajectory(system: HamiltonianSystem, scheme: integrators.Integrator, q0: torch.Tensor, p0: torch.Tensor,
+                    n_steps: int) -> Trajectory:
+    """The engine's ``Trajectory`` (``flow``, ``inverse_flow``, ``flow_jacobian``) of a shooting, detached."""
+    with torch.no_grad():
+        qs, ps, _ = integrate(system, scheme, q0, p0, None, n_steps)
+    times = torch.linspace(0.0, 1.0, n_steps + 1, dtype=p0.dtype, device=p0.device)
+    return Trajectory(torch.stack(qs), torch.stack(ps), times, system, scheme)
 
 
 def _kernel_spec(kernel: Kernel) -> tuple[np.ndarray, np.ndarray]:
@@ -56,11 +93,11 @@ class ShapeTransform:
     n_steps: int = 10
     integrator: str = "rk2"
 
-    def trajectory(self, dtype: torch.dtype = torch.float64, backend: str = "auto") -> Trajectory:
-        """The geodesic of the control points, shot in ``dtype`` (detached)."""
-        with torch.no_grad():
-            return shoot(self.kernel, self.control_points.to(dtype), self.momenta.to(dtype), n_steps=self.n_steps,
-                         integrator=self.integrator, backend=backend)
+    def trajectory(self, dtype: torch.dtype = torch.float64, backend: str = "auto", device=None) -> Trajectory:
+        """The geodesic of the control points, shot in ``dtype`` on ``device`` (default: the momenta's; detached)."""
+        q0 = self.control_points.to(dtype=dtype, device=device or self.control_points.device)
+        system = hamiltonian_system(self.kernel, backend, q0.shape[0])
+        return make_trajectory(system, integrators.get(self.integrator), q0, self.momenta.to(q0), self.n_steps)
 
     def _move(self, obj, inverse: bool):
         if isinstance(obj, (list, tuple)):
@@ -71,7 +108,7 @@ class ShapeTransform:
         x = torch.as_tensor(np.asarray(obj, dtype=np.float64) if is_numpy else obj)
         if x.ndim != 2 or x.shape[1] != self.control_points.shape[1]:
             raise ValueError(f"points: expected shape (M, {self.control_points.shape[1]}), got {tuple(x.shape)}")
-        traj = self.trajectory(device_dtype(x))
+        traj = self.trajectory(device_dtype(x), device=x.device)
         with torch.no_grad():
             y = traj.inverse_flow(x.to(traj.q)) if inverse else traj.flow(x.to(traj.q))
         return y.cpu().numpy() if is_numpy else y.to(x)
