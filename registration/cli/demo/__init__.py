@@ -19,12 +19,14 @@ from ._images import image_sections
 from ._landmarks import circle_to_c, landmark_section
 from ._meanfield import meanfield_sections
 from ._report import Check, Section, write_report
+from ._shapes import shape_section
 
 __all__ = ["run_demo", "add_parsers", "circle_to_c", "Section", "Check", "SECTIONS"]
 
 
 def _sections():
-    return [("landmarks", landmark_section), *image_sections(), *idea_sections(), *meanfield_sections()]
+    return [("landmarks", landmark_section), *image_sections(), ("shapes", shape_section), *idea_sections(),
+            *meanfield_sections()]
 
 
 SECTIONS = tuple(name for name, _ in _sections())
@@ -111,8 +113,8 @@ def add_parsers(subparsers) -> None:
     demo.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
     demo.add_argument("--quick", action="store_true", help="smaller problems, for a check in under a minute")
     demo.add_argument("--only", default=None, metavar="NAMES",
-                      help="comma-separated sections to run, among landmarks, circle_c, t1_slice, mni152, spirals, "
-                           "resnet, meanfield (default: all)")
+                      help="comma-separated sections to run, among landmarks, circle_c, t1_slice, mni152, shapes, "
+                           "spirals, resnet, meanfield (default: all)")
     demo.add_argument("--threads", type=int, default=1,
                       help="torch CPU threads (default 1: the fastest for the demo's small problems)")
     demo.set_defaults(func=_run)
