@@ -52,7 +52,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ._checks import check_choice, check_int, check_positive
+from .checks import check_choice, check_int, check_positive
 
 __all__ = ["minimize", "OptimResult", "ConvergenceWarning", "METHODS", "LINE_SEARCHES", "STOP_REASONS"]
 

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from lddmm_nets.fields import interpolate, jacobian_determinant
+from lddmm_nets.grid import Grid
 
-from .io import Image, load_displacement, load_image, resample_image, save_displacement, voxel_spacing
+from .io import Image, load_displacement, load_image, resample_image, save_displacement
 
 __all__ = ["DisplacementTransform", "ndv_percent", "sdlogj"]
 
@@ -34,12 +35,6 @@ def sdlogj(jac: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Standard deviation of ``log det`` (non-positive determinants clipped to 1e-9), inside ``mask`` if given."""
     j = jac if mask is None else jac[mask > 0]
     return float(np.std(np.log(np.clip(j, 1e-9, None)))) if j.size else 0.0
-
-
-def _grid_world(affine: np.ndarray, shape) -> np.ndarray:
-    d = len(shape)
-    idx = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"))
-    return np.tensordot(affine[:d, :d], idx, axes=1) + affine[:d, 3].reshape((d,) + (1,) * d)
 
 
 @dataclass
@@ -68,9 +63,14 @@ class DisplacementTransform:
     def ndim(self) -> int:
         return self.displacement.shape[0]
 
+    @property
+    def grid(self) -> Grid:
+        """The fixed grid the displacement is sampled on."""
+        return Grid.from_affine(self.affine, self.shape)
+
     def world_map(self) -> np.ndarray:
         """``x + u(x)`` at every fixed voxel: ``(d, *shape)`` mm."""
-        return _grid_world(self.affine, self.shape) + self.displacement
+        return self.grid.world().numpy() + self.displacement
 
     def apply(self, image, *, interp: str = "linear", fill: float = 0.0) -> Image:
         """Warp an image (any grid, with its own affine) into the fixed space.
@@ -114,25 +114,19 @@ class DisplacementTransform:
         d = self.ndim
         if points.ndim != 2 or points.shape[1] != d:
             raise ValueError(f"points: expected shape (N, {d}), got {points.shape}")
-        inv = np.linalg.inv(self.affine)
-        vox = points @ inv[:d, :d].T + inv[:d, 3]
-        out = interpolate(torch.as_tensor(field), torch.as_tensor(vox.T.copy()), (1.0,) * d, padding="border")
+        vox = self.grid.world_to_voxel(points.T)
+        out = interpolate(torch.as_tensor(field), torch.as_tensor(np.ascontiguousarray(vox)), Grid(self.shape),
+                          padding="border")
         return out.numpy().T
-
-    def _grid_displacement(self, field: np.ndarray) -> tuple[np.ndarray, tuple[float, ...]]:
-        """Displacement in grid axes (mm along the voxel axes) and the voxel spacing."""
-        d = self.ndim
-        spacing = voxel_spacing(self.affine, d)
-        rot = self.affine[:d, :d] / np.asarray(spacing)[None, :]
-        return np.tensordot(rot.T, field, axes=1), spacing
 
     def jacobian_determinant(self, *, inverse: bool = False) -> np.ndarray:
         """``det(I + Du)`` at every voxel, ``(*shape)``; positive everywhere for a diffeomorphism."""
         field = self.inverse_displacement if inverse else self.displacement
         if field is None:
             raise ValueError("inverse_displacement: this transform has none")
-        u, spacing = self._grid_displacement(field)
-        return jacobian_determinant(torch.as_tensor(u), spacing, displacement=True).numpy()
+        grid = self.grid
+        u = grid.to_frame_vectors(np.asarray(field, dtype=np.float64))  # components along the grid's axes
+        return jacobian_determinant(torch.as_tensor(u), grid, displacement=True).numpy()
 
     def save(self, directory) -> None:
         """Write ``displacement.nii.gz`` (and ``inverse_displacement.nii.gz``) into ``directory`` (ITK readable)."""

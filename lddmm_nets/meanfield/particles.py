@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from .._checks import check_choice, check_int, check_positive
+from ..checks import check_choice, check_int, check_positive
 
 __all__ = ["GaussianDensity", "SAMPLING_METHODS", "sample_particles"]
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from lddmm_nets import FeatureMapKernel, shoot
-from lddmm_nets._checks import check_choice, check_int, check_points, check_positive
+from lddmm_nets.checks import check_choice, check_int, check_points, check_positive
 
 from .resnet import ResNetFlow, ShotWeights, shoot_weights
 

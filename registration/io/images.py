@@ -17,15 +17,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lddmm_nets.grid import Grid
+
 __all__ = ["Image", "load_image", "save_image", "save_displacement", "load_displacement", "resample_image",
-           "voxel_spacing", "sitk_geometry"]
+           "sitk_geometry"]
 
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS (its own inverse)
-
-
-def voxel_spacing(affine: np.ndarray, ndim: int) -> tuple[float, ...]:
-    """Voxel sizes (mm) along the first ``ndim`` axes: the column norms of the affine's linear part."""
-    return tuple(float(np.linalg.norm(affine[:ndim, i])) for i in range(ndim))
 
 
 @dataclass
@@ -57,7 +54,12 @@ class Image:
     @property
     def spacing(self) -> tuple[float, ...]:
         """Voxel sizes in mm, ``(d,)``."""
-        return voxel_spacing(self.affine, self.ndim)
+        return self.grid.spacing
+
+    @property
+    def grid(self) -> Grid:
+        """The image's grid in world space (shape, spacing, origin, direction from the affine)."""
+        return Grid.from_affine(self.affine, self.shape)
 
     def with_data(self, data: np.ndarray) -> "Image":
         """A new image on the same grid with other values (``data`` has this image's shape, or channels first)."""
@@ -286,17 +288,13 @@ def resample_image(image: Image, reference_affine: np.ndarray, reference_shape, 
     shape = tuple(int(n) for n in reference_shape)
     if len(shape) != d:
         raise ValueError(f"reference_shape: expected {d} axes (the image's), got {shape}")
-    if world_map is None:
-        idx = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"))
-        world = np.tensordot(reference_affine[:d, :d], idx, axes=1) + reference_affine[:d, 3].reshape((d,) + (1,) * d)
-    else:
-        world = np.asarray(world_map, dtype=np.float64)
-    inv = np.linalg.inv(image.affine)
-    vox = np.tensordot(inv[:d, :d], world, axes=1) + inv[:d, 3].reshape((d,) + (1,) * d)
+    world = Grid.from_affine(reference_affine, shape).world().numpy() if world_map is None \
+        else np.asarray(world_map, dtype=np.float64)
+    vox = image.grid.world_to_voxel(world)  # fractional voxel indices of the source image
     src = image.data
     integer = np.issubdtype(src.dtype, np.integer) or src.dtype == bool
     f = torch.as_tensor(np.asarray(src, dtype=np.float64 if integer else np.float32)) - fill
-    out = interpolate(f, torch.as_tensor(vox, dtype=f.dtype), (1.0,) * d, interp=interp, padding="zeros") + fill
+    out = interpolate(f, torch.as_tensor(vox, dtype=f.dtype), Grid(src.shape), interp=interp, padding="zeros") + fill
     out = out.numpy()
     if integer and interp == "nearest":
         out = np.rint(out).astype(src.dtype)

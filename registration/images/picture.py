@@ -1,0 +1,89 @@
+"""The overview picture of an image registration (``overview.png`` of ``lddmm register`` and the demo's figures)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..transforms import ndv_percent, sdlogj
+from .preprocessing import normalize_intensity
+
+__all__ = ["overview_figure", "middle_slice"]
+
+
+def middle_slice(a: np.ndarray) -> np.ndarray:
+    """The displayed 2-D slice of an image (the axial middle slice in 3-D), rotated for display."""
+    return np.rot90(a if a.ndim == 2 else a[:, :, a.shape[2] // 2])
+
+
+def _use_agg():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _panels(res):
+    """The image panels: fixed, moving (original grid), warped, |fixed - moving| on the fixed grid, |fixed - warped|."""
+    from ..io import resample_image
+
+    fixed = normalize_intensity(res.fixed.data.astype(np.float32), name="fixed")
+    moving_on_fixed = resample_image(res.moving, res.fixed.affine, res.fixed.shape).data
+    moving_on_fixed = normalize_intensity(moving_on_fixed, name="moving", allow_constant=True)
+    warped = normalize_intensity(res.warped.data.astype(np.float32), name="warped", allow_constant=True)
+    return [("fixed", fixed, "gray"), ("moving (fixed grid)", moving_on_fixed, "gray"), ("warped moving", warped, "gray"),
+            ("|fixed - moving|", np.abs(fixed - moving_on_fixed), "magma"),
+            ("|fixed - warped|", np.abs(fixed - warped), "magma")], warped
+
+
+def overview_figure(res, path: str, *, title: str | None = None, grid_step: int | None = None,
+                    jacobian: np.ndarray | None = None, dpi: int = 75) -> None:
+    """Write a PNG: fixed, moving, warped, |difference| before / after, the deformed grid (moving voxels), the
+    Jacobian determinant and the initial momentum's magnitude, on the middle (axial) slice.
+
+    Parameters
+    ----------
+    res : ImageRegistration
+    path : str
+        Output PNG.
+    title : str, optional
+        Default: the metric before -> after, NDV and SDlogJ.
+    grid_step : int, optional
+        Spacing of the deformed grid's lines in moving voxels (default: about 1/16 of the image).
+    jacobian : numpy.ndarray, optional
+        ``res.jacobian_determinant()`` if already computed.
+    """
+    plt = _use_agg()
+    jac = res.jacobian_determinant() if jacobian is None else jacobian
+    panels, warped = _panels(res)
+    fig, axes = plt.subplots(2, 4, figsize=(13, 6.8))
+    axes = axes.ravel()
+    for ax, (name, img, cmap) in zip(axes, panels):
+        ax.imshow(middle_slice(img), cmap=cmap, vmin=0, vmax=1)
+        ax.set_title(name, fontsize=9)
+    vox = res.moving.grid.world_to_voxel(res.transform.world_map())
+    step = grid_step or max(2, int(round(max(res.moving.shape[:2]) / 16)))
+    ax = axes[5]
+    ax.imshow(middle_slice(warped), cmap="gray", vmin=0, vmax=1, alpha=0.5)
+    for comp in (0, 1):
+        c = middle_slice(vox[comp])
+        lo, hi = np.floor(c.min() / step) * step, np.ceil(c.max() / step) * step
+        ax.contour(c, levels=np.arange(lo, hi + 1, step), colors="tab:blue", linewidths=0.5)
+    ax.set_title("deformed grid (moving voxels)", fontsize=9)
+    im = axes[6].imshow(middle_slice(jac), cmap="coolwarm", vmin=0, vmax=2)
+    fig.colorbar(im, ax=axes[6], fraction=0.046)
+    axes[6].set_title("det Jacobian", fontsize=9)
+    mom = np.asarray(res.momentum.data, dtype=np.float32)
+    mom = np.linalg.norm(mom, axis=-1) if mom.ndim == res.fixed.ndim + 1 else np.abs(mom)
+    axes[7].imshow(middle_slice(mom), cmap="viridis")
+    axes[7].set_title("initial momentum |m0|", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    if title is None:
+        title = (f"{res.config.metric}: {res.similarity_before:.3f} -> {res.similarity_after:.3f}; "
+                 f"NDV {ndv_percent(jac):.3f}%  SDlogJ {sdlogj(jac):.3f}")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
