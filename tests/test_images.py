@@ -50,8 +50,10 @@ def test_recovers_a_known_translation(shape, spacing, shift, momentum):
     sel = gnorm > np.percentile(gnorm, 80)
     normal = grad[:, sel] / gnorm[sel]
     err = np.abs(((res.displacement[:, sel] - np.reshape(shift, (-1, 1))) * normal).sum(0)).mean()
-    before = np.abs((np.reshape(shift, (-1, 1)) * normal).sum(0)).mean()
-    assert err < 0.2 * before, (err, before)
+    # recovered to a fifth of a voxel (measured: 0.08-0.10 voxel; the shift is 1.6-1.8 voxels along the normals):
+    # the blobs' smooth profile and the kernel's regularisation leave a small under-shoot, a real failure leaves
+    # most of the shift
+    assert err < 0.2 * spacing[0], (err, spacing)
     assert res.ndv_percent == 0.0
     assert res.similarity_after < 0.2 * res.similarity_before
 

@@ -27,6 +27,7 @@ def add_parsers(subparsers) -> None:
 def run_apply(args) -> int:
     """Run ``lddmm apply``; returns the exit code (0 on success)."""
     from ..io import load_image, save_image
+    from ..io.output import atomic_file
     from ..transforms import DisplacementTransform
 
     if not os.path.exists(args.image):
@@ -35,12 +36,6 @@ def run_apply(args) -> int:
     transform = DisplacementTransform.load(args.result)
     img = load_image(args.image, name="image")
     warped = transform.apply(img, interp=args.interp)
-    base = os.path.basename(args.out)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(args.out)), f".partial-{os.getpid()}-{base}")
-    try:
+    with atomic_file(args.out) as tmp:
         save_image(tmp, warped)
-        os.replace(tmp, args.out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return 0

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
@@ -34,7 +35,7 @@ import torch
 
 from lddmm_nets.fields import compose, interpolate, jacobian_determinant, resample_map, resize
 from lddmm_nets.grid import Grid
-from lddmm_nets.optim import minimize
+from lddmm_nets.optim import ConvergenceWarning, minimize
 
 from ..metrics import get_metric
 from .affine import affine_prealign, apply_affine, to_world
@@ -185,6 +186,9 @@ def _run_segment(pb: _Problem, st: _State, li: int, lv_grid: Grid, Fl, maskl, sh
     lv = LevelReport(shrink=shrink, shape=lv_grid.shape, spacing=lv_grid.spacing, iterations=res.n_iter,
                      evaluations=evals, objective=list(res.history), similarity=[float(s) for s in res.aux_history],
                      stop_reason=res.stop_reason, seconds=time.perf_counter() - t0, segment=seg, sigma=float(sigma))
+    if res.n_iter == 0 and iters > 0:  # a budget spent is the pyramid's design; no step at all is a failure
+        warnings.warn(f"register_images: level {li + 1} (shrink {shrink}) made no progress: {res.message} after "
+                      f"{evals} evaluations", ConvergenceWarning, stacklevel=4)
     return geo, res.x * scale, sim0, lv
 
 

@@ -10,10 +10,9 @@ atomically.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 
+from ...io.output import atomic_directory
 from ._ideas import idea_sections
 from ._images import image_sections
 from ._landmarks import circle_to_c, landmark_section
@@ -66,9 +65,6 @@ def run_demo(out: str, *, quick: bool = False, only=None, progress=None, threads
         if unknown:
             raise ValueError(f"only: expected names among {list(SECTIONS)}, got {unknown}")
         todo = [(n, f) for n, f in todo if n in set(only)]
-    parent = os.path.dirname(os.path.abspath(out)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".lddmm-demo-", dir=parent)
     bar = None
     previous_threads = torch.get_num_threads()
     try:
@@ -78,25 +74,22 @@ def run_demo(out: str, *, quick: bool = False, only=None, progress=None, threads
             bar = tqdm(total=len(todo), desc="lddmm demo", unit="section", leave=True, disable=None,
                        bar_format="{desc}: {n_fmt}/{total_fmt} sections [{elapsed}] {postfix}")
             progress = lambda message: bar.set_postfix_str(message[:70], refresh=True)  # noqa: E731
-        start = time.perf_counter()
-        sections = []
-        for name, run in todo:
-            progress(name)
-            t0 = time.perf_counter()
-            section = run(tmp, quick, progress)
-            section.seconds = time.perf_counter() - t0
-            sections.append(section)
-            if bar is not None:
-                bar.update(1)
-        write_report(tmp, sections, quick=quick, seconds=time.perf_counter() - start)
-        os.makedirs(out, exist_ok=True)
-        for name in os.listdir(tmp):
-            os.replace(os.path.join(tmp, name), os.path.join(out, name))
+        with atomic_directory(out, prefix=".lddmm-demo-") as tmp:
+            start = time.perf_counter()
+            sections = []
+            for name, run in todo:
+                progress(name)
+                t0 = time.perf_counter()
+                section = run(tmp, quick, progress)
+                section.seconds = time.perf_counter() - t0
+                sections.append(section)
+                if bar is not None:
+                    bar.update(1)
+            write_report(tmp, sections, quick=quick, seconds=time.perf_counter() - start)
     finally:
         torch.set_num_threads(previous_threads)
         if bar is not None:
             bar.close()
-        shutil.rmtree(tmp, ignore_errors=True)
     return os.path.join(out, "index.html")
 
 
