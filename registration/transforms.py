@@ -99,6 +99,46 @@ class DisplacementTransform:
                              f"shape {img.shape}")
         return resample_image(img, self.affine, self.shape, interp=interp, world_map=self.world_map(), fill=fill)
 
+    def apply_inverse(self, image, reference, *, interp: str = "linear", fill: float = 0.0) -> Image:
+        """Warp a fixed-space image (labels too) into the moving space, on a reference grid of the moving space.
+
+        Each reference voxel ``y`` (world) takes the image's value at ``y + w(y)``, the inverse displacement ``w``
+        being interpolated from the fixed grid (its border value outside it).
+
+        Parameters
+        ----------
+        image : Image, path, nibabel image or array
+            Fixed-space image (an array is taken on the fixed grid).
+        reference : Image, path or ``(affine, shape)``
+            The moving-space grid to resample onto (e.g. the moving image).
+        interp, fill
+            As in ``apply``.
+
+        Returns
+        -------
+        Image
+            On the reference grid.
+        """
+        if interp not in _INTERPS:
+            raise ValueError(f"interp: expected one of {_INTERPS}, got {interp!r}")
+        if self.inverse_displacement is None:
+            raise ValueError("inverse_displacement: this transform has none")
+        if isinstance(image, np.ndarray):
+            image = Image(image, self.affine.copy())
+        img = load_image(image)
+        if isinstance(reference, tuple) and len(reference) == 2:
+            ref_affine, ref_shape = np.asarray(reference[0], float), tuple(int(n) for n in reference[1])
+        else:
+            ref = load_image(reference, name="reference")
+            ref_affine, ref_shape = ref.affine, ref.shape
+        if img.ndim != self.ndim or len(ref_shape) != self.ndim:
+            raise ValueError(f"image: expected {self.ndim}-D image and reference (the transform's), got "
+                             f"{img.ndim}-D and {len(ref_shape)}-D")
+        y = Grid.from_affine(ref_affine, ref_shape).world().numpy()
+        pts = y.reshape(self.ndim, -1).T
+        x = (pts + self._sample(self.inverse_displacement, pts)).T.reshape(y.shape)
+        return resample_image(img, ref_affine, ref_shape, interp=interp, world_map=x, fill=fill)
+
     def transform_points(self, points: np.ndarray) -> np.ndarray:
         """Map fixed-space world points ``(N, d)`` (mm) to the moving space: ``x + u(x)`` (linear interpolation)."""
         return points + self._sample(self.displacement, points)

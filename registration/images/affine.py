@@ -16,7 +16,7 @@ from lddmm_nets.optim import minimize
 
 from .preprocessing import gaussian_smooth
 
-__all__ = ["affine_prealign", "apply_affine", "to_world", "AFFINE_SHRINK"]
+__all__ = ["affine_prealign", "apply_affine", "to_world", "from_world", "AFFINE_SHRINK"]
 
 #: the affine stage runs on the grid shrunk by this factor (at least 8 nodes per axis), smoothed by 2 voxels
 AFFINE_SHRINK = 4
@@ -35,6 +35,14 @@ def to_world(A: np.ndarray, grid: Grid) -> np.ndarray:
     R = np.eye(d + 1)
     R[:d, :d] = grid.rotation
     return R @ np.asarray(A, dtype=np.float64) @ np.linalg.inv(R)
+
+
+def from_world(A: np.ndarray, grid: Grid) -> np.ndarray:
+    """A world-coordinate affine ``(d+1, d+1)`` as a frame-coordinate one: ``R⁻¹ A R`` (the inverse of ``to_world``)."""
+    d = grid.ndim
+    R = np.eye(d + 1)
+    R[:d, :d] = grid.rotation
+    return np.linalg.inv(R) @ np.asarray(A, dtype=np.float64) @ R
 
 
 def affine_prealign(moving: torch.Tensor, fixed: torch.Tensor, grid: Grid, metric, mask, iterations: int,

@@ -38,7 +38,7 @@ from lddmm_nets.grid import Grid
 from lddmm_nets.optim import ConvergenceWarning, minimize
 
 from ..metrics import get_metric
-from .affine import affine_prealign, apply_affine, to_world
+from .affine import affine_prealign, apply_affine, from_world, to_world
 from .config import RegistrationConfig
 from .geodesic import LevelGeodesic, deformation_shrink, kernel_width, make_kernel
 from .preprocessing import PreparedPair, gaussian_smooth, prepare_pair
@@ -99,12 +99,17 @@ def _problem(pair: PreparedPair, cfg: RegistrationConfig, callback) -> _Problem:
     mask = None if pair.mask is None else torch.as_tensor(pair.mask, dtype=dtype, device=dev)
     full_sim = BoxSimilarity(loss_fn, M, F, mask, grid, None)
     sim_before = float(full_sim.loss_on_box(M[full_sim.box]))
-    A = None
+    # the moving image already went through the initial affine A0 (prepare_pair); a pre-alignment A1 on top of it
+    # gives the total fixed -> moving affine A0 A1 (frame coordinates), composed with the deformation at the end
+    A = None if pair.initial_affine is None else torch.as_tensor(from_world(pair.initial_affine, grid),
+                                                                  dtype=torch.float64, device=dev)
     if cfg.affine:
-        A = affine_prealign(M.double(), F.double(), grid, loss_fn, None if mask is None else mask.double(),
-                            cfg.affine_iterations, callback)
-        A = A.to(device=dev, dtype=dtype)
-        M = interpolate(M, apply_affine(A, grid.identity_map(dtype=dtype, device=dev)), grid, padding="zeros")
+        A1 = affine_prealign(M.double(), F.double(), grid, loss_fn, None if mask is None else mask.double(),
+                             cfg.affine_iterations, callback)
+        M = interpolate(M, apply_affine(A1.to(dtype), grid.identity_map(dtype=dtype, device=dev)), grid,
+                        padding="zeros")
+        A = A1 if A is None else A @ A1
+    A = None if A is None else A.to(dtype=dtype)
     shrink = deformation_shrink(cfg, grid)
     def_grid = grid.shrunk(shrink)
     sigma = kernel_width(cfg, grid, def_grid)
@@ -272,7 +277,7 @@ def _assemble(pb: _Problem, st: _State, t0: float) -> ImageRegistration:
                              config=pb.cfg, similarity_before=pb.sim_before, similarity_after=sim_after,
                              energy=energy, levels=st.levels, seconds=time.perf_counter() - t0,
                              stop_reason=st.levels[-1].stop_reason if st.levels else "", affine_matrix=A,
-                             momenta=extra, segment_energies=list(st.energies))
+                             initial_affine=pair.initial_affine, momenta=extra, segment_energies=list(st.energies))
 
 
 @contextlib.contextmanager
@@ -298,7 +303,8 @@ def register_images(fixed, moving, *, metric: str | None = None, window: int | N
                     deformation_shrink: int | None = None, affine: bool | None = None,
                     affine_iterations: int | None = None, fixed_mask=None, moving_mask=None, tol: float | None = None,
                     patience: int | None = None, dtype: str | None = None, device: str | None = None,
-                    threads: int | None = None, callback: Callable[[dict], None] | None = None) -> ImageRegistration:
+                    initial_affine=None, threads: int | None = None,
+                    callback: Callable[[dict], None] | None = None) -> ImageRegistration:
     """Register ``moving`` onto ``fixed`` by geodesic shooting (diffeomorphic, in physical space).
 
     Options left as None take the defaults for the images' dimension (``RegistrationConfig.for_dim``).
@@ -351,6 +357,11 @@ def register_images(fixed, moving, *, metric: str | None = None, window: int | N
         L-BFGS budget of the affine stage (default 50).
     fixed_mask, moving_mask : optional
         Binary masks (fixed / moving space) that restrict the similarity to their voxels.
+    initial_affine : array-like or path, optional
+        A fixed -> moving world (RAS) affine ``(d+1, d+1)`` from another tool, or a file: an ITK / ANTs transform
+        (``.txt``, ``.tfm``, ``.mat``; LPS inside, converted) or a plain matrix (``.npy`` / text, RAS). The moving
+        image is resampled through it before the deformable registration, and the result's transform is the
+        composition (the affine after the deformation); with ``affine=True`` the pre-alignment starts from it.
     tol, patience : float, int, optional
         Stopping rule: stop a level when the objective decreased by less than ``tol`` (relative, default 1e-4)
         over the last ``patience`` (default 5) iterations.
@@ -381,7 +392,7 @@ def register_images(fixed, moving, *, metric: str | None = None, window: int | N
                    patience=patience, dtype=dtype, device=device)
     with _torch_threads(threads):
         t0 = time.perf_counter()
-        pair = prepare_pair(fixed, moving, fixed_mask, moving_mask)
+        pair = prepare_pair(fixed, moving, fixed_mask, moving_mask, initial_affine)
         cfg = RegistrationConfig.for_dim(pair.grid.ndim, **options)
         pb = _problem(pair, cfg, callback)
         st = _State()

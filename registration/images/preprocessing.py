@@ -9,6 +9,7 @@ statistics; fixed voxels outside the moving image's field of view are left out o
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,7 +113,9 @@ class PreparedPair:
     mask : numpy.ndarray or None
         ``(*shape)`` float32 weights of the similarity (masks and the moving field of view), or None for all.
     same_grid : bool
-        The moving image was already on the fixed grid (no resampling).
+        The moving image was already on the fixed grid (no resampling, no initial affine).
+    initial_affine : numpy.ndarray or None
+        ``(d+1, d+1)`` world (RAS) fixed -> moving affine the moving image was resampled through.
     """
 
     fixed_image: Image
@@ -122,10 +125,28 @@ class PreparedPair:
     moving: np.ndarray
     mask: np.ndarray | None
     same_grid: bool
+    initial_affine: np.ndarray | None = None
 
 
-def prepare_pair(fixed, moving, fixed_mask=None, moving_mask=None) -> PreparedPair:
+def _initial_affine(initial_affine, d: int):
+    """The initial affine as a checked RAS matrix (a path is read with ``registration.io.load_affine``), or None for
+    none or the identity."""
+    from ..io.affine import check_affine, load_affine
+
+    if initial_affine is None:
+        return None
+    if isinstance(initial_affine, (str, os.PathLike)):
+        A = load_affine(initial_affine, d)
+    else:
+        A = check_affine(initial_affine, d)
+    return None if np.allclose(A, np.eye(d + 1), atol=1e-12) else A
+
+
+def prepare_pair(fixed, moving, fixed_mask=None, moving_mask=None, initial_affine=None) -> PreparedPair:
     """Read, check, resample and normalise a pair (see the module docstring).
+
+    ``initial_affine`` (a ``(d+1, d+1)`` world fixed -> moving matrix, or a path to an ITK / ANTs / plain matrix
+    file) resamples the moving image through that affine: the registration then starts from it.
 
     Raises
     ------
@@ -139,13 +160,21 @@ def prepare_pair(fixed, moving, fixed_mask=None, moving_mask=None) -> PreparedPa
     if fixed_img.ndim != moving_img.ndim:
         raise ValueError(f"moving: expected a {fixed_img.ndim}-D image like fixed, got {moving_img.ndim}-D "
                          f"(shapes {fixed_img.shape} and {moving_img.shape})")
+    A = _initial_affine(initial_affine, fixed_img.ndim)
     f_np = normalize_intensity(np.asarray(fixed_img.data, dtype=np.float32), name="fixed")
-    same_grid = moving_img.shape == fixed_img.shape and np.allclose(moving_img.affine, fixed_img.affine, atol=1e-6)
+    same_grid = A is None and moving_img.shape == fixed_img.shape and np.allclose(moving_img.affine,
+                                                                                  fixed_img.affine, atol=1e-6)
     moving_f32 = Image(np.asarray(moving_img.data, dtype=np.float32), moving_img.affine)
     # normalise with the moving image's own statistics (this also rejects NaNs and constant images), then apply the
     # same map to the resampled copy (background outside its field of view stays at 0)
     _, lo, hi = intensity_range(moving_img.data, name="moving")
-    on_fixed = moving_f32 if same_grid else resample_image(moving_f32, fixed_img.affine, fixed_img.shape)
+    world = None
+    if A is not None:  # sample the moving image at A x for every fixed voxel x: one interpolation
+        d = fixed_img.ndim
+        x = fixed_img.grid.world().numpy()
+        world = np.tensordot(A[:d, :d], x, axes=1) + A[:d, d].reshape((d,) + (1,) * d)
+    on_fixed = moving_f32 if same_grid else resample_image(moving_f32, fixed_img.affine, fixed_img.shape,
+                                                           world_map=world)
     m_np = rescale(on_fixed.data, lo, hi)
     if float(m_np.max() - m_np.min()) <= 0:
         raise ValueError("moving: after resampling onto the fixed grid the image is constant "
@@ -157,9 +186,9 @@ def prepare_pair(fixed, moving, fixed_mask=None, moving_mask=None) -> PreparedPa
         # fixed voxels outside the moving image's field of view carry no information (their moving value is a
         # fill): leave them out of the similarity, or the deformation would chase the edge of the field of view
         fov = resample_image(Image(np.ones(moving_img.shape, np.float32), moving_img.affine), fixed_img.affine,
-                             fixed_img.shape).data > 0.999
+                             fixed_img.shape, world_map=world).data > 0.999
         if not fov.any():
             raise ValueError("moving: its field of view does not overlap the fixed image's")
         if not fov.all():
             mask = fov.astype(np.float32) if mask is None else mask * fov
-    return PreparedPair(fixed_img, moving_img, fixed_img.grid, f_np, m_np, mask, same_grid)
+    return PreparedPair(fixed_img, moving_img, fixed_img.grid, f_np, m_np, mask, same_grid, A)

@@ -122,7 +122,10 @@ class ImageRegistration:
     stop_reason : str
         Why the finest level stopped.
     affine_matrix : numpy.ndarray or None
-        ``(d+1, d+1)`` world-coordinate pre-alignment (fixed point ``x`` -> ``A x`` before the deformation), if any.
+        ``(d+1, d+1)`` world-coordinate affine composed after the deformation (the initial affine times the
+        pre-alignment: fixed point ``x`` -> ``A (x + u_def(x))``), if any.
+    initial_affine : numpy.ndarray or None
+        ``(d+1, d+1)`` the initial affine given by the user (world, fixed -> moving), if any.
     momenta : list of Image
         ``geodesics="composed"``: the initial momentum of every geodesic segment, in the order they were shot
         (each on the fixed grid, shot from the moving image warped by the previous ones); ``momentum`` is the
@@ -144,6 +147,7 @@ class ImageRegistration:
     seconds: float
     stop_reason: str
     affine_matrix: np.ndarray | None = None
+    initial_affine: np.ndarray | None = None
     momenta: list = field(default_factory=list)
     segment_energies: list = field(default_factory=list)
 
@@ -234,6 +238,8 @@ class ImageRegistration:
             "seconds": self.seconds,
             "stop_reason": self.stop_reason,
             "affine_matrix": None if self.affine_matrix is None else np.asarray(self.affine_matrix).tolist(),
+            "initial_affine": None if self.initial_affine is None else np.asarray(self.initial_affine).tolist(),
+            "moving_grid": {"shape": list(self.moving.shape), "affine": np.asarray(self.moving.affine).tolist()},
         }
 
     def save(self, directory, *, overview: bool = True) -> list[str]:
