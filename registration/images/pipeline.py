@@ -136,8 +136,15 @@ def _segment_geodesic(pb: _Problem, lv_grid: Grid, shrink: int, smooth: float, m
 
 
 def _objective(pb: _Problem, st: _State, geo: LevelGeodesic, sim_fn: BoxSimilarity, scale: float, sim0: float,
-               floor: float):
-    """``q ↦ (λ E / |Ω| + D / D_0, D)``, or None where the (composed) map folds."""
+               floor: float, before: torch.Tensor | None):
+    """``q ↦ (λ E / |Ω| + D / D_0, D)``, or None where the (composed) map folds.
+
+    Composed segments are scored through the composition ``psi_acc ∘ psi_s`` (``before`` is ``psi_acc`` on the
+    segment's grid) on the unwarped moving image, not on a moving image resampled by the previous segments: at the
+    start of a segment its map is the identity, where a pre-resampled image is sampled exactly on its nodes, the kink
+    of linear interpolation. There any step blurs the image and raises the loss to first order while the gradient is
+    one-sided: the finest level's line search then made no progress at all.
+    """
     composed = pb.cfg.geodesics == "composed"
     lam = pb.cfg.regularization
 
@@ -151,34 +158,36 @@ def _objective(pb: _Problem, st: _State, geo: LevelGeodesic, sim_fn: BoxSimilari
                 check_grid = pb.def_grid
             if not float(jacobian_determinant(check, check_grid).min()) > floor:  # NaN fails too
                 return None
-        sim = sim_fn(psi)
+        sim = sim_fn(psi if before is None else compose(before, psi, geo.grid))
         return lam * energy / pb.volume + sim / sim0, sim
 
     return objective
 
 
-def _run_segment(pb: _Problem, st: _State, li: int, lv_grid: Grid, Fl, maskl, shrink: int, smooth: float,
+def _run_segment(pb: _Problem, st: _State, li: int, lv_grid: Grid, Fl, Ml, maskl, shrink: int, smooth: float,
                  iters: int, seg: int):
     """One geodesic segment (or the level's geodesic): returns its geodesic, optimised momentum, D_0 and report."""
     t0 = time.perf_counter()
     cfg = pb.cfg
     moving_np = pb.moving_np
-    if st.psi is not None:  # the moving image warped by the geodesics so far: the next one starts from it
+    if st.psi is not None and cfg.momentum == "scalar":  # the scalar momentum is defined on the current image
         with torch.no_grad():
             moving_np = interpolate(pb.moving, resample_map(st.psi, pb.def_grid, pb.grid), pb.grid).cpu().numpy()
-    Ml = resize(torch.as_tensor(gaussian_smooth(moving_np, smooth), dtype=pb.dtype, device=pb.device), lv_grid.shape)
     geo, sigma = _segment_geodesic(pb, lv_grid, shrink, smooth, moving_np)
     composed = cfg.geodesics == "composed"
     P0 = geo.zeros() if (st.P is None or composed) else resize(st.P, geo.shape)
     scale = geo.scale()
     floor = JACOBIAN_FLOOR if composed else 0.0
+    before = None
     if st.psi is not None:  # the starting point (the maps so far) must stay feasible
         with torch.no_grad():
             floor = min(floor, 0.5 * float(jacobian_determinant(st.psi, pb.def_grid).min()))
+            before = resample_map(st.psi, pb.def_grid, geo.grid)
     sim_fn = BoxSimilarity(pb.loss_fn, Ml, Fl, maskl, lv_grid, geo.grid)
-    with torch.no_grad():
-        sim0 = max(float(sim_fn.loss_on_box(Ml[sim_fn.box])), 1e-12)
-    objective = _objective(pb, st, geo, sim_fn, scale, sim0, floor)
+    with torch.no_grad():  # the loss where the segment starts (its map: the identity), with the same arithmetic
+        start = geo.grid.identity_map(dtype=pb.dtype, device=pb.device) if before is None else before
+        sim0 = max(float(sim_fn(start)), 1e-12)
+    objective = _objective(pb, st, geo, sim_fn, scale, sim0, floor, before)
     report = None if pb.callback is None else (lambda it, f, sim: pb.callback(
         {"level": li, "iteration": it, "objective": f, "similarity": float(sim)}))
     options = dict(max_iter=iters, gtol=0.0, ftol=cfg.tol, patience=cfg.patience, line_search="armijo",
@@ -217,10 +226,12 @@ def _run_level(pb: _Problem, st: _State, li: int, shrink: int, smooth: float, it
         return  # too coarse to carry information: skip (the finest level always runs)
     Fl = resize(torch.as_tensor(gaussian_smooth(pb.pair.fixed, smooth), dtype=pb.dtype, device=pb.device),
                 lv_grid.shape)
+    Ml = resize(torch.as_tensor(gaussian_smooth(pb.moving_np, smooth), dtype=pb.dtype, device=pb.device),
+                lv_grid.shape)
     maskl = None if pb.mask is None else (resize(pb.mask, lv_grid.shape) > 0.5).to(pb.dtype)
     level_sim0 = None
     for seg in range(n_seg if cfg.geodesics == "composed" else 1):
-        geo, P, sim0, lv = _run_segment(pb, st, li, lv_grid, Fl, maskl, shrink, smooth, iters, seg)
+        geo, P, sim0, lv = _run_segment(pb, st, li, lv_grid, Fl, Ml, maskl, shrink, smooth, iters, seg)
         st.levels.append(lv)
         st.P = P
         if cfg.geodesics != "composed":
