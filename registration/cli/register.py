@@ -31,6 +31,18 @@ def _float_list(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 2,1,0, got {text!r}")
 
 
+def _threads(text: str):
+    if text in ("auto", "all"):
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, 'auto' or 'all', got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, 'auto' or 'all', got {n}")
+    return n
+
+
 def add_parsers(subparsers) -> None:
     """Add the ``register`` sub-command to an ``argparse`` subparsers object."""
     p = subparsers.add_parser(
@@ -65,7 +77,9 @@ def add_parsers(subparsers) -> None:
                    help="fixed -> moving affine from another tool to start from: an ITK / ANTs transform (.txt, .tfm, "
                         ".mat) or a (d+1)x(d+1) RAS matrix (.npy or text); the result is the composition")
     p.add_argument("--device", default=None, help="torch device (cpu, cuda, ...; default cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=_threads, default="auto",
+                   help="torch CPU threads: a number, 'auto' (default: the cores other processes leave free) or "
+                        "'all'")
     p.add_argument("--no-overview", action="store_true", help="skip overview.png")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_register)
@@ -97,8 +111,6 @@ def run_register(args) -> int:
     from ..io import load_image
     from ..io.affine import load_affine
 
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads: expected a positive integer, got {args.threads}")
     for name, path in (("fixed", args.fixed), ("moving", args.moving)):
         if not os.path.exists(path):
             raise FileNotFoundError(f"{name}: no such file: {path}")

@@ -10,6 +10,11 @@ from .preprocessing import normalize_intensity
 __all__ = ["overview_figure", "middle_slice"]
 
 
+def _index(shape) -> tuple:
+    """The index of the displayed slice: everything in 2-D, the axial middle slice in 3-D."""
+    return (slice(None),) * len(shape) if len(shape) == 2 else (slice(None), slice(None), shape[2] // 2)
+
+
 def middle_slice(a: np.ndarray) -> np.ndarray:
     """The displayed 2-D slice of an image (the axial middle slice in 3-D), rotated for display."""
     return np.rot90(a if a.ndim == 2 else a[:, :, a.shape[2] // 2])
@@ -24,17 +29,24 @@ def _use_agg():
     return plt
 
 
-def _panels(res):
-    """The image panels: fixed, moving (original grid), warped, |fixed - moving| on the fixed grid, |fixed - warped|."""
+def _slice_data(res):
+    """Everything the figure shows, on the displayed slice only (a 3-D volume is never processed whole)."""
     from ..io import resample_image
 
-    fixed = normalize_intensity(res.fixed.data.astype(np.float32), name="fixed")
-    moving_on_fixed = resample_image(res.moving, res.fixed.affine, res.fixed.shape).data
-    moving_on_fixed = normalize_intensity(moving_on_fixed, name="moving", allow_constant=True)
-    warped = normalize_intensity(res.warped.data.astype(np.float32), name="warped", allow_constant=True)
-    return [("fixed", fixed, "gray"), ("moving (fixed grid)", moving_on_fixed, "gray"), ("warped moving", warped, "gray"),
-            ("|fixed - moving|", np.abs(fixed - moving_on_fixed), "magma"),
-            ("|fixed - warped|", np.abs(fixed - warped), "magma")], warped
+    fixed = res.fixed
+    sl = _index(fixed.shape)
+    d = fixed.ndim
+    world = fixed.grid.world().numpy()[(slice(None),) + sl]  # (d, nx, ny): world coordinates of the slice
+    sub_shape = world.shape[1:] + (() if d == 2 else (1,))
+    moving_on_fixed = resample_image(res.moving, fixed.affine, sub_shape,
+                                     world_map=world.reshape((d,) + sub_shape)).data.reshape(world.shape[1:])
+    mapped = world + res.displacement[(slice(None),) + sl]
+    vox = res.moving.grid.world_to_voxel(mapped)
+    mom = np.asarray(res.momentum.data, dtype=np.float32)[sl]
+    mom = np.linalg.norm(mom, axis=-1) if mom.ndim == 3 else np.abs(mom)
+    norm = [normalize_intensity(np.asarray(a, dtype=np.float32), name=n, allow_constant=True)
+            for n, a in (("fixed", fixed.data[sl]), ("moving", moving_on_fixed), ("warped", res.warped.data[sl]))]
+    return norm, vox, mom
 
 
 def overview_figure(res, path: str, *, title: str | None = None, grid_step: int | None = None,
@@ -56,27 +68,27 @@ def overview_figure(res, path: str, *, title: str | None = None, grid_step: int 
     """
     plt = _use_agg()
     jac = res.jacobian_determinant() if jacobian is None else jacobian
-    panels, warped = _panels(res)
+    (fixed, moving, warped), vox, mom = _slice_data(res)
+    panels = [("fixed", fixed, "gray"), ("moving (fixed grid)", moving, "gray"), ("warped moving", warped, "gray"),
+              ("|fixed - moving|", np.abs(fixed - moving), "magma"), ("|fixed - warped|", np.abs(fixed - warped),
+                                                                      "magma")]
     fig, axes = plt.subplots(2, 4, figsize=(13, 6.8))
     axes = axes.ravel()
     for ax, (name, img, cmap) in zip(axes, panels):
-        ax.imshow(middle_slice(img), cmap=cmap, vmin=0, vmax=1)
+        ax.imshow(np.rot90(img), cmap=cmap, vmin=0, vmax=1)
         ax.set_title(name, fontsize=9)
-    vox = res.moving.grid.world_to_voxel(res.transform.world_map())
     step = grid_step or max(2, int(round(max(res.moving.shape[:2]) / 16)))
     ax = axes[5]
-    ax.imshow(middle_slice(warped), cmap="gray", vmin=0, vmax=1, alpha=0.5)
+    ax.imshow(np.rot90(warped), cmap="gray", vmin=0, vmax=1, alpha=0.5)
     for comp in (0, 1):
-        c = middle_slice(vox[comp])
+        c = np.rot90(vox[comp])
         lo, hi = np.floor(c.min() / step) * step, np.ceil(c.max() / step) * step
         ax.contour(c, levels=np.arange(lo, hi + 1, step), colors="tab:blue", linewidths=0.5)
     ax.set_title("deformed grid (moving voxels)", fontsize=9)
     im = axes[6].imshow(middle_slice(jac), cmap="coolwarm", vmin=0, vmax=2)
     fig.colorbar(im, ax=axes[6], fraction=0.046)
     axes[6].set_title("det Jacobian", fontsize=9)
-    mom = np.asarray(res.momentum.data, dtype=np.float32)
-    mom = np.linalg.norm(mom, axis=-1) if mom.ndim == res.fixed.ndim + 1 else np.abs(mom)
-    axes[7].imshow(middle_slice(mom), cmap="viridis")
+    axes[7].imshow(np.rot90(mom), cmap="viridis")
     axes[7].set_title("initial momentum |m0|", fontsize=9)
     for ax in axes:
         ax.axis("off")

@@ -38,6 +38,7 @@ from lddmm_nets.grid import Grid
 from lddmm_nets.optim import ConvergenceWarning, minimize
 
 from ..metrics import get_metric
+from ..threads import resolve_threads
 from .affine import affine_prealign, apply_affine, from_world, to_world
 from .config import RegistrationConfig
 from .geodesic import LevelGeodesic, deformation_shrink, kernel_width, make_kernel
@@ -292,14 +293,13 @@ def _assemble(pb: _Problem, st: _State, t0: float) -> ImageRegistration:
 
 
 @contextlib.contextmanager
-def _torch_threads(threads: int | None):
+def _torch_threads(threads):
     if threads is None:
         yield
         return
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads: expected a positive integer, got {threads!r}")
+    n = resolve_threads(threads)
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
@@ -314,7 +314,7 @@ def register_images(fixed, moving, *, metric: str | None = None, window: int | N
                     deformation_shrink: int | None = None, affine: bool | None = None,
                     affine_iterations: int | None = None, fixed_mask=None, moving_mask=None, tol: float | None = None,
                     patience: int | None = None, dtype: str | None = None, device: str | None = None,
-                    initial_affine=None, threads: int | None = None,
+                    initial_affine=None, threads: int | str | None = "auto",
                     callback: Callable[[dict], None] | None = None) -> ImageRegistration:
     """Register ``moving`` onto ``fixed`` by geodesic shooting (diffeomorphic, in physical space).
 
@@ -379,8 +379,10 @@ def register_images(fixed, moving, *, metric: str | None = None, window: int | N
     dtype : {"float32", "float64"}, optional
     device : str, optional
         Torch device, e.g. ``"cpu"`` (default) or ``"cuda"``.
-    threads : int, optional
-        Torch CPU threads for this call only (restored afterwards); default: torch's current setting.
+    threads : int, "auto", "all" or None
+        Torch CPU threads for this call only (restored afterwards). ``"auto"`` (default): the cores other processes
+        leave free, measured at the call (``registration.threads``), so that a busy machine does not make torch's
+        threads wait for each other; ``"all"``: every available core; None: torch's current setting.
     callback : callable, optional
         Called after every iteration with a dict (level, iteration, objective, similarity); the CLI uses it
         for its progress bar.

@@ -162,8 +162,11 @@ class ImageRegistration:
         return self.transform.inverse_displacement
 
     def jacobian_determinant(self) -> np.ndarray:
-        """``det D(x + u(x))`` on the fixed grid, ``(*shape)``."""
-        return self.transform.jacobian_determinant()
+        """``det D(x + u(x))`` on the fixed grid, ``(*shape)`` (computed once: a result is a record)."""
+        cached = self.__dict__.get("_jacobian")
+        if cached is None:
+            cached = self.__dict__["_jacobian"] = self.transform.jacobian_determinant()
+        return cached
 
     @property
     def ndv_percent(self) -> float:

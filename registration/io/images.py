@@ -214,20 +214,21 @@ def save_displacement(path, displacement: np.ndarray, affine: np.ndarray) -> Non
     Notes
     -----
     World convention of the file: ITK's. The vectors are stored in LPS components (x and y negated with
-    respect to RAS), as ANTs writes its warps, with the NIfTI intent "vector"; SimpleITK's
-    ``DisplacementFieldTransform`` built from this file reproduces our warped image.
+    respect to RAS), as ANTs writes its warps, with the NIfTI intent "vector", in float32 (as ANTs writes them);
+    SimpleITK's ``DisplacementFieldTransform`` built from this file (read as float64) reproduces our warped image.
     """
     import SimpleITK as sitk
 
     d = displacement.shape[0]
-    lps = np.asarray(displacement, dtype=np.float64).copy()
+    lps = np.asarray(displacement, dtype=np.float32).copy()  # float32: 1e-5 mm resolution, half the bytes
     lps[: min(d, 2)] *= -1.0
     arr = np.moveaxis(lps, 0, -1)  # (*shape, d)
     arr = np.ascontiguousarray(arr.transpose(tuple(range(d))[::-1] + (d,)))  # (z, y, x, d)
     img = sitk.GetImageFromArray(arr, isVector=True)
     origin, spacing, direction = sitk_geometry(affine, d)
     img.SetOrigin(origin), img.SetSpacing(spacing), img.SetDirection(direction)
-    sitk.WriteImage(img, os.fspath(path))
+    # gzip level 1 (as nibabel writes .nii.gz): several times faster than the default, files ~10 % larger
+    sitk.WriteImage(img, os.fspath(path), useCompression=True, compressionLevel=1)
 
 
 def load_displacement(path) -> tuple[np.ndarray, np.ndarray]:
