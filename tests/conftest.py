@@ -38,3 +38,10 @@ def _one_thread():
 @pytest.fixture
 def rng():
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                             reason="no CUDA device"))])
+def device(request):
+    """Run a test on the CPU and, when one is available, on CUDA (skipped otherwise)."""
+    return torch.device(request.param)
