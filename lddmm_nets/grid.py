@@ -47,9 +47,10 @@ def _apply(matrix: np.ndarray, x, offset=None):
         if offset is not None:
             out = out + torch.as_tensor(offset, dtype=x.dtype, device=x.device).reshape((d,) + (1,) * (x.dim() - 1))
         return out
-    x = np.asarray(x, dtype=np.float64)
-    out = np.tensordot(matrix, x, axes=1)
-    return out if offset is None else out + np.asarray(offset).reshape((d,) + (1,) * (x.ndim - 1))
+    x = np.asarray(x)
+    x = x if np.issubdtype(x.dtype, np.floating) else x.astype(np.float64)  # float32 fields stay float32
+    out = np.tensordot(matrix.astype(x.dtype), x, axes=1)
+    return out if offset is None else out + np.asarray(offset, dtype=x.dtype).reshape((d,) + (1,) * (x.ndim - 1))
 
 
 @dataclass(frozen=True, init=False)

@@ -19,6 +19,7 @@ from lddmm_nets.fields import interpolate, jacobian_determinant
 from lddmm_nets.grid import Grid
 
 from .io import Image, load_displacement, load_image, resample_image, save_displacement
+from .io.images import slab_world, slabs
 
 __all__ = ["DisplacementTransform", "ndv_percent", "sdlogj"]
 
@@ -97,7 +98,12 @@ class DisplacementTransform:
         if img.ndim != self.ndim:
             raise ValueError(f"image: expected a {self.ndim}-D image (the transform's), got {img.ndim}-D "
                              f"shape {img.shape}")
-        return resample_image(img, self.affine, self.shape, interp=interp, world_map=self.world_map(), fill=fill)
+        grid = self.grid
+
+        def world_map(a, b):  # x + u(x) for a slab of fixed voxels
+            return slab_world(grid, a, b) + self.displacement[:, a:b]
+
+        return resample_image(img, self.affine, self.shape, interp=interp, world_map=world_map, fill=fill)
 
     def apply_inverse(self, image, reference, *, interp: str = "linear", fill: float = 0.0) -> Image:
         """Warp a fixed-space image (labels too) into the moving space, on a reference grid of the moving space.
@@ -160,13 +166,23 @@ class DisplacementTransform:
         return out.numpy().T
 
     def jacobian_determinant(self, *, inverse: bool = False) -> np.ndarray:
-        """``det(I + Du)`` at every voxel, ``(*shape)``; positive everywhere for a diffeomorphism."""
+        """``det(I + Du)`` at every voxel, ``(*shape)``; positive everywhere for a diffeomorphism.
+
+        Computed slab by slab along the first axis (with a one-voxel halo, so the values are those of the whole
+        field): bounded memory on large grids.
+        """
         field = self.inverse_displacement if inverse else self.displacement
         if field is None:
             raise ValueError("inverse_displacement: this transform has none")
         grid = self.grid
-        u = grid.to_frame_vectors(np.asarray(field, dtype=np.float64))  # components along the grid's axes
-        return jacobian_determinant(torch.as_tensor(u), grid, displacement=True).numpy()
+        out = np.empty(self.shape, dtype=np.float32 if field.dtype == np.float32 else np.float64)
+        for a, b in slabs(self.shape):
+            lo, hi = max(a - 1, 0), min(b + 1, self.shape[0])
+            u = grid.to_frame_vectors(np.asarray(field[:, lo:hi]))  # components along the grid's axes
+            part = Grid((hi - lo,) + self.shape[1:], grid.spacing)
+            det = jacobian_determinant(torch.as_tensor(u), part, displacement=True).numpy()
+            out[a:b] = det[a - lo: a - lo + (b - a)]
+        return out
 
     def save(self, directory) -> None:
         """Write ``displacement.nii.gz`` (and ``inverse_displacement.nii.gz``) into ``directory`` (ITK readable)."""

@@ -36,7 +36,10 @@ def _slice_data(res):
     fixed = res.fixed
     sl = _index(fixed.shape)
     d = fixed.ndim
-    world = fixed.grid.world().numpy()[(slice(None),) + sl]  # (d, nx, ny): world coordinates of the slice
+    idx = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64)[s] for n, s in zip(fixed.shape, sl)],
+                               indexing="ij"))
+    world = fixed.grid.voxel_to_world(idx)  # world coordinates of the displayed slice
+    world = world if d == 2 else world[..., 0]  # (d, nx, ny)
     sub_shape = world.shape[1:] + (() if d == 2 else (1,))
     moving_on_fixed = resample_image(res.moving, fixed.affine, sub_shape,
                                      world_map=world.reshape((d,) + sub_shape)).data.reshape(world.shape[1:])

@@ -56,11 +56,12 @@ class LevelReport:
 
 def maps_to_transform(grid: Grid, psi: torch.Tensor, phi: torch.Tensor) -> DisplacementTransform:
     """A ``DisplacementTransform`` (world components) from the maps ``psi`` (fixed -> moving) and ``phi`` (its
-    inverse), both ``(d, *grid.shape)`` in the grid's frame coordinates."""
+    inverse), both ``(d, *grid.shape)`` in the grid's frame coordinates. The fields keep the maps' dtype (float32 by
+    default: 1e-5 mm resolution, half the memory of a 1 mm brain's float64 fields)."""
     ident = grid.identity_map(dtype=psi.dtype, device=psi.device)
-    u = (psi - ident).cpu().double().numpy()
-    w = (phi - ident).cpu().double().numpy()
-    return DisplacementTransform(grid.to_world_vectors(u), grid.affine.copy(), grid.to_world_vectors(w))
+    u = grid.to_world_vectors((psi - ident).cpu().numpy())
+    w = grid.to_world_vectors((phi - ident).cpu().numpy())
+    return DisplacementTransform(u, grid.affine.copy(), w)
 
 
 def momentum_array(P: torch.Tensor, d: int) -> np.ndarray:

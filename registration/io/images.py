@@ -20,7 +20,7 @@ import numpy as np
 from lddmm_nets.grid import Grid
 
 __all__ = ["Image", "load_image", "save_image", "save_displacement", "load_displacement", "resample_image",
-           "sitk_geometry"]
+           "sitk_geometry", "slabs", "slab_world"]
 
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS (its own inverse)
 
@@ -258,6 +258,23 @@ def load_displacement(path) -> tuple[np.ndarray, np.ndarray]:
     return disp, _affine_from_sitk(img)
 
 
+#: voxels per slab of the slab-wise loops (``slabs``): bounded memory for 1 mm brains (8.7 M voxels)
+SLAB_VOXELS = 1 << 21
+
+
+def slabs(shape, voxels: int = SLAB_VOXELS):
+    """``(start, stop)`` index ranges along the first axis covering a grid of ``shape`` by about ``voxels`` each."""
+    rows = max(1, voxels // max(1, int(np.prod(shape[1:]))))
+    return [(a, min(a + rows, shape[0])) for a in range(0, shape[0], rows)]
+
+
+def slab_world(grid: Grid, a: int, b: int) -> np.ndarray:
+    """World coordinates ``(d, b - a, *shape[1:])`` of the nodes ``a .. b-1`` along the first axis of ``grid``."""
+    idx = np.stack(np.meshgrid(np.arange(a, b, dtype=np.float64),
+                               *[np.arange(n, dtype=np.float64) for n in grid.shape[1:]], indexing="ij"))
+    return grid.voxel_to_world(idx)
+
+
 def resample_image(image: Image, reference_affine: np.ndarray, reference_shape, *, interp: str = "linear",
                    world_map: np.ndarray | None = None, fill: float = 0.0) -> Image:
     """Resample ``image`` onto another grid through the affines (and optionally a world-space map).
@@ -271,8 +288,10 @@ def resample_image(image: Image, reference_affine: np.ndarray, reference_shape, 
     reference_shape : tuple of int
         Target grid shape, same dimension as ``image``.
     interp : {"linear", "nearest"}
-    world_map : numpy.ndarray, optional
-        ``(d, *reference_shape)`` world coordinates (mm) to sample at; default: the target grid's own nodes.
+    world_map : numpy.ndarray or callable, optional
+        ``(d, *reference_shape)`` world coordinates (mm) to sample at, or ``world_map(a, b)`` returning those of the
+        target's nodes ``a .. b-1`` along its first axis (computed slab by slab: bounded memory); default: the
+        target grid's own nodes.
     fill : float
         Value outside the source image.
 
@@ -289,14 +308,22 @@ def resample_image(image: Image, reference_affine: np.ndarray, reference_shape, 
     shape = tuple(int(n) for n in reference_shape)
     if len(shape) != d:
         raise ValueError(f"reference_shape: expected {d} axes (the image's), got {shape}")
-    world = Grid.from_affine(reference_affine, shape).world().numpy() if world_map is None \
-        else np.asarray(world_map, dtype=np.float64)
-    vox = image.grid.world_to_voxel(world)  # fractional voxel indices of the source image
+    if world_map is not None and not callable(world_map) and tuple(np.shape(world_map)) != (d,) + shape:
+        raise ValueError(f"world_map: expected shape {(d,) + shape}, got {tuple(np.shape(world_map))}")
     src = image.data
     integer = np.issubdtype(src.dtype, np.integer) or src.dtype == bool
     f = torch.as_tensor(np.asarray(src, dtype=np.float64 if integer else np.float32)) - fill
-    out = interpolate(f, torch.as_tensor(vox, dtype=f.dtype), Grid(src.shape), interp=interp, padding="zeros") + fill
-    out = out.numpy()
+    source, target = Grid(src.shape), Grid.from_affine(reference_affine, shape)
+    out = np.empty(shape, dtype=np.float64 if integer else np.float32)
+    for a, b in slabs(shape):  # bounded memory: the world coordinates of a slab of the target at a time
+        if world_map is None:
+            world = slab_world(target, a, b)
+        elif callable(world_map):
+            world = np.asarray(world_map(a, b), dtype=np.float64)
+        else:
+            world = np.asarray(world_map[:, a:b], dtype=np.float64)
+        vox = torch.as_tensor(image.grid.world_to_voxel(world), dtype=f.dtype)  # fractional source indices
+        out[a:b] = (interpolate(f, vox, source, interp=interp, padding="zeros") + fill).numpy()
     if integer and interp == "nearest":
         out = np.rint(out).astype(src.dtype)
     return Image(out, np.asarray(reference_affine, float).copy(), None)
