@@ -20,6 +20,7 @@ import resource
 import tempfile
 import threading
 import time
+import traceback
 
 import numpy as np
 
@@ -161,3 +162,32 @@ class Watchdog:
 def slack(budget: float) -> float:
     """Seconds the watchdog grants past the budget for the iteration under way to end by itself."""
     return max(30.0, 0.25 * budget)
+
+
+def run(args: argparse.Namespace, register, name: str) -> int:
+    """A runner's main: read the meshes, register, write the result file (or the failure); the exit code.
+
+    ``register(source, source_faces, target, target_faces, best, on_expire)`` returns the result fields;
+    it may keep its best result so far in the dict ``best`` (``warped``, ``iterations``), which the watchdog's
+    ``on_expire`` writes with status ``budget`` if the run overruns budget + slack.
+    """
+    best, source = {}, None
+
+    def on_expire():
+        killed = f"killed: no result within budget + {slack(args.budget):.0f} s"
+        write_result(args.out, warped=best.get("warped", source), seconds=args.budget + slack(args.budget),
+                     iterations=best.get("iterations", 0), peak_mb=float("nan"),
+                     status="budget" if "warped" in best else killed)
+
+    try:
+        source, source_faces = load_mesh(args.source)
+        target, target_faces = load_mesh(args.target)
+        fields = register(source, source_faces, target, target_faces, best, on_expire)
+    except Exception as exc:  # the benchmark shows the error in its table instead of crashing
+        traceback.print_exc()
+        write_failure(args.out, exc, source)
+        return 1
+    write_result(args.out, **fields)
+    print(f"{name}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                  for k, v in fields.items() if k != "warped"))
+    return 0

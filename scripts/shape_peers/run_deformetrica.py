@@ -38,7 +38,6 @@ import os
 import sys
 import tempfile
 import time
-import traceback
 
 import numpy as np
 
@@ -99,18 +98,18 @@ def _warm_up_keops(deformetrica, torch):
     total.backward()
 
 
-def register(args, workdir, on_expire):
-    """Run the registration; returns the result fields of the contract (``warped``, ``seconds``, ...).
+def register(args, workdir, source_mesh, target_mesh, on_expire):
+    """Run the registration in ``workdir``; returns the result fields of the contract (``warped``, ...).
 
-    ``on_expire`` is the watchdog's last word, called if the run overruns the budget by the slack.
+    ``on_expire`` is the watchdog's last word, called if the run overruns the budget by the slack (Deformetrica's
+    state cannot be read mid-iteration, so it reports the kill without a result).
     """
     import torch
 
     from deformetrica_compat import load
 
     deformetrica = load()
-    source, source_faces = peer_io.load_mesh(args.source)
-    target, target_faces = peer_io.load_mesh(args.target)
+    (source, source_faces), (target, target_faces) = source_mesh, target_mesh
     source_vtk, target_vtk = os.path.join(workdir, "source.vtk"), os.path.join(workdir, "target.vtk")
     write_vtk_polydata(source_vtk, source, source_faces)
     write_vtk_polydata(target_vtk, target, target_faces)
@@ -154,29 +153,12 @@ def register(args, workdir, on_expire):
 
 def main(argv=None) -> int:
     args = peer_io.parse_args(__doc__.split("\n")[0], argv, _options)
-    try:
-        source, _ = peer_io.load_mesh(args.source)
-    except Exception as exc:
-        traceback.print_exc()
-        peer_io.write_failure(args.out, exc)
-        return 1
 
-    def on_expire():
-        peer_io.write_result(args.out, warped=source, seconds=args.budget + peer_io.slack(args.budget),
-                             iterations=0, peak_mb=float("nan"),
-                             status=f"killed: no iteration ended within budget + {peer_io.slack(args.budget):.0f} s")
+    def register_in_tmp(source, source_faces, target, target_faces, best, on_expire):
+        with tempfile.TemporaryDirectory(prefix="deformetrica_") as workdir:
+            return register(args, workdir, (source, source_faces), (target, target_faces), on_expire)
 
-    with tempfile.TemporaryDirectory(prefix="deformetrica_") as workdir:
-        try:
-            fields = register(args, workdir, on_expire)
-        except Exception as exc:  # the benchmark shows the error in its table instead of crashing
-            traceback.print_exc()
-            peer_io.write_failure(args.out, exc, source)
-            return 1
-    peer_io.write_result(args.out, **fields)
-    print(f"deformetrica: {fields['status']}, {fields['iterations']} iterations, {fields['seconds']:.1f} s, "
-          f"peak {fields['peak_mb']:.0f} MB, noise std {fields['noise_std']:.4g}, {fields['message']}")
-    return 0
+    return peer_io.run(args, register_in_tmp, "deformetrica")
 
 
 if __name__ == "__main__":

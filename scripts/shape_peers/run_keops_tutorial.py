@@ -32,9 +32,9 @@ warped source (lowest loss), status ``budget``. Usage::
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
-import traceback
 
 import numpy as np
 import torch
@@ -160,6 +160,7 @@ def optimise(loss, p0, args, deadline, best):
         value.backward()
         # LBFGS counts an iteration before evaluating its point: count those whose point was evaluated
         evaluated.update(iterations=state.get("n_iter", 0), evaluations=evaluated["evaluations"] + 1)
+        best["iterations"] = evaluated["iterations"]
         return value
 
     try:
@@ -208,27 +209,7 @@ def main(argv=None) -> int:
     for name in ("nt", "steps", "max_iter", "max_eval"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
-    best, source = {}, None
-
-    def on_expire():
-        warped = best.get("warped", source)
-        peer_io.write_result(args.out, warped=warped, seconds=args.budget + peer_io.slack(args.budget),
-                             iterations=0, peak_mb=float("nan"),
-                             status="budget" if "warped" in best else "killed: no loss evaluated in time")
-
-    try:
-        source, source_faces = peer_io.load_mesh(args.source)
-        target, target_faces = peer_io.load_mesh(args.target)
-        fields = register(args, source, source_faces, target, target_faces, best, on_expire)
-    except Exception as exc:  # the benchmark shows the error in its table instead of crashing
-        traceback.print_exc()
-        peer_io.write_failure(args.out, exc, source)
-        return 1
-    peer_io.write_result(args.out, **fields)
-    print(f"keops tutorial ({args.backend}): {fields['status']}, {fields['iterations']} iterations, "
-          f"{fields['evaluations']} evaluations, {fields['seconds']:.1f} s, peak {fields['peak_mb']:.0f} MB, "
-          f"loss {fields['loss']:.4g}")
-    return 0
+    return peer_io.run(args, functools.partial(register, args), f"keops tutorial ({args.backend})")
 
 
 if __name__ == "__main__":
