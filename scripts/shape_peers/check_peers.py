@@ -130,8 +130,9 @@ def main(argv=None) -> int:
         if proc.returncode != 0:
             print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
         with np.load(out) as r:
-            status, seconds, iters, peak = str(r["status"]), float(r["seconds"]), int(r["iterations"]), float(r["peak_mb"])
-            v, c = errors(r["warped"], sf, tv, tf)
+            status, seconds, iters = str(r["status"]), float(r["seconds"]), int(r["iterations"])
+            peak, warped = float(r["peak_mb"]), r["warped"]
+        v, c = errors(warped, sf, tv, tf) if warped.shape == sv.shape else (float("nan"), float("nan"))
         rows.append(f"{method:<16}{backend:<8}{status[:7]:<8}{seconds:>8.1f}{wall:>8.1f}{iters:>7d}{peak:>9.0f}"
                     f"{v:>11.3f}{c:>12.3f}")
         if status not in ("ok", "budget"):

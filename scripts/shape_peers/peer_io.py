@@ -25,6 +25,17 @@ import traceback
 import numpy as np
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def parse_args(description: str, argv=None, add_options=None) -> argparse.Namespace:
     """The runners' common command line; ``add_options(parser)`` adds a runner's own (optional) flags."""
     parser = argparse.ArgumentParser(description=description)

@@ -49,7 +49,8 @@ def _options(parser):
                         help="Deformetrica's noise std (mm): the cost is varifold / noise_std^2 + <p, K p>; "
                              "default 3, where the two terms balance on fsaverage white -> pial (README); "
                              "negative: Deformetrica's automatic choice, sqrt(1%% of the initial varifold)")
-    parser.add_argument("--max-iterations", type=int, default=100, help="L-BFGS iterations (Deformetrica's default 100)")
+    parser.add_argument("--max-iterations", type=peer_io.positive_int, default=100,
+                        help="L-BFGS iterations (Deformetrica's default: 100)")
 
 
 def write_vtk_polydata(path: str, vertices: np.ndarray, faces: np.ndarray) -> None:

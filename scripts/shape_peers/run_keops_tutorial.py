@@ -47,11 +47,12 @@ class BudgetExhausted(Exception):
 
 
 def _options(parser):
+    count = peer_io.positive_int
     parser.add_argument("--gamma", type=float, default=0.0, help="weight of H(p0, q0) in the loss (tutorial: 0)")
-    parser.add_argument("--nt", type=int, default=10, help="Ralston steps of the shooting (tutorial: 10)")
-    parser.add_argument("--steps", type=int, default=10, help="calls of LBFGS.step (tutorial: 10)")
-    parser.add_argument("--max-iter", type=int, default=10, help="LBFGS max_iter per step (tutorial: 10)")
-    parser.add_argument("--max-eval", type=int, default=10, help="LBFGS max_eval per step (tutorial: 10)")
+    parser.add_argument("--nt", type=count, default=10, help="Ralston steps of the shooting (tutorial: 10)")
+    parser.add_argument("--steps", type=count, default=10, help="calls of LBFGS.step (tutorial: 10)")
+    parser.add_argument("--max-iter", type=count, default=10, help="LBFGS max_iter per step (tutorial: 10)")
+    parser.add_argument("--max-eval", type=count, default=10, help="LBFGS max_eval per step (tutorial: 10)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="(tutorial: float32)")
 
 
@@ -206,9 +207,6 @@ def register(args, source, source_faces, target, target_faces, best, on_expire):
 
 def main(argv=None) -> int:
     args = peer_io.parse_args(__doc__.split("\n")[0], argv, _options)
-    for name in ("nt", "steps", "max_iter", "max_eval"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
     return peer_io.run(args, functools.partial(register, args), f"keops tutorial ({args.backend})")
 
 
