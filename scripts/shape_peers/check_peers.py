@@ -114,9 +114,9 @@ def main(argv=None) -> int:
         sv, sf, tv, tf = s["vertices"], s["faces"], t["vertices"], t["faces"]
     os.makedirs(args.out_dir, exist_ok=True)
     v0, c0 = errors(sv, sf, tv, tf)
-    rows = [f"{'method':<16}{'backend':<8}{'status':<8}{'s':>8}{'wall s':>8}{'iters':>7}{'peak MB':>9}"
+    rows = [f"{'method':<16}{'backend':<8}{'status':<8}{'s':>8}{'cpu s':>8}{'wall s':>8}{'iters':>7}{'peak MB':>9}"
             f"{'vertex mm':>11}{'Chamfer mm':>12}",
-            f"{'(before)':<16}{'':<8}{'':<8}{'':>8}{'':>8}{'':>7}{'':>9}{v0:>11.3f}{c0:>12.3f}"]
+            f"{'(before)':<16}{'':<8}{'':<8}{'':>8}{'':>8}{'':>8}{'':>7}{'':>9}{v0:>11.3f}{c0:>12.3f}"]
     for run in args.runs:
         method, backend = run.split(":")
         python, script = RUNNERS[method]
@@ -132,9 +132,10 @@ def main(argv=None) -> int:
         with np.load(out) as r:
             status, seconds, iters = str(r["status"]), float(r["seconds"]), int(r["iterations"])
             peak, warped = float(r["peak_mb"]), r["warped"]
+            cpu = float(r["cpu_seconds"]) if "cpu_seconds" in r.files else float("nan")
         v, c = errors(warped, sf, tv, tf) if warped.shape == sv.shape else (float("nan"), float("nan"))
-        rows.append(f"{method:<16}{backend:<8}{status[:7]:<8}{seconds:>8.1f}{wall:>8.1f}{iters:>7d}{peak:>9.0f}"
-                    f"{v:>11.3f}{c:>12.3f}")
+        rows.append(f"{method:<16}{backend:<8}{status[:7]:<8}{seconds:>8.1f}{cpu:>8.1f}{wall:>8.1f}{iters:>7d}"
+                    f"{peak:>9.0f}{v:>11.3f}{c:>12.3f}")
         if status not in ("ok", "budget"):
             rows.append(f"    {status}")
         print(rows[-1], flush=True)
