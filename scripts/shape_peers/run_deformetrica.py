@@ -145,8 +145,11 @@ def register(args, workdir, source_mesh, target_mesh, on_expire):
     result = scipy_optimize.minimize.last_result
     if warped.shape != source.shape:
         raise RuntimeError(f"Deformetrica returned {warped.shape} points for a source of {source.shape}")
+    status = "budget" if stopped else "ok"
+    if not np.isfinite(warped).all():
+        status = f"diverged: non-finite warped vertices after {int(result.nit)} iterations"
     return dict(warped=warped, seconds=seconds, iterations=int(result.nit), peak_mb=peak_mb,
-                status="budget" if stopped else "ok", evaluations=int(result.nfev), cpu_seconds=cpu_seconds,
+                status=status, evaluations=int(result.nfev), cpu_seconds=cpu_seconds,
                 noise_std=float(np.sqrt(model.objects_noise_variance[0])),
                 n_control_points=len(model.get_control_points()), message=result.message.decode(),
                 attachment=-last.get("attachment", np.nan), regularity=-last.get("regularity", np.nan))

@@ -201,6 +201,8 @@ def register(args, source, source_faces, target, target_faces, best, on_expire):
         else:
             warped, final_loss = best["warped"], best["loss"]
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+    if not np.isfinite(warped).all():  # unit L-BFGS steps can overshoot: say so rather than return NaNs as "ok"
+        status = f"diverged: non-finite warped vertices after {iterations} iterations"
     return dict(warped=warped, seconds=seconds, iterations=iterations, peak_mb=peer_io.memory_peak_mb(mark),
                 status=status, evaluations=evaluations, loss=final_loss, cpu_seconds=cpu_seconds)
 
