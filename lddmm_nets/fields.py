@@ -18,6 +18,8 @@ Conventions
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Sequence
 
 import torch
@@ -47,6 +49,12 @@ def _grid(grid) -> Grid:
     if not isinstance(grid, Grid):
         raise TypeError(f"grid: expected a lddmm_nets.Grid, got {type(grid).__name__}")
     return grid
+
+
+@functools.lru_cache(maxsize=8)
+def _identity(grid: Grid, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``grid.identity_map`` cached for the hot loops of this module (read only: never returned to callers)."""
+    return grid.identity_map(dtype=dtype, device=device)
 
 
 def _check_spatial(f: torch.Tensor, grid: Grid, name: str, channels: int | None = None) -> None:
@@ -192,16 +200,17 @@ def _to_grid_sample(f: torch.Tensor, x: torch.Tensor, grid: Grid):
     inp = f.reshape((1, -1) + grid.shape)
     pts = x.reshape(d, -1)
     # normalised coordinates in [-1, 1] for align_corners=True; a singleton axis maps to 0
-    norm = [(pts[i] - o) * (2.0 / ((n - 1) * h)) - 1.0 if n > 1 else torch.zeros_like(pts[i])
+    norm = [pts[i] * (2.0 / ((n - 1) * h)) - (1.0 + 2.0 * o / ((n - 1) * h)) if n > 1 else torch.zeros_like(pts[i])
             for i, (n, h, o) in enumerate(zip(grid.shape, grid.spacing, grid.frame_origin))]
     if d == 1:
         inp = inp.unsqueeze(-2)  # (1, C, 1, n)
         norm = [torch.zeros_like(norm[0])] + norm
     g = torch.stack(norm[::-1], dim=-1)  # grid_sample wants (x=last axis, y, z)
-    # Huge coordinates can overflow grid_sample's index arithmetic. Beyond ±3 a point is at least one cell outside
-    # the grid, where "zeros" and "border" padding do not depend on the distance: clamping changes nothing there.
-    # Non-finite coordinates are sampled at 0 here and their values set to NaN by ``interpolate``.
-    g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0).clamp(-3.0, 3.0)
+    # Huge coordinates can overflow grid_sample's index arithmetic, and NaN ones give arbitrary values (or crash its
+    # backward). Beyond ±3 a point is at least one cell outside the grid, where "zeros" and "border" padding do not
+    # depend on the distance: clamping changes nothing there. Non-finite coordinates are sampled at 0 here and their
+    # values set to NaN by ``interpolate``.
+    g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0).clamp_(-3.0, 3.0)
     g = g.reshape((1, -1) + (1,) * (max(d, 2) - 1) + (max(d, 2),))
     return inp, g, lead, out_shape
 
@@ -242,8 +251,11 @@ def interpolate(f: torch.Tensor, x: torch.Tensor, grid: Grid, *, interp: str = "
     inp, g, lead, out_shape = _to_grid_sample(f, x, grid)
     out = F.grid_sample(inp, g, mode=_INTERP[interp], padding_mode=padding, align_corners=True)
     out = out.reshape(tuple(lead) + tuple(out_shape))
-    bad = ~torch.isfinite(x).all(0)
-    return out.masked_fill(bad, float("nan"))
+    # on the CPU one sum tells (without a device synchronisation) whether a coordinate is NaN or infinite, which
+    # spares the per-point mask in the usual case; elsewhere the mask is applied unconditionally
+    if out.device.type != "cpu" or not math.isfinite(float(x.detach().sum())):
+        out = out.masked_fill(~torch.isfinite(x.sum(0)), float("nan"))
+    return out
 
 
 def warp(f: torch.Tensor, phi: torch.Tensor, grid: Grid, *, interp: str = "linear",
@@ -288,8 +300,7 @@ def compose(psi: torch.Tensor, phi: torch.Tensor, grid: Grid) -> torch.Tensor:
     if psi.dim() != grid.ndim + 1:
         raise ValueError(f"psi: expected shape ({grid.ndim}, {', '.join(map(str, grid.shape))}), "
                          f"got {tuple(psi.shape)}")
-    ident = grid.identity_map(dtype=psi.dtype, device=psi.device)
-    return phi + interpolate(psi - ident, phi, grid, padding="border")
+    return phi + interpolate(psi - _identity(grid, psi.dtype, psi.device), phi, grid, padding="border")
 
 
 def resize(f: torch.Tensor, shape: Sequence[int], *, interp: str = "linear") -> torch.Tensor:
@@ -346,6 +357,5 @@ def resample_map(psi: torch.Tensor, grid: Grid, new_grid: Grid) -> torch.Tensor:
     _check_spatial(psi, _grid(grid), "psi", channels=grid.ndim)
     if _grid(new_grid).shape == grid.shape and new_grid.spacing == grid.spacing:
         return psi
-    ident = grid.identity_map(dtype=psi.dtype, device=psi.device)
-    target = new_grid.identity_map(dtype=psi.dtype, device=psi.device)
-    return target + resize(psi - ident, new_grid.shape)
+    ident = _identity(grid, psi.dtype, psi.device)
+    return _identity(new_grid, psi.dtype, psi.device) + resize(psi - ident, new_grid.shape)
