@@ -157,6 +157,26 @@ def case_table(data, names, methods, labels) -> str:
     return _table(header, rows)
 
 
+def case_list(data, names) -> str:
+    """What each case is: warp family and parameters, the truth's size and checks, the perturbation."""
+    skip = {"image", "family", "seed", "perturbation", "before", "shape", "spacing", "kind", "target_max_mm",
+            "max_displacement_mm", "truth_jacobian_min", "truth_jacobian_max", "residual_max_mm", "build_seconds",
+            "note", "grad_cap"}
+    rows = []
+    for name in names:
+        m = data["cases"].get(name)
+        if m is None:
+            continue
+        params = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()
+                           if k not in skip)
+        rows.append([name, "x".join(str(n) for n in m.get("shape", [])),
+                     "/".join(f"{s:g}" for s in m.get("spacing", [])), _f(m.get("max_displacement_mm"), "{:.1f}"),
+                     f"{m['truth_jacobian_min']:.2f}-{m['truth_jacobian_max']:.2f}" if "truth_jacobian_min" in m
+                     else "-", _f(m.get("residual_max_mm"), "{:.0e}"), params or m.get("note", "")])
+    return _table(["case", "shape", "voxel mm", "max disp mm", "det DT", "residual mm", "parameters"], rows) if rows \
+        else ""
+
+
 def _wtl(diffs, tie, higher_better=True):
     w = sum(1 for d in diffs if (d > tie if higher_better else d < -tie))
     ls = sum(1 for d in diffs if (d < -tie if higher_better else d > tie))
@@ -178,24 +198,28 @@ def _med_worst(r) -> str:
 
 
 def peer_summary(data, names, labels) -> str:
-    header = ["peer", "Dice W/T/L", "err W/T/L"] + [f"time ours/peer @{t}: median (worst)" for t in labels] + \
-        ["cpu s ours/peer @1"]
+    header = ["peer", "Dice W/T/L", "by label", "err W/T/L"] + \
+        [f"time ours/peer @{t}: median (worst)" for t in labels] + ["cpu s ours/peer @1"]
     rows = []
     for peer in PEERS:
-        dd, de = [], []
+        dd, de = {}, []
         for name in names:
             a, b = _acc(data, name, "ours", labels), _acc(data, name, peer, labels)
             if a is None or b is None:
                 continue
             da, db = _dice(a), _dice(b)
-            dd += [da[k] - db[k] for k in da if k in db]
+            for k in da:
+                if k in db:
+                    dd.setdefault(k, []).append(da[k] - db[k])
             if "mean_error_mm" in a and "mean_error_mm" in b:
                 de.append(a["mean_error_mm"] - b["mean_error_mm"])
         if not dd:
             continue
         times = [_med_worst(_ratios(data, names, peer, t)) for t in labels]
         times.append(_med_worst(_ratios(data, names, peer, "1", "cpu_seconds")))
-        rows.append([peer, _wtl(dd, DICE_TIE), _wtl(de, ERR_TIE, higher_better=False) if de else "-"] + times)
+        rows.append([peer, _wtl([x for v in dd.values() for x in v], DICE_TIE),
+                     ", ".join(f"{k} {_wtl(v, DICE_TIE)}" for k, v in dd.items()),
+                     _wtl(de, ERR_TIE, higher_better=False) if de else "-"] + times)
     return _table(header, rows) if rows else "(no case with ours and a peer)"
 
 
@@ -308,6 +332,10 @@ def render(data, names, methods, labels) -> str:
         "fixed image's foreground; NDV % and SDlogJ of the method's map, 3 voxels from the border. Accuracy "
         "columns come from the 1-thread run. `before`: the identity map.", "",
         case_table(data, names, methods, labels), "",
+        "## Cases", "",
+        "max disp: the true map's largest displacement; det DT: the range of its Jacobian determinant; residual: "
+        "the largest inverse residual of the truth (see scripts/_bench_warps.py).", "",
+        case_list(data, names), "",
         "## Summary per peer (ours vs peer)", "",
         f"W/T/L: our wins / ties / losses, Dice per label (tie within ±{DICE_TIE}) and mean map error (tie within "
         f"±{ERR_TIE} mm); time ratio ours / peer, median and worst (case) per thread setting.", "",

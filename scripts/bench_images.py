@@ -12,7 +12,8 @@ Every method registers moving onto fixed with its defaults, then warps with its 
 labels (nearest neighbour): Dice against the fixed labels; (ii) the moving space's world-coordinate images
 (linear, exact for linear functions): the method's map ``x -> y(x)``, hence the map error against the truth (mean
 and 95th percentile inside the fixed image's foreground, mm), and the Jacobian determinant of the map (central
-differences, voxels 3 or more from the border): NDV % (det <= 0) and SDlogJ. Each (case, method, threads) runs in
+differences, voxels 3 or more from the border where the map stays inside the moving field of view, since a map
+out of it reads the fill value): NDV % (det <= 0) and SDlogJ. Each (case, method, threads) runs in
 its own freshly started process (spawn, so that the thread settings and the memory are its own): wall and CPU
 time of the registration alone, and the peak resident memory above the level reached once the method's libraries
 are imported ("peak MB"; the imports' own growth is "lib MB"), measured from a clean mark (free heap returned to
