@@ -31,7 +31,9 @@ with reg_iterations (100, 70, 50, 20); ``sitk`` SimpleITK diffeomorphic demons, 
 
 Results accumulate in ``OUT/results.json`` (one record per case, method and threads, written after each run), so
 a long run can be split (``--cases``) and resumed (``--skip-done``); ``--report`` only re-renders
-``OUT/results.md`` (the per-case table, the per-peer summary and the goals of issue 12) from it.
+``OUT/results.md`` (the per-case table, the per-peer summary and the goals of issue 12) from it. ``--ours-options``
+passes candidate settings to ``register_images`` (tuning the defaults): copy a finished ``OUT/results.json`` into a
+new ``--out`` and run ``--methods ours --ours-options ...`` there; ours' records are replaced, the peers' kept.
 
 Usage::
 
@@ -39,6 +41,7 @@ Usage::
     python scripts/bench_images.py --quick --out bench_quick        # smoke subset, threads 1 and default
     python scripts/bench_images.py --suite --out bench_suite --skip-done [--cases 'mni2/*'] [--methods ours,dipy]
     python scripts/bench_images.py --suite --out bench_suite --report
+    python scripts/bench_images.py --suite --methods ours --ours-options '{"iterations": [100, 40]}' --out bench_it100  # a copy of results.json
 """
 
 from __future__ import annotations
@@ -68,10 +71,12 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "IT
 # --------------------------------------------------------------------------------------------------- methods
 # Each returns (seconds, warp, settings): warp(array_on_moving_grid, interp) -> array on the fixed grid.
 
-def _ours(fixed, moving, kind, threads, metric=None):
+def _ours(fixed, moving, kind, threads, metric=None, options=None):
     from registration import Image, register_images
 
-    kw = {} if metric is None else {"metric": metric}
+    kw = dict(options or {})  # --ours-options: candidate settings, e.g. while tuning the defaults
+    if metric is not None:
+        kw["metric"] = metric
     if threads is not None:
         kw["threads"] = threads
     t0 = time.perf_counter()
@@ -214,7 +219,7 @@ def _sitk(fixed, moving, kind, threads):
 
 RUNNERS = {
     "ours": _ours,
-    "ours_ssd": lambda f, m, k, t: _ours(f, m, k, t, metric="ssd"),
+    "ours_ssd": lambda f, m, k, t, **kw: _ours(f, m, k, t, metric="ssd", **kw),
     "ants": _ants,
     "ants_long": lambda f, m, k, t: _ants(f, m, k, t, long=True),
     "dipy": _dipy,
@@ -332,7 +337,7 @@ def _cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _child(method, case_dir, threads, out_queue):
+def _child(method, case_dir, threads, options, out_queue):
     try:
         import importlib
 
@@ -343,7 +348,8 @@ def _child(method, case_dir, threads, out_queue):
         lib = _memory_peak() - before_kb
         base = _memory_mark()
         cpu0 = _cpu_seconds()
-        sec, warp, info = RUNNERS[method](case.fixed, case.moving, case.kind, threads)
+        extra = {"options": options} if options and method.startswith("ours") else {}
+        sec, warp, info = RUNNERS[method](case.fixed, case.moving, case.kind, threads, **extra)
         cpu = _cpu_seconds() - cpu0
         peak = _memory_peak()
         from registration.evaluation import world_coordinates
@@ -359,14 +365,14 @@ def _child(method, case_dir, threads, out_queue):
         out_queue.put({"error": f"{type(exc).__name__}: {exc}"})
 
 
-def run_method(method: str, case_dir: str, threads, timeout: float) -> dict:
+def run_method(method: str, case_dir: str, threads, timeout: float, options: dict | None = None) -> dict:
     """Run one method in a fresh process with its thread setting; returns its measures or ``{"error": ...}``."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     saved = {v: os.environ.get(v) for v in THREAD_VARS}
     _thread_env(threads)
     try:
-        p = ctx.Process(target=_child, args=(method, case_dir, threads, q))
+        p = ctx.Process(target=_child, args=(method, case_dir, threads, options, q))
         p.start()
     finally:
         for var, val in saved.items():
@@ -424,7 +430,13 @@ def _args(argv):
     ap.add_argument("--report", action="store_true", help="only re-render OUT/results.md from OUT/results.json")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per run before it is stopped")
     ap.add_argument("--list", action="store_true", help="print the selected case names and exit")
-    return ap, ap.parse_args(argv)
+    ap.add_argument("--ours-options", type=json.loads, default=None, metavar="JSON",
+                    help="extra keyword arguments of register_images for ours, e.g. '{\"iterations\": [100, 40]}' "
+                         "(a 'threads' entry applies to the default-threads run); use another --out per variant")
+    args = ap.parse_args(argv)
+    if args.ours_options is not None and not isinstance(args.ours_options, dict):
+        ap.error(f"--ours-options: expected a JSON object, got {args.ours_options!r}")
+    return ap, args
 
 
 def main(argv=None):
@@ -476,7 +488,7 @@ def _run_all(store, names, methods, threads, args):
         for m, t in todo:
             print(f"[{name}] {m} threads={report.Store.threads_label(t)} ...", file=sys.stderr, flush=True)
             load = os.getloadavg()[0]
-            res = run_method(m, case_dir, t, args.timeout)
+            res = run_method(m, case_dir, t, args.timeout, args.ours_options)
             res.update(loadavg_before=load, finished=time.strftime("%Y-%m-%d %H:%M:%S"))
             store.set_result(name, m, t, res)
         store.drop_work(name)
