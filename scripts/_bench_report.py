@@ -329,7 +329,8 @@ def render(data, names, methods, labels) -> str:
         "machine the steadier figure); MB is the peak resident memory of the method's process above its level "
         "after loading the case (registration + the method's libraries). Dice per label in the order GM/WM (MNI), c1/c2/c3 dark to bright (T1 "
         "slice), shape (circle); err is the mean (err95: 95th percentile) distance to the true map inside the "
-        "fixed image's foreground; NDV % and SDlogJ of the method's map, 3 voxels from the border. Accuracy "
+        "fixed image's foreground; NDV % and SDlogJ of the method's map, 3 voxels from the border, where the map "
+        "stays inside the moving field of view. Accuracy "
         "columns come from the 1-thread run. `before`: the identity map.", "",
         case_table(data, names, methods, labels), "",
         "## Cases", "",
