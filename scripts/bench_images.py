@@ -251,7 +251,7 @@ def evaluate(case, warped_labels: dict, warped_coords: np.ndarray, inside=None) 
     if inside is not None:
         keep &= ndimage.binary_erosion(inside, np.ones((3,) * d, bool), border_value=1)
         out["outside_fov_percent"] = float(100 * np.mean(~inside))
-    det = map_jacobian(warped_coords, fixed.affine[:d, :d])[keep]
+    det = map_jacobian(warped_coords, fixed)[keep]
     out["ndv_percent"] = float(100 * np.mean(det <= 0))
     out["sdlogj"] = float(np.std(np.log(np.clip(det, 1e-9, None))))
     if case.truth is not None:
@@ -262,14 +262,13 @@ def evaluate(case, warped_labels: dict, warped_coords: np.ndarray, inside=None) 
     return out
 
 
-def map_jacobian(world_map: np.ndarray, lin: np.ndarray) -> np.ndarray:
-    """``det D y`` of a map ``y`` (d, *shape) in world mm on a grid with linear part ``lin`` (central differences)."""
-    d = world_map.shape[0]
-    jac = np.empty(world_map.shape[1:] + (d, d))
-    for i in range(d):
-        for j, g in enumerate(np.gradient(world_map[i])):
-            jac[..., i, j] = g
-    return np.linalg.det(jac) / np.linalg.det(lin)
+def map_jacobian(world_map: np.ndarray, image) -> np.ndarray:
+    """``det D y`` of a map ``y`` (d, *shape) in world mm on ``image``'s grid: the library's Jacobian of the
+    displacement (``registration.transforms``, central differences along the grid's axes)."""
+    from registration.evaluation import world_coordinates
+    from registration.transforms import DisplacementTransform
+
+    return DisplacementTransform(world_map - world_coordinates(image), image.affine).jacobian_determinant()
 
 
 def before(case) -> dict:
