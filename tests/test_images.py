@@ -408,7 +408,7 @@ def test_the_finest_level_of_composed_geodesics_makes_progress():
     t1 = load_t1_slice()
     small = Image(zoom(t1.data, 0.5, order=1).astype(np.float32), np.diag([2.0, 2.0, 1.0, 1.0]))
     pair = warped_pair(small, max_displacement=6.0, smoothness=16.0, seed=3)
-    res = register_images(pair.fixed, pair.moving, shrink_factors=(4, 2, 1), iterations=(15, 10, 6),
+    res = register_images(pair.fixed, pair.moving, metric="ssd", shrink_factors=(4, 2, 1), iterations=(15, 10, 6),
                           segments=(2, 1, 1), threads=1)
     finest = res.levels[-1]
     assert finest.shrink == 1 and finest.iterations == 6

@@ -52,8 +52,8 @@ def add_parsers(subparsers) -> None:
     p.add_argument("fixed", help="fixed (reference) image")
     p.add_argument("moving", help="moving image, warped onto the fixed grid")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--metric", default=None, choices=["lncc", "ncc", "ssd"],
-                   help="similarity (default: lncc for 3-D, ssd for 2-D)")
+    p.add_argument("--metric", default=None, choices=["auto", "lncc", "ncc", "ssd"],
+                   help="similarity (default auto: lncc, or ssd for a piecewise-constant fixed image)")
     p.add_argument("--window", type=int, default=None, help="LNCC window in voxels (odd, default 5)")
     p.add_argument("--sigma", type=float, default=None, help="kernel width in mm (default: 2 voxels)")
     p.add_argument("--kernel", default=None, choices=["sum", "gaussian", "matern"],

@@ -29,7 +29,7 @@ MOMENTA = ("vector", "scalar")
 DTYPES = ("float32", "float64")
 
 #: the 2-D defaults, applied by ``RegistrationConfig.for_dim(2)`` over the (3-D) field defaults
-DEFAULTS_2D = dict(metric="ssd", regularization=1e-3, n_steps=10, geodesics="composed", shrink_factors=(8, 4, 2, 1),
+DEFAULTS_2D = dict(regularization=1e-3, n_steps=10, geodesics="composed", shrink_factors=(8, 4, 2, 1),
                    iterations=(30, 20, 20, 10), segments=(4, 2, 1, 1))
 
 
@@ -39,7 +39,9 @@ class RegistrationConfig:
 
     Attributes
     ----------
-    metric : {"lncc", "ncc", "ssd"}
+    metric : {"auto", "lncc", "ncc", "ssd"}
+        ``"auto"``: LNCC, but SSD for a piecewise-constant fixed image (shapes, masks: LNCC has no signal inside
+        uniform regions), decided by ``registration.images.preprocessing.piecewise_constant``.
     window : int
         LNCC box width in voxels of each level (odd).
     sigma : float or None
@@ -75,7 +77,7 @@ class RegistrationConfig:
         fraction, or once the similarity is below 1/1000 of its value at the level's start.
     """
 
-    metric: str = "lncc"
+    metric: str = "auto"
     window: int = 5
     sigma: float | None = None
     kernel: str = "sum"
@@ -129,7 +131,7 @@ class RegistrationConfig:
 
     def validated(self) -> "RegistrationConfig":
         """This config, checked (every error names the option and shows expected vs actual)."""
-        get_metric(self.metric, window=self.window)
+        get_metric("lncc" if self.metric == "auto" else self.metric, window=self.window)
         for name, value, choices in (("kernel", self.kernel, KERNELS), ("geodesics", self.geodesics, GEODESICS),
                                      ("momentum", self.momentum, MOMENTA), ("dtype", self.dtype, DTYPES)):
             if value not in choices:

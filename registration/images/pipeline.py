@@ -42,7 +42,7 @@ from ..threads import resolve_threads
 from .affine import affine_prealign, apply_affine, from_world, to_world
 from .config import RegistrationConfig
 from .geodesic import LevelGeodesic, deformation_shrink, kernel_width, make_kernel
-from .preprocessing import PreparedPair, gaussian_smooth, prepare_pair
+from .preprocessing import PreparedPair, gaussian_smooth, piecewise_constant, prepare_pair
 from .result import ImageRegistration, LevelReport, maps_to_transform, momentum_array
 from .similarity import BoxSimilarity
 
@@ -91,6 +91,8 @@ class _State:
 
 
 def _problem(pair: PreparedPair, cfg: RegistrationConfig, callback) -> _Problem:
+    if cfg.metric == "auto":  # LNCC has no signal inside uniform regions: shapes get SSD
+        cfg = replace(cfg, metric="ssd" if piecewise_constant(pair.fixed) else "lncc")
     grid = pair.grid
     dtype = torch.float32 if cfg.dtype == "float32" else torch.float64
     dev = torch.device(cfg.device)
@@ -325,9 +327,10 @@ def register_images(fixed, moving, *, metric: str | None = None, window: int | N
     fixed, moving : path, Image, nibabel image or numpy array
         2-D or 3-D scalar images of the same dimension (arrays: unit spacing). The moving image is resampled
         onto the fixed grid through the affines first; any intensity range is fine (normalised inside).
-    metric : {"lncc", "ncc", "ssd"}, optional
-        Similarity loss (``registration.metrics``). Default: ``lncc`` for 3-D (suits MRI), ``ssd`` for 2-D
-        (on the robustly normalised intensities; LNCC has almost no signal inside uniform shapes).
+    metric : {"auto", "lncc", "ncc", "ssd"}, optional
+        Similarity loss (``registration.metrics``). Default ``"auto"``: LNCC (robust to bias fields and contrast
+        changes, suits MRI), except SSD on the normalised intensities for a piecewise-constant fixed image (shapes
+        and masks, where LNCC has almost no signal inside uniform regions).
     window : int, optional
         LNCC box width in voxels of each level (odd; default 5).
     sigma : float, optional

@@ -18,7 +18,7 @@ from lddmm_nets.grid import Grid
 
 from ..io import Image, load_image, resample_image
 
-__all__ = ["normalize_intensity", "intensity_range", "rescale", "gaussian_smooth", "prepare_mask", "PreparedPair",
+__all__ = ["piecewise_constant", "normalize_intensity", "intensity_range", "rescale", "gaussian_smooth", "prepare_mask", "PreparedPair",
            "prepare_pair", "TINY_INTENSITY"]
 
 #: normalised intensities below this are set to 0 (far below float32's resolution of [0, 1])
@@ -65,6 +65,14 @@ def rescale(data: np.ndarray, lo: float, hi: float) -> np.ndarray:
     a = np.clip((np.asarray(data, dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0).astype(np.float32, copy=False)
     a[np.abs(a) < TINY_INTENSITY] = 0.0
     return a
+
+
+def piecewise_constant(normalized: np.ndarray, *, tolerance: float = 0.01, fraction: float = 0.95) -> bool:
+    """Whether a normalised image is (nearly) two-valued: at least ``fraction`` of its voxels within ``tolerance`` of
+    0 or 1 (binary shapes and masks; an MR image has most of its foreground in between)."""
+    a = np.asarray(normalized)
+    extreme = (a <= tolerance) | (a >= 1.0 - tolerance)
+    return bool(extreme.mean() >= fraction)
 
 
 def gaussian_smooth(data: np.ndarray, sigma: float) -> np.ndarray:
