@@ -1,0 +1,223 @@
+"""What ``build_template`` returns: the template, the subjects' momenta and transforms, the history; ``save()``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+__all__ = ["AtlasResult", "RoundRecord", "SubjectSummary"]
+
+
+@dataclass
+class RoundRecord:
+    """One round of the atlas: every subject registered to the template, then (``updated``) a new template.
+
+    Attributes
+    ----------
+    round : int
+        0, 1, ...; the template of round ``r`` is ``AtlasResult.templates[r]``.
+    updated : bool
+        Whether the round updated (and unbiased) the template; the final registration round does not.
+    n_subjects : int
+        Subjects registered (excluded ones not counted).
+    similarity : float
+        Mean over subjects of the registration's similarity loss after registration (``registration.metrics``;
+        lower is better).
+    energy : float
+        Mean over subjects of ``½‖v_0‖_V²/|Ω|`` (mm²).
+    objective : float
+        ``similarity + λ energy`` (λ the registrations' regularisation): the atlas energy, without the
+        registration's per-subject normalisation of the similarity.
+    template_change : float or None
+        ``‖I_new - I‖ / ‖I‖`` of the update (``None`` without update).
+    mean_momentum_norm : float
+        RMS over the grid of the mean initial momentum ``(1/n) Σ_s m_s`` (0 for an unbiased template).
+    mean_momentum_ratio : float
+        ``mean_momentum_norm`` over the mean of the subjects' RMS momenta (0: unbiased; 1: all momenta equal).
+    unbias_shift_mean_mm, unbias_shift_max_mm : float or None
+        How far the unbiasing shot moved the template (mean and max displacement over the grid, mm).
+    seconds : float
+        Wall time of the round (tasks and reduction).
+    task_seconds : float
+        Mean wall time of one subject's task.
+    excluded : list of str
+        Subjects that failed in this round (and are left out from here on).
+    """
+
+    round: int
+    updated: bool
+    n_subjects: int
+    similarity: float
+    energy: float
+    objective: float
+    template_change: float | None
+    mean_momentum_norm: float
+    mean_momentum_ratio: float
+    unbias_shift_mean_mm: float | None
+    unbias_shift_max_mm: float | None
+    seconds: float
+    task_seconds: float
+    excluded: list = field(default_factory=list)
+
+
+@dataclass
+class SubjectSummary:
+    """A subject's registration onto the final template (the last round): scalars from its task."""
+
+    name: str
+    source: str
+    similarity_before: float
+    similarity_after: float
+    energy: float
+    ndv_percent: float
+    sdlogj: float
+    seconds: float
+    stop_reason: str
+    host: str = ""
+
+
+@dataclass
+class AtlasResult:
+    """Result of ``build_template``.
+
+    Attributes
+    ----------
+    template : Image
+        The final template.
+    templates : list of Image
+        The initial template and the template after every update (``templates[-1] is template``).
+    names : list of str
+        The subjects of the result, in input order (excluded ones left out): the rows of ``momenta``.
+    momenta : numpy.ndarray
+        ``(n, *shape, d)`` float32: each subject's initial momentum on the template grid (memory-mapped from the
+        run directory). They are the momenta of the last round: against ``template`` when the run ended with a
+        registration round (``final_registration=True``), else against ``templates[-2]``.
+    subjects : list of SubjectSummary
+        Per-subject scalars of the last round (same order as ``names``).
+    history : list of RoundRecord
+    excluded : dict of str to str
+        Subjects left out and why (e.g. ``"ValueError: ... expected a 2-D image ..."``).
+    directory : str
+        The run directory (checkpoint, templates, rounds).
+    round_directory : str
+        The last round's folder in it (``momenta.npy``, ``subjects/<name>/`` with the fields of each subject).
+    options : dict
+        The options of the run (JSON).
+    seconds : float
+        Wall time (all sessions of a resumed run).
+    converged : bool
+        Whether the template change fell below ``tol`` (always ``True`` when ``tol`` is ``None``: a fixed number of
+        iterations was asked for).
+    workers : str
+        Where the tasks ran.
+    """
+
+    template: object
+    templates: list
+    names: list
+    momenta: np.ndarray
+    subjects: list
+    history: list
+    excluded: dict
+    directory: str
+    options: dict
+    seconds: float
+    converged: bool
+    workers: str = ""
+    round_directory: str = ""
+    kind: object = field(default=None, repr=False)
+    _owner: object = field(default=None, repr=False)  # a TemporaryDirectory the run directory lives in
+
+    def _folder(self, subject) -> str:
+        name = self.names[subject] if isinstance(subject, (int, np.integer)) else str(subject)
+        if name not in self.names:
+            raise ValueError(f"subject: expected a name among {self.names} or an index, got {subject!r}")
+        return os.path.join(self.round_directory, "subjects", name)
+
+    def transform(self, subject):
+        """The transform of ``subject`` (name or index): template point ``x`` -> subject point ``x + u(x)``."""
+        return self.kind.load_transform(self._folder(subject))
+
+    def mean_momentum(self) -> np.ndarray:
+        """``(1/n) Σ_s m_s``, ``(*shape, d)``."""
+        return np.mean(np.asarray(self.momenta, dtype=np.float64), axis=0).astype(np.float32)
+
+    def report(self) -> dict:
+        """JSON-serialisable summary: options, subjects, excluded ones, history, seconds."""
+        return {"kind": getattr(self.kind, "name", ""), "options": self.options, "names": list(self.names),
+                "excluded": dict(self.excluded), "history": [asdict(r) for r in self.history],
+                "subjects": [asdict(s) for s in self.subjects], "seconds": self.seconds,
+                "converged": self.converged, "workers": self.workers,
+                "momenta_shape": list(np.shape(self.momenta))}
+
+    def save(self, directory) -> list[str]:
+        """Write the template, the templates of every iteration, ``momenta.npy`` (subjects × …, the rows in the order
+        of ``report.json``'s ``names``), each subject's fields (``subjects/<name>/``: displacement and inverse
+        displacement in the ITK convention, warped subject and Jacobian determinant on the template grid) and
+        ``report.json`` into ``directory``.
+
+        Everything goes into a temporary folder beside ``directory`` first and is moved into place at the end,
+        ``report.json`` last (an older one is removed first), so an interrupted save never looks complete.
+
+        Returns
+        -------
+        list of str
+            The paths written.
+        """
+        directory = os.path.abspath(os.fspath(directory))
+        os.makedirs(directory, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".lddmm-atlas-partial-", dir=directory)
+        suffix = self.kind.template_suffix
+        try:
+            names = [f"template{suffix}", "templates", "momenta.npy", "subjects"]
+            self.kind.save_template(self.template, os.path.join(tmp, f"template{suffix}"))
+            os.makedirs(os.path.join(tmp, "templates"))
+            for k, t in enumerate(self.templates):
+                self.kind.save_template(t, os.path.join(tmp, "templates", f"template_{k:03d}{suffix}"))
+            _copy_or_link(self.momenta_path, os.path.join(tmp, "momenta.npy"))
+            for name in self.names:
+                os.makedirs(os.path.join(tmp, "subjects", name))
+                for f in self.kind.subject_files:
+                    src = os.path.join(self._folder(name), f)
+                    if os.path.exists(src):
+                        _copy_or_link(src, os.path.join(tmp, "subjects", name, f))
+            with open(os.path.join(tmp, "report.json"), "w") as fh:
+                json.dump(self.report(), fh, indent=2, default=_json_default)
+            stale = os.path.join(directory, "report.json")
+            if os.path.exists(stale):
+                os.remove(stale)
+            out = []
+            for name in names + ["report.json"]:
+                target = os.path.join(directory, name)
+                if os.path.isdir(target):  # e.g. the run directory's own templates/ (same files)
+                    shutil.rmtree(target)
+                os.replace(os.path.join(tmp, name), target)
+                out.append(target)
+            return out
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    @property
+    def momenta_path(self) -> str:
+        return os.path.join(self.round_directory, "momenta.npy")
+
+
+def _copy_or_link(src: str, dst: str) -> None:
+    """A hard link where the file system allows it (no copy of large fields), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
