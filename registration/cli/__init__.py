@@ -1,4 +1,5 @@
-"""The ``lddmm`` command: one room per sub-command (``demo``, ``register``, ``apply``, ``meanfield``).
+"""The ``lddmm`` command: one room per sub-command (``demo``, ``register``, ``apply``, ``atlas``,
+``meanfield``).
 
 User errors (a missing file, a bad option value, bad data) print one line ``lddmm: error: ...`` on stderr and exit
 with status 2; ``--verbose`` shows the traceback instead. The progress bars live here, never in the engine.
@@ -10,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from . import apply, demo, meanfield, register
+from . import apply, atlas, demo, meanfield, register
 
 __all__ = ["main", "build_parser"]
 
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parsers(sub)
     register.add_parsers(sub)
     apply.add_parsers(sub)
+    atlas.add_parsers(sub)
     meanfield.add_parsers(sub)
     return parser
 
