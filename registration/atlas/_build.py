@@ -220,8 +220,8 @@ def _result(run: Run, seconds: float) -> AtlasResult:
 
     tol = run.options["tol"]
     updates = [h for h in run.history if h.updated]
-    converged = tol is None or not updates or run.converged_round is not None
-    if not converged:
+    converged = None if tol is None else (not updates or run.converged_round is not None)
+    if converged is False:
         warnings.warn(f"build_template: the template changed by {updates[-1].template_change:.3g} (relative) in "
                       f"the last update, above tol={tol:g}, after {len(updates)} iterations",
                       ConvergenceWarning, stacklevel=3)

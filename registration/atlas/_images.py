@@ -130,11 +130,11 @@ class ImageKind:
         if write_transform:
             res.transform.save(folder)
         summary = {"similarity_before": res.similarity_before, "similarity_after": res.similarity_after,
-                   "energy": res.energy, "regularization": res.config.regularization, "metric": res.config.metric,
+                   "energy": res.energy, "deformation": float(np.linalg.norm(res.displacement, axis=0)[support(template)].mean()), "regularization": res.config.regularization, "metric": res.config.metric,
                    "ndv_percent": ndv_percent(jac), "sdlogj": sdlogj(jac), "jacobian_min": float(jac.min()),
                    "iterations": [lv.iterations for lv in res.levels], "stop_reason": res.stop_reason,
                    "registration_seconds": res.seconds}
-        return np.asarray(res.momentum.data, dtype=np.float32), summary
+        return template_momentum(res), summary
 
     # ---- the reduction ----
     def update(self, template: Image, folders: list, options: dict) -> Image:
@@ -148,7 +148,8 @@ class ImageKind:
         return Image((num / np.maximum(den, 1e-12)).astype(np.float32), template.affine.copy())
 
     def unbias(self, template: Image, momentum: np.ndarray, options: dict):
-        """Shoot ``template`` along ``momentum`` with the registrations' metric: the geodesic's transform comes from
+        """Shoot ``template`` along ``momentum`` (the mean of the subjects' template momenta) with the registrations'
+        metric: the geodesic's transform comes from
         ``ImageRegistration.shoot`` of a registration of the template onto itself with no iteration (the same
         kernel, grid and time steps as the subjects' registrations, which all share the template grid)."""
         reg = _registration_options(options)
@@ -156,13 +157,48 @@ class ImageKind:
         reg.pop("fixed_mask", None)
         rho = register_images(template, template, **reg).shoot(momentum)
         shifted = spline_resample(template, rho.world_map(), fill=None)
-        length = np.linalg.norm(rho.displacement, axis=0)
-        return (Image(shifted, template.affine.copy()),
-                {"unbias_shift_mean_mm": float(length.mean()), "unbias_shift_max_mm": float(length.max())})
+        length = np.linalg.norm(rho.displacement, axis=0)[support(template)]
+        return Image(shifted, template.affine.copy()), {"bias_mean": float(length.mean()), "bias_max": float(length.max())}
 
     # ---- results ----
     def load_transform(self, folder: str) -> DisplacementTransform:
         return DisplacementTransform.load(folder)
+
+
+def support(template: Image) -> np.ndarray:
+    """Voxels where the template has signal (above 5 % of its 99.5th percentile): displacements are measured there
+    (in the background they move nothing)."""
+    a = np.asarray(template.data, np.float64)
+    return a > 0.05 * np.percentile(a, 99.5)
+
+
+def template_momentum(res) -> np.ndarray:
+    """The initial momentum at the template of the geodesic from the template to the subject, ``(*shape, d)``.
+
+    ``register_images(template, subject)`` shoots from the subject: its ``m_0`` sits on the subject's features
+    (expressed on the template grid). Along an EPDiff geodesic the momentum is transported as a one-form density,
+    so at the template end (time 1) it is ``m_1(y) = det Dψ(y) Dψ(y)^T m_0(ψ(y))`` with ``ψ = φ_1^{-1}`` the
+    template -> subject map (``res.transform``); the geodesic from the template to the subject starts with
+    ``p = -m_1``. Shooting the template along ``p`` gives the subject back (to the accuracy of the discretisation),
+    and the momenta of all subjects sit on the template's features, so their mean is zero for a template at the
+    centre of the population, which is not true of the subject-end ``m_0``.
+    Components along the template's voxel axes, density per mm^d (as ``res.momentum``).
+    """
+    from scipy.ndimage import map_coordinates
+
+    fixed, tr = res.fixed, res.transform
+    d, spacing = fixed.ndim, np.asarray(fixed.spacing)
+    m0 = np.asarray(res.momentum.data, np.float64)
+    inv = np.linalg.inv(np.asarray(fixed.affine, np.float64))
+    vox = np.tensordot(inv[:d, :d], tr.world_map(), axes=1) + inv[:d, 3].reshape((d,) + (1,) * d)
+    m0_at_psi = np.stack([map_coordinates(m0[..., j], vox, order=1, mode="constant") for j in range(d)])
+    rot = fixed.affine[:d, :d] / spacing[None, :]  # world components -> voxel-axis components: rot^T
+    u = np.tensordot(rot.T, tr.displacement, axes=1)
+    jac = np.stack([np.stack(np.gradient(u[i], *spacing)) for i in range(d)]) \
+        + np.eye(d).reshape((d, d) + (1,) * d)  # jac[i, j] = ∂ψ_i / ∂x_j
+    det = np.linalg.det(np.moveaxis(jac, (0, 1), (-2, -1)))
+    m1 = det * np.einsum("ji...,j...->i...", jac, m0_at_psi)
+    return np.moveaxis(-m1, 0, -1).astype(np.float32)
 
 
 def spline_resample(image: Image, world: np.ndarray, *, fill: float | None) -> np.ndarray:

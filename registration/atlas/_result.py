@@ -39,8 +39,16 @@ class RoundRecord:
         RMS over the grid of the mean initial momentum ``(1/n) Σ_s m_s`` (0 for an unbiased template).
     mean_momentum_ratio : float
         ``mean_momentum_norm`` over the mean of the subjects' RMS momenta (0: unbiased; 1: all momenta equal).
-    unbias_shift_mean_mm, unbias_shift_max_mm : float or None
-        How far the unbiasing shot moved the template (mean and max displacement over the grid, mm).
+        Momentum fields are rough (they sit on the template's edges), so the part of them that no velocity sees
+        keeps this ratio well above 0 with few subjects; ``bias_ratio`` is the smooth measure.
+    deformation : float
+        Mean over subjects of the mean length of their displacements (mm for images).
+    bias, bias_max : float
+        Mean and max over the grid of the displacement of the template shot along the mean momentum (mm for
+        images): how far the template sits from the population's centre, before this round's update; in an
+        unbiasing round the new template is moved by that shot.
+    bias_ratio : float
+        ``bias / deformation``: 0 for an unbiased template, 1 when every subject is deformed the same way.
     seconds : float
         Wall time of the round (tasks and reduction).
     task_seconds : float
@@ -58,8 +66,10 @@ class RoundRecord:
     template_change: float | None
     mean_momentum_norm: float
     mean_momentum_ratio: float
-    unbias_shift_mean_mm: float | None
-    unbias_shift_max_mm: float | None
+    deformation: float
+    bias: float
+    bias_max: float
+    bias_ratio: float
     seconds: float
     task_seconds: float
     excluded: list = field(default_factory=list)
@@ -110,9 +120,9 @@ class AtlasResult:
         The options of the run (JSON).
     seconds : float
         Wall time (all sessions of a resumed run).
-    converged : bool
-        Whether the template change fell below ``tol`` (always ``True`` when ``tol`` is ``None``: a fixed number of
-        iterations was asked for).
+    converged : bool or None
+        Whether the relative template change fell below ``tol``; ``None`` without ``tol`` (a fixed number of
+        iterations, as ANTs' template builder; ``history`` shows the template change of every update).
     workers : str
         Where the tasks ran.
     """
@@ -127,7 +137,7 @@ class AtlasResult:
     directory: str
     options: dict
     seconds: float
-    converged: bool
+    converged: bool | None
     workers: str = ""
     round_directory: str = ""
     kind: object = field(default=None, repr=False)

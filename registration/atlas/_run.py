@@ -151,12 +151,13 @@ class Run:
         s = [self.summaries[n] for n in names]
         similarity = float(np.mean([v["similarity_after"] for v in s]))
         energy = float(np.mean([v["energy"] for v in s]))
+        deformation = float(np.mean([v["deformation"] for v in s]))
         return RoundRecord(round=r, updated=update, n_subjects=len(s), similarity=similarity, energy=energy,
                            objective=similarity + float(s[0]["regularization"]) * energy, template_change=change,
                            mean_momentum_norm=stats["mean_momentum_norm"],
                            mean_momentum_ratio=stats["mean_momentum_ratio"],
-                           unbias_shift_mean_mm=stats.get("unbias_shift_mean_mm"),
-                           unbias_shift_max_mm=stats.get("unbias_shift_max_mm"),
+                           deformation=deformation, bias=stats["bias_mean"], bias_max=stats["bias_max"],
+                           bias_ratio=stats["bias_mean"] / max(deformation, 1e-30),
                            seconds=time.perf_counter() - t0,
                            task_seconds=float(np.mean([o.seconds for _, o in done])),
                            excluded=list(self._new_exclusions))

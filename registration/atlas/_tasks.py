@@ -184,7 +184,9 @@ def reduce_task(kind, template, folders: list, momenta_path: str, rows, options:
     """The per-round reduction (one task). The mean momentum of ``rows`` of the round's momenta array (streamed
     in subject order, so the result does not depend on which task finished first); with ``update``, the new
     template (``kind.update`` from the subjects' fields, read in subject order), and with ``unbias`` that template
-    shot along minus the mean momentum (``kind.unbias``).
+    shot along the mean momentum (``kind.unbias``). The momenta are those of the geodesics from the template to
+    the subjects, so the centre of the population lies along their mean (THEORY §9's "minus the mean" is the same
+    step written with the registrations' subject -> template momenta).
 
     Returns
     -------
@@ -204,7 +206,10 @@ def reduce_task(kind, template, folders: list, momenta_path: str, rows, options:
         rms = float(np.sqrt(np.mean(mean * mean)))
         stats = {"mean_momentum_norm": rms, "mean_momentum_ratio": rms / max(float(np.mean(norms)), 1e-30)}
         new = kind.update(template, folders, options) if update else None
+        # the shot along the mean momentum measures the bias (how far the template sits from the population's
+        # centre, in the data's units) every round, and moves the new template there in an unbiasing round
+        shifted, bias = kind.unbias(new if update else template, mean.astype(np.float32), options)
+        stats.update(bias)
         if update and unbias:
-            new, shift = kind.unbias(new, -mean.astype(np.float32), options)
-            stats.update(shift)
+            new = shifted
     return new, stats

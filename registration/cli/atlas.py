@@ -102,8 +102,8 @@ class _Progress:
         elif kind == "round":
             r = event["record"]
             change = "" if r.template_change is None else f", template change {r.template_change:.4f}"
-            self._write(f"atlas: round {r.round}: similarity {r.similarity:.4g}, mean momentum ratio "
-                        f"{r.mean_momentum_ratio:.3f}{change}, {r.seconds:.1f} s")
+            self._write(f"atlas: round {r.round}: similarity {r.similarity:.4g}, bias {r.bias:.3g} "
+                        f"({r.bias_ratio:.3f} of the mean deformation){change}, {r.seconds:.1f} s")
         elif kind == "end":
             self.close()
 
@@ -155,5 +155,5 @@ def run_atlas(args) -> int:
     if not args.quiet:
         last = res.history[-1]
         print(f"atlas: {len(res.names)} subjects ({len(res.excluded)} excluded), {len(res.history) - 1} iterations, "
-              f"mean momentum ratio {last.mean_momentum_ratio:.3f}, {res.seconds:.1f} s -> {args.out}")
+              f"bias {last.bias:.3g} ({last.bias_ratio:.3f} of the mean deformation), {res.seconds:.1f} s -> {args.out}")
     return 0
