@@ -20,17 +20,18 @@ template is the image itself, in its own space. An estimated template is then sc
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..data import random_diffeomorphism
+from ..data import load_mni152, random_diffeomorphism
 from ..evaluation import dice
 from ..images import normalize_intensity
-from ..io import Image
+from ..io import Image, resample_image
 from ..transforms import DisplacementTransform
 
-__all__ = ["Population", "synthetic_population", "correlation", "sharpness", "vote_labels", "label_dice",
+__all__ = ["Population", "synthetic_population", "mni152_slice", "mni152_volume", "translated", "correlation", "sharpness", "vote_labels", "label_dice",
            "class_thresholds", "class_dice", "mean_displacement"]
 
 
@@ -97,6 +98,68 @@ def synthetic_population(image: Image, labels: dict | None = None, *, n: int = 8
                                for name, v in labels.items()})
             warps.append(tr)
     return Population(image, labels, subjects, sub_labels, warps)
+
+
+def mni152_slice(resolution: float = 4.0, *, z: int | None = None) -> tuple[Image, dict]:
+    """An axial slice of nilearn's MNI152 T1 (2 mm) resampled to ``resolution`` mm, with its GM / WM masks.
+
+    Parameters
+    ----------
+    resolution : float
+        Pixel size in mm (4: 50 × 59 pixels, 6: 33 × 39).
+    z : int, optional
+        Slice index in the 2 mm volume (default: the middle one).
+
+    Returns
+    -------
+    image : Image
+        2-D, with the volume's in-plane affine scaled to ``resolution``.
+    labels : dict
+        ``{"gm": uint8 array, "wm": uint8 array}`` on the same grid (nearest neighbour).
+    """
+    mni = _mni152()
+    z = mni.t1.shape[2] // 2 if z is None else int(z)
+    aff = np.eye(4)
+    aff[:2, :2], aff[:2, 3] = mni.t1.affine[:2, :2], mni.t1.affine[:2, 3]
+    return _coarse({k: Image(getattr(mni, k).data[:, :, z], aff) for k in ("t1", "gm", "wm")}, resolution / 2.0)
+
+
+def mni152_volume(resolution: float = 4.0) -> tuple[Image, dict]:
+    """nilearn's MNI152 T1 resampled to ``resolution`` mm (4: 50 × 59 × 48), with its GM / WM masks."""
+    mni = _mni152()
+    return _coarse({"t1": mni.t1, "gm": mni.gm, "wm": mni.wm}, resolution / 2.0)
+
+
+@functools.lru_cache(maxsize=1)
+def _mni152():
+    """nilearn's template, read once per process (importing nilearn and reading the files take seconds); callers
+    only read it (``_coarse`` resamples into new arrays)."""
+    return load_mni152(2)
+
+
+def _coarse(images: dict, factor: float) -> tuple[Image, dict]:
+    t1 = images["t1"]
+    if factor == 1:  # copies: the cached template stays untouched
+        return (Image(np.array(t1.data, np.float32), t1.affine.copy()),
+                {k: np.array(images[k].data, np.uint8) for k in ("gm", "wm")})
+    d = t1.ndim
+    aff = t1.affine.copy()
+    aff[:d, :d] *= factor
+    shape = tuple(int(np.ceil(n / factor)) for n in t1.shape)
+    labels = {k: resample_image(images[k], aff, shape, interp="nearest").data.astype(np.uint8) for k in ("gm", "wm")}
+    return resample_image(Image(np.asarray(t1.data, np.float32), t1.affine), aff, shape), labels
+
+
+def translated(image: Image, shifts) -> list:
+    """``image ∘ (x + t)`` for every world translation ``t`` (mm, one per row of ``shifts``): the content moves by
+    ``-t``, so the population's centre is ``image`` moved by minus the mean of ``shifts``."""
+    out = []
+    d = image.ndim
+    for t in np.asarray(shifts, float).reshape(-1, d):
+        disp = np.broadcast_to(t.reshape((d,) + (1,) * d), (d,) + image.shape).copy()
+        out.append(Image(DisplacementTransform(disp, image.affine.copy(), -disp).apply(image).data,
+                         image.affine.copy()))
+    return out
 
 
 def _head(truth: Image) -> np.ndarray:
