@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 
 __all__ = ["add_parsers", "run_atlas"]
 
@@ -121,7 +122,7 @@ class _Progress:
 
 def run_atlas(args) -> int:
     """Run ``lddmm atlas``; returns the exit code (0 on success)."""
-    from ..atlas import build_template
+    from ..atlas import SubjectExcludedWarning, build_template
 
     for name, value in (("--iterations", args.iterations), ("--retries", args.retries)):
         if value < 0:
@@ -140,11 +141,13 @@ def run_atlas(args) -> int:
         logging.getLogger("distributed").setLevel(logging.ERROR)
     progress = _Progress(args.quiet)
     try:
-        res = build_template(args.subjects, iterations=args.iterations, out=args.out, resume=args.resume,
-                             initial=args.template if args.template is not None else args.initial,
-                             client=args.scheduler, workers=args.workers, threads=args.threads,
-                             retries=args.retries, on_error=args.on_error, unbias=not args.no_unbias, tol=args.tol,
-                             register_options=_register_options(args), callback=progress)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SubjectExcludedWarning)  # the progress callback names them, once
+            res = build_template(args.subjects, iterations=args.iterations, out=args.out, resume=args.resume,
+                                 initial=args.template if args.template is not None else args.initial,
+                                 client=args.scheduler, workers=args.workers, threads=args.threads,
+                                 retries=args.retries, on_error=args.on_error, unbias=not args.no_unbias,
+                                 tol=args.tol, register_options=_register_options(args), callback=progress)
     except KeyboardInterrupt:
         progress.close()
         print(f"atlas: interrupted; continue with: lddmm atlas ... --out {args.out} --resume", file=sys.stderr)
