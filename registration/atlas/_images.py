@@ -207,7 +207,8 @@ def spline_resample(image: Image, world: np.ndarray, *, fill: float | None) -> n
     The template update samples each subject once, and the unbiasing samples the template once more: linear
     interpolation blurs by a fraction of a voxel each time, which on a 2-D MNI slice at 4 mm cost 0.03 of the
     template's correlation with the true template (0.932 against 0.965 with cubic splines, 4 subjects, 3
-    iterations). ``fill``: the value outside the image, or ``None`` for the nearest edge value.
+    iterations). ``fill``: the value outside the image, or ``None`` for the nearest edge value. The result is
+    clipped to the image's range (and ``fill``): splines overshoot at sharp edges, e.g. below 0 in the background.
     """
     from scipy.ndimage import map_coordinates
 
@@ -215,7 +216,12 @@ def spline_resample(image: Image, world: np.ndarray, *, fill: float | None) -> n
     inv = np.linalg.inv(np.asarray(image.affine, np.float64))
     vox = np.tensordot(inv[:d, :d], np.asarray(world, np.float64), axes=1) + inv[:d, 3].reshape((d,) + (1,) * d)
     mode, cval = ("nearest", 0.0) if fill is None else ("constant", float(fill))
-    return map_coordinates(np.asarray(image.data, np.float64), vox, order=3, mode=mode, cval=cval).astype(np.float32)
+    data = np.asarray(image.data, np.float64)
+    out = map_coordinates(data, vox, order=3, mode=mode, cval=cval)
+    lo, hi = float(data.min()), float(data.max())
+    if fill is not None:
+        lo, hi = min(lo, fill), max(hi, fill)
+    return np.clip(out, lo, hi).astype(np.float32)
 
 
 def _average_task(kind, folders: list, affine) -> Image:

@@ -154,8 +154,66 @@ class AtlasResult:
         return self.kind.load_transform(self._folder(subject))
 
     def mean_momentum(self) -> np.ndarray:
-        """``(1/n) Σ_s m_s``, ``(*shape, d)``."""
-        return np.mean(np.asarray(self.momenta, dtype=np.float64), axis=0).astype(np.float32)
+        """``(1/n) Σ_s m_s``, ``(*shape, d)`` (streamed over the subjects)."""
+        total = np.zeros(self.momenta.shape[1:], np.float64)
+        for m in self.momenta:
+            total += m
+        return (total / len(self.momenta)).astype(np.float32)
+
+    def shoot(self, momentum):
+        """The template carried along the geodesic of an initial momentum on the template (e.g. a subject's row of
+        ``momenta``, which gives that subject back, or a principal mode), with the registrations' metric.
+
+        Parameters
+        ----------
+        momentum : numpy.ndarray
+            Shaped like one row of ``momenta`` (images: ``(*shape, d)``, voxel-axis components, per mm^d).
+
+        Returns
+        -------
+        Image
+            On the template grid (cubic-spline resampling).
+        """
+        momentum = np.asarray(momentum, np.float32)
+        if momentum.shape != tuple(self.momenta.shape[1:]):
+            raise ValueError(f"momentum: expected shape {tuple(self.momenta.shape[1:])}, got {momentum.shape}")
+        return self.kind.unbias(self.template, momentum, self.options)[0]
+
+    def principal_modes(self, n_modes: int = 3) -> tuple[np.ndarray, np.ndarray]:
+        """Principal component analysis of the momenta (centred; Euclidean inner product of the arrays).
+
+        Computed through the ``n × n`` Gram matrix of the subjects, streamed over the grid, so the momenta never
+        need to fit in memory twice.
+
+        Parameters
+        ----------
+        n_modes : int
+            At most ``n - 1`` modes are returned.
+
+        Returns
+        -------
+        modes : numpy.ndarray
+            ``(k, *shape, d)`` unit-norm modes (float32), largest variance first.
+        std : numpy.ndarray
+            ``(k,)`` standard deviation of the subjects' coordinates along each mode (momentum units).
+        """
+        if isinstance(n_modes, bool) or not isinstance(n_modes, (int, np.integer)) or n_modes < 1:
+            raise ValueError(f"n_modes: expected a positive integer, got {n_modes!r}")
+        n = len(self.momenta)
+        X = np.asarray(self.momenta).reshape(n, -1)
+        mean = np.asarray(self.mean_momentum(), np.float64).reshape(-1)
+        gram = np.zeros((n, n))
+        for lo in range(0, X.shape[1], 1 << 20):
+            block = X[:, lo:lo + (1 << 20)] - mean[lo:lo + (1 << 20)]
+            gram += block @ block.T
+        values, vectors = np.linalg.eigh(gram)
+        order = np.argsort(values)[::-1][: min(n_modes, n - 1)]
+        values, vectors = np.clip(values[order], 0, None), vectors[:, order]
+        modes = np.empty((len(order), X.shape[1]), np.float32)
+        for lo in range(0, X.shape[1], 1 << 20):
+            block = X[:, lo:lo + (1 << 20)] - mean[lo:lo + (1 << 20)]
+            modes[:, lo:lo + (1 << 20)] = (vectors.T @ block) / np.sqrt(np.maximum(values, 1e-300))[:, None]
+        return modes.reshape((len(order),) + tuple(self.momenta.shape[1:])), np.sqrt(values / max(n - 1, 1))
 
     def report(self) -> dict:
         """JSON-serialisable summary: options, subjects, excluded ones, history, seconds."""
