@@ -53,6 +53,8 @@ class RoundRecord:
         Wall time of the round (tasks and reduction).
     task_seconds : float
         Mean wall time of one subject's task.
+    reduce_seconds : float
+        Wall time of the reduction (mean momentum, template update, unbiasing shot): the serial part of a round.
     excluded : list of str
         Subjects that failed in this round (and are left out from here on).
     """
@@ -72,6 +74,7 @@ class RoundRecord:
     bias_ratio: float
     seconds: float
     task_seconds: float
+    reduce_seconds: float
     excluded: list = field(default_factory=list)
 
 
@@ -174,7 +177,7 @@ class AtlasResult:
         Image
             On the template grid (cubic-spline resampling).
         """
-        momentum = np.asarray(momentum, np.float32)
+        momentum = np.array(momentum, np.float32)  # a writable copy (rows of the memory map are read-only)
         if momentum.shape != tuple(self.momenta.shape[1:]):
             raise ValueError(f"momentum: expected shape {tuple(self.momenta.shape[1:])}, got {momentum.shape}")
         return self.kind.unbias(self.template, momentum, self.options)[0]

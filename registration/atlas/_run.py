@@ -135,9 +135,11 @@ class Run:
         try:
             done = self._collect_momenta(r, handle, round_dir)
             names = [self.specs[i].name for i, _ in done]
+            t_reduce = time.perf_counter()
             new, stats = self.run_one(reduce_task, self.kind, handle, [o.folder for _, o in done],
                                       os.path.join(round_dir, "momenta.npy"), list(range(len(done))),
                                       self.options, self.executor.threads(), update, unbias, key=f"reduce-{r}")
+            t_reduce = time.perf_counter() - t_reduce
         finally:
             self.executor.release(handle)
         self.summaries = {self.specs[i].name: dict(o.summary, host=o.host) for i, o in done}
@@ -159,7 +161,7 @@ class Run:
                            deformation=deformation, bias=stats["bias_mean"], bias_max=stats["bias_max"],
                            bias_ratio=stats["bias_mean"] / max(deformation, 1e-30),
                            seconds=time.perf_counter() - t0,
-                           task_seconds=float(np.mean([o.seconds for _, o in done])),
+                           task_seconds=float(np.mean([o.seconds for _, o in done])), reduce_seconds=t_reduce,
                            excluded=list(self._new_exclusions))
 
     def _collect_momenta(self, r: int, handle, round_dir: str) -> list:
