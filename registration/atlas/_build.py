@@ -63,15 +63,19 @@ def build_template(subjects, *, iterations: int = 4, initial="affine", names=Non
 
     Alternating scheme: from an initial template, ``iterations`` rounds of (i) register every subject onto the
     template (``register_images``, one task per subject), (ii) update the template to the Jacobian-weighted mean
-    of the subjects pulled back into template space and (iii) unbias it: shoot it along minus the mean initial
-    momentum of the subjects, so that ``Σ_s m_s ≈ 0``; then a final round registers every subject onto the final
-    template, so that the momenta and transforms of the result belong to it.
+    of the subjects pulled back into template space and (iii) unbias it: shoot it along the mean of the subjects'
+    initial momenta at the template, so that ``Σ_s m_s ≈ 0`` (the momenta ``m_s`` are those of the geodesics from
+    the template to the subjects: the registrations' momenta transported to the template end, see the atlas
+    guide; with the registrations' subject -> template momenta this is THEORY §9's "minus the mean"); then a final
+    round registers every subject onto the final template, so that the momenta and transforms of the result belong
+    to it.
 
     Parameters
     ----------
     subjects : list or tuple
         Images: paths (read by the workers, never shipped from this process), ``Image`` s, nibabel images or
-        arrays (handed to the cluster once). 2-D or 3-D, any grids (they are resampled onto the template grid).
+        arrays (written once into ``out/inputs/`` and read from there). 2-D or 3-D, any grids (they are resampled
+        onto the template grid).
     iterations : int
         Template updates (each one a round of registrations); 0 registers the subjects onto the initial template.
     initial : {"affine", "mean"} or image
@@ -102,7 +106,7 @@ def build_template(subjects, *, iterations: int = 4, initial="affine", names=Non
         A subject that fails for a data reason (unreadable, wrong dimension, constant): left out with a
         ``SubjectExcludedWarning`` and listed in ``AtlasResult.excluded``, or ``ValueError`` naming it.
     unbias : bool
-        Shoot the updated template along minus the mean momentum (step iii).
+        Shoot the updated template along the mean momentum (step iii).
     normalize : bool
         Rescale each subject's intensities robustly to [0, 1] (0.5 / 99.5 percentiles) before averaging (the
         registrations normalise internally either way).
@@ -137,24 +141,15 @@ def build_template(subjects, *, iterations: int = 4, initial="affine", names=Non
     options = {"kind": kind.name, "iterations": int(iterations), "unbias": bool(unbias), "normalize": bool(normalize),
                "tol": tol, "register": reg,
                "initial": initial if given is None else "given:" + hashlib.sha1(kind.digest(given)).hexdigest()}
-    owner = None
-    if out is None:
-        owner = tempfile.TemporaryDirectory(prefix="lddmm-atlas-")
-        directory = owner.name
-    else:
-        directory = os.path.abspath(os.fspath(out))
-        if os.path.exists(directory) and not os.path.isdir(directory):
-            raise ValueError(f"out: expected a directory, got an existing file {directory}")
-        os.makedirs(directory, exist_ok=True)
+    directory, owner = _run_directory(out)
     state = read_checkpoint(directory)
     if state is not None and not resume:
         raise ValueError(f"out: {directory} holds an atlas run (checkpoint.json); pass resume=True to continue it "
                          f"or choose another directory")
     if state is not None:
         check_resumable(state, options, [s.fingerprint() for s in specs], directory)
-    voxels = int(np.prod(given.shape)) if given is not None else 0
     executor = make_executor(client, workers=workers, threads=threads, retries=retries, n_tasks=len(specs),
-                             voxels=voxels)
+                             voxels=kind.size_hint(given if given is not None else specs[0]))
     try:
         run = Run(kind, specs, executor, directory, options, on_error=on_error, callback=callback, retries=retries)
         result = _drive(run, state, given, initial, keep_rounds)
@@ -168,6 +163,18 @@ def build_template(subjects, *, iterations: int = 4, initial="affine", names=Non
     return result
 
 
+def _run_directory(out):
+    """``(directory, owner)``: ``out`` (created), or a temporary directory that ``owner`` removes."""
+    if out is None:
+        owner = tempfile.TemporaryDirectory(prefix="lddmm-atlas-")
+        return owner.name, owner
+    directory = os.path.abspath(os.fspath(out))
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(f"out: expected a directory, got an existing file {directory}")
+    os.makedirs(directory, exist_ok=True)
+    return directory, None
+
+
 def _drive(run: Run, state, given, initial, keep_rounds: bool) -> AtlasResult:
     t0 = time.perf_counter()
     run.emit(event="start", dashboard=run.executor.dashboard, workers=run.executor.describe(),
@@ -175,7 +182,7 @@ def _drive(run: Run, state, given, initial, keep_rounds: bool) -> AtlasResult:
     if state is not None:
         _restore(run, state)
     if not run.finished:
-        run.store_subjects()
+        run.store_subjects(resumed=state is not None)
     if state is None:
         run.probe(None if given is None else run.kind.probe_template(given))
         template = given if given is not None else run.kind.initial_template(run, initial)

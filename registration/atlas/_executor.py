@@ -17,10 +17,11 @@ __all__ = ["SerialExecutor", "DaskExecutor", "TaskError", "make_executor"]
 
 log = logging.getLogger(__name__)
 
-#: memory a LocalCluster worker is given per template voxel when the default cluster is sized (bytes): a 3-D
-#: registration at 2 mm (about a million voxels) peaks near 1.3 GB; with 2x headroom
-TASK_BYTES_PER_VOXEL = 2600
-TASK_BYTES_BASE = 400e6
+#: memory per task when the default cluster is sized (bytes): a worker process (torch, the package) and per template
+#: voxel; a 3-D registration task at 2 mm (1.1 million voxels) raised a process's peak memory by 250 MB, so this is
+#: about twice what was measured
+TASK_BYTES_PER_VOXEL = 500
+TASK_BYTES_BASE = 500e6
 
 
 class TaskError(RuntimeError):

@@ -53,6 +53,20 @@ class ImageKind:
     def digest(self, subject: Image) -> bytes:
         return np.ascontiguousarray(subject.data).tobytes() + np.asarray(subject.affine, np.float64).tobytes()
 
+    def size_hint(self, what) -> int:
+        """Voxels of a template or of a subject spec, from the file's header where there is one (0: unknown);
+        sizes the default cluster by memory."""
+        if isinstance(what, Image):
+            return int(np.prod(what.shape))
+        if what.data is not None:
+            return int(np.prod(what.data.shape))
+        try:
+            import nibabel as nib
+
+            return int(np.prod(nib.load(what.source).shape[:3]))  # reads the header only
+        except Exception:  # not NIfTI, unreadable (the probe will say why): no hint
+            return 0
+
     def probe(self, subject: Image) -> dict:
         return {"ndim": subject.ndim, "shape": list(subject.shape), "affine": np.asarray(subject.affine).tolist()}
 

@@ -11,6 +11,7 @@ Reading (workers, and the client for in-memory subjects)
     ``FileNotFoundError`` for data that cannot be used: reported by name, never retried);
     ``digest(subject) -> bytes`` (fingerprint of an in-memory subject, for ``resume``); ``subject_suffix`` and
     ``save_subject(subject, path)`` (in-memory subjects are written into the run directory once);
+    ``size_hint(template or spec) -> int`` (cells, e.g. voxels, to size the default cluster by memory; 0 unknown);
     ``probe(subject) -> dict`` (JSON scalars, e.g. dimension and grid) and ``check_probe(info, reference)``
     (``ValueError`` when a subject does not fit the population, e.g. a 3-D image among 2-D ones).
 Templates (client)

@@ -258,7 +258,7 @@ class AtlasResult:
                     if os.path.exists(src):
                         _copy_or_link(src, os.path.join(tmp, "subjects", name, f))
             with open(os.path.join(tmp, "report.json"), "w") as fh:
-                json.dump(self.report(), fh, indent=2, default=_json_default)
+                json.dump(self.report(), fh, indent=2, default=float)  # numpy scalars; everything else is native
             stale = os.path.join(directory, "report.json")
             if os.path.exists(stale):
                 os.remove(stale)
@@ -285,10 +285,3 @@ def _copy_or_link(src: str, dst: str) -> None:
     except OSError:
         shutil.copy2(src, dst)
 
-
-def _json_default(obj):
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)

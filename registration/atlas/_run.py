@@ -49,12 +49,13 @@ class Run:
         if self.callback is not None:
             self.callback(event)
 
-    def store_subjects(self) -> None:
-        """Write every in-memory subject into ``inputs/`` once; the workers read it from there (see ``_subjects``)."""
+    def store_subjects(self, resumed: bool) -> None:
+        """Write every in-memory subject into ``inputs/`` once; the workers read it from there (see ``_subjects``).
+        A resumed run (its fingerprints checked) keeps the copies it finds; a new one rewrites them."""
         for spec in self.specs:
             if spec.in_memory:
                 spec.path = os.path.join(self.directory, "inputs", spec.name + self.kind.subject_suffix)
-                if not os.path.exists(spec.path):
+                if not (resumed and os.path.exists(spec.path)):
                     with atomic_file(spec.path) as tmp:
                         self.kind.save_subject(spec.data, tmp)
 
@@ -134,7 +135,6 @@ class Run:
         handle = self.executor.share(template)
         try:
             done = self._collect_momenta(r, handle, round_dir)
-            names = [self.specs[i].name for i, _ in done]
             t_reduce = time.perf_counter()
             new, stats = self.run_one(reduce_task, self.kind, handle, [o.folder for _, o in done],
                                       os.path.join(round_dir, "momenta.npy"), list(range(len(done))),
@@ -147,10 +147,12 @@ class Run:
         if update:
             change = self.kind.template_change(template, new)
             self.templates.append(new)
-            path = self.template_path(r + 1)
-            with atomic_file(path) as tmp:
+            with atomic_file(self.template_path(r + 1)) as tmp:
                 self.kind.save_template(new, tmp)
-        s = [self.summaries[n] for n in names]
+        return self._record(r, update, [o for _, o in done], stats, change, time.perf_counter() - t0, t_reduce)
+
+    def _record(self, r, update, outcomes, stats, change, seconds, reduce_seconds) -> RoundRecord:
+        s = [o.summary for o in outcomes]
         similarity = float(np.mean([v["similarity_after"] for v in s]))
         energy = float(np.mean([v["energy"] for v in s]))
         deformation = float(np.mean([v["deformation"] for v in s]))
@@ -159,10 +161,9 @@ class Run:
                            mean_momentum_norm=stats["mean_momentum_norm"],
                            mean_momentum_ratio=stats["mean_momentum_ratio"],
                            deformation=deformation, bias=stats["bias_mean"], bias_max=stats["bias_max"],
-                           bias_ratio=stats["bias_mean"] / max(deformation, 1e-30),
-                           seconds=time.perf_counter() - t0,
-                           task_seconds=float(np.mean([o.seconds for _, o in done])), reduce_seconds=t_reduce,
-                           excluded=list(self._new_exclusions))
+                           bias_ratio=stats["bias_mean"] / max(deformation, 1e-30), seconds=seconds,
+                           task_seconds=float(np.mean([o.seconds for o in outcomes])),
+                           reduce_seconds=reduce_seconds, excluded=list(self._new_exclusions))
 
     def _collect_momenta(self, r: int, handle, round_dir: str) -> list:
         """The round's tasks; each momentum is written into its row as it arrives (one in memory at a time). Rows of
