@@ -228,8 +228,7 @@ def make_executor(client, *, workers: int | None, threads: int | None, retries: 
 
 
 def _has_bokeh() -> bool:
-    try:
-        import bokeh  # noqa: F401  (Dask's dashboard needs it)
-    except ImportError:
-        return False
-    return True
+    """Whether Dask's dashboard can run here (it needs bokeh)."""
+    import importlib.util
+
+    return importlib.util.find_spec("bokeh") is not None

@@ -144,7 +144,8 @@ class ImageKind:
         if write_transform:
             res.transform.save(folder)
         summary = {"similarity_before": res.similarity_before, "similarity_after": res.similarity_after,
-                   "energy": res.energy, "deformation": float(np.linalg.norm(res.displacement, axis=0)[support(template)].mean()), "regularization": res.config.regularization, "metric": res.config.metric,
+                   "energy": res.energy, "regularization": res.config.regularization, "metric": res.config.metric,
+                   "deformation": float(np.linalg.norm(res.displacement, axis=0)[support(template)].mean()),
                    "ndv_percent": ndv_percent(jac), "sdlogj": sdlogj(jac), "jacobian_min": float(jac.min()),
                    "iterations": [lv.iterations for lv in res.levels], "stop_reason": res.stop_reason,
                    "registration_seconds": res.seconds}
@@ -172,7 +173,8 @@ class ImageKind:
         rho = register_images(template, template, **reg).shoot(momentum)
         shifted = spline_resample(template, rho.world_map(), fill=None)
         length = np.linalg.norm(rho.displacement, axis=0)[support(template)]
-        return Image(shifted, template.affine.copy()), {"bias_mean": float(length.mean()), "bias_max": float(length.max())}
+        bias = {"bias_mean": float(length.mean()), "bias_max": float(length.max())}
+        return Image(shifted, template.affine.copy()), bias
 
     # ---- results ----
     def load_transform(self, folder: str) -> DisplacementTransform:

@@ -55,6 +55,9 @@ class RoundRecord:
         Mean wall time of one subject's task.
     reduce_seconds : float
         Wall time of the reduction (mean momentum, template update, unbiasing shot): the serial part of a round.
+    shot_seconds : float
+        The part of it spent shooting the template (independent of the number of subjects; the rest reads every
+        subject's fields once).
     excluded : list of str
         Subjects that failed in this round (and are left out from here on).
     """
@@ -75,6 +78,7 @@ class RoundRecord:
     seconds: float
     task_seconds: float
     reduce_seconds: float
+    shot_seconds: float
     excluded: list = field(default_factory=list)
 
 

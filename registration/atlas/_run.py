@@ -25,6 +25,33 @@ class SubjectExcludedWarning(UserWarning):
     """A subject failed for a data reason and was left out of the template (``on_error="exclude"``)."""
 
 
+class _Rows:
+    """A round's momenta as ``round_dir/momenta.npy`` (float32, one row per subject), written row by row through a
+    memory map; ``finish(keep)`` drops the rows of subjects that failed in the round and puts the file in place."""
+
+    def __init__(self, round_dir: str, shape: tuple):
+        self.round_dir, self.shape = round_dir, shape
+        self.part = os.path.join(round_dir, "momenta.part.npy")
+        self.array = np.lib.format.open_memmap(self.part, mode="w+", dtype=np.float32, shape=shape)
+
+    def write(self, k: int, momentum) -> None:
+        self.array[k] = momentum
+
+    def finish(self, keep: list) -> None:
+        self.array.flush()
+        if len(keep) < self.shape[0]:
+            compact_path = os.path.join(self.round_dir, "momenta.compact.npy")
+            compact = np.lib.format.open_memmap(compact_path, mode="w+", dtype=np.float32,
+                                                shape=(len(keep),) + self.shape[1:])
+            for k, row in enumerate(keep):
+                compact[k] = self.array[row]
+            compact.flush()
+            del compact
+            os.replace(compact_path, self.part)
+        self.array = None  # unmapped before the rename
+        os.replace(self.part, os.path.join(self.round_dir, "momenta.npy"))
+
+
 class Run:
     """The state of one ``build_template`` run (see there for the options)."""
 
@@ -77,7 +104,8 @@ class Run:
     def map_subjects(self, task, *args, stage: str, folder: str | None = None, on_result=None) -> list:
         """Run ``task(kind, spec, folder, threads, *args)`` for every active subject.
 
-        ``on_result(i, outcome)`` is called on each success as it arrives (e.g. to stream it to disk). Returns ``[(subject index, Outcome), ...]`` in subject order for the subjects that succeeded; a data
+        ``on_result(i, outcome)`` is called on each success as it arrives (e.g. to stream it to disk). Returns
+        ``[(subject index, Outcome), ...]`` in subject order for the subjects that succeeded; a data
         failure excludes the subject (or raises, ``on_error="raise"``); any other failure, after the retries,
         raises ``RuntimeError`` naming the subject (the last checkpoint stays: ``resume`` continues from it).
         """
@@ -163,36 +191,22 @@ class Run:
                            deformation=deformation, bias=stats["bias_mean"], bias_max=stats["bias_max"],
                            bias_ratio=stats["bias_mean"] / max(deformation, 1e-30), seconds=seconds,
                            task_seconds=float(np.mean([o.seconds for o in outcomes])),
-                           reduce_seconds=reduce_seconds, excluded=list(self._new_exclusions))
+                           reduce_seconds=reduce_seconds, shot_seconds=stats["shot_seconds"],
+                           excluded=list(self._new_exclusions))
 
     def _collect_momenta(self, r: int, handle, round_dir: str) -> list:
-        """The round's tasks; each momentum is written into its row as it arrives (one in memory at a time). Rows of
-        subjects that failed in this round are dropped afterwards, so the array's rows are the round's subjects."""
+        """The round's tasks; each momentum is written into its row as it arrives (one in memory at a time)."""
         start = list(self.active)
-        shape = (len(start),) + self.kind.momentum_shape(self.templates[r])
-        part = os.path.join(round_dir, "momenta.part.npy")
-        rows = np.lib.format.open_memmap(part, mode="w+", dtype=np.float32, shape=shape)
-        final = r == self.final_round
         position = {i: k for k, i in enumerate(start)}
+        rows = _Rows(round_dir, (len(start),) + self.kind.momentum_shape(self.templates[r]))
 
         def write_row(i, outcome):
-            rows[position[i]] = outcome.momentum
+            rows.write(position[i], outcome.momentum)
             outcome.momentum = None
 
-        done = self.map_subjects(register_task, handle, self.options, final, stage=f"round-{r}",
+        done = self.map_subjects(register_task, handle, self.options, r == self.final_round, stage=f"round-{r}",
                                  folder=os.path.join(round_dir, "subjects"), on_result=write_row)
-        rows.flush()
-        keep = [position[i] for i, _ in done]
-        if len(keep) < len(start):
-            compact = np.lib.format.open_memmap(os.path.join(round_dir, "momenta.compact.npy"), mode="w+",
-                                                dtype=np.float32, shape=(len(keep),) + shape[1:])
-            for k, row in enumerate(keep):
-                compact[k] = rows[row]
-            compact.flush()
-            del compact
-            os.replace(os.path.join(round_dir, "momenta.compact.npy"), part)
-        del rows
-        os.replace(part, os.path.join(round_dir, "momenta.npy"))
+        rows.finish([position[i] for i, _ in done])
         return done
 
     # ---- files ----

@@ -208,8 +208,9 @@ def reduce_task(kind, template, folders: list, momenta_path: str, rows, options:
         new = kind.update(template, folders, options) if update else None
         # the shot along the mean momentum measures the bias (how far the template sits from the population's
         # centre, in the data's units) every round, and moves the new template there in an unbiasing round
+        t_shot = time.perf_counter()
         shifted, bias = kind.unbias(new if update else template, mean.astype(np.float32), options)
-        stats.update(bias)
+        stats.update(bias, shot_seconds=time.perf_counter() - t_shot)
         if update and unbias:
             new = shifted
     return new, stats

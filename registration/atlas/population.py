@@ -31,8 +31,8 @@ from ..images import normalize_intensity
 from ..io import Image, resample_image
 from ..transforms import DisplacementTransform
 
-__all__ = ["Population", "synthetic_population", "mni152_slice", "mni152_volume", "translated", "correlation", "sharpness", "vote_labels", "label_dice",
-           "class_thresholds", "class_dice", "mean_displacement"]
+__all__ = ["Population", "synthetic_population", "mni152_slice", "mni152_volume", "translated", "correlation",
+           "sharpness", "vote_labels", "label_dice", "class_thresholds", "class_dice", "mean_displacement"]
 
 
 @dataclass

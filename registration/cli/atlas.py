@@ -158,5 +158,6 @@ def run_atlas(args) -> int:
     if not args.quiet:
         last = res.history[-1]
         print(f"atlas: {len(res.names)} subjects ({len(res.excluded)} excluded), {len(res.history) - 1} iterations, "
-              f"bias {last.bias:.3g} ({last.bias_ratio:.3f} of the mean deformation), {res.seconds:.1f} s -> {args.out}")
+              f"bias {last.bias:.3g} ({last.bias_ratio:.3f} of the mean deformation), {res.seconds:.1f} s "
+              f"-> {args.out}")
     return 0
