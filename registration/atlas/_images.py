@@ -3,12 +3,13 @@
 
 Conventions. The template is the *fixed* image and each subject the *moving* one, so that every subject's
 result lives on the template grid: ``res.warped`` is the subject pulled back into template space,
-``J_s ∘ ψ_s`` with ``ψ_s(x) = x + u_s(x)`` the template -> subject map, ``res.jacobian_determinant()`` is
-``|Dψ_s|`` and ``res.momentum`` the initial momentum ``m_s`` of the geodesic, on the template grid. For the sum of
-squared differences the template that minimises ``Σ_s ∫ |I ∘ ψ_s^{-1} - J_s|²`` (measured in subject space) is
-the Jacobian-weighted mean ``I = Σ_s |Dψ_s| J_s ∘ ψ_s / Σ_s |Dψ_s|``. The geodesic of ``m_s`` carries the
-subject onto the template, so to first order ``-m_s`` is the momentum at the template pointing to the subject:
-an unbiased template has ``Σ_s m_s ≈ 0``, and a biased one moves towards the subjects along ``-mean(m_s)``.
+``J_s ∘ ψ_s`` with ``ψ_s(x) = x + u_s(x)`` the template -> subject map, and ``res.jacobian_determinant()`` is
+``|Dψ_s|``. For the sum of squared differences the template that minimises ``Σ_s ∫ |I ∘ ψ_s^{-1} - J_s|²``
+(measured in subject space) is the Jacobian-weighted mean ``I = Σ_s |Dψ_s| J_s ∘ ψ_s / Σ_s |Dψ_s|``. The
+registration's geodesic starts at the subject; its momentum is transported to the template end and negated
+(``template_momentum``), which gives ``p_s``, the initial momentum of the geodesic from the template to the
+subject: an unbiased template has ``Σ_s p_s ≈ 0``, and a biased one moves towards the subjects along
+``mean(p_s)``.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ __all__ = ["ImageKind", "IMAGE_FILES"]
 
 #: the files of a subject's folder that ``AtlasResult.save`` delivers (the transforms only in the last round)
 IMAGE_FILES = ("displacement.nii.gz", "inverse_displacement.nii.gz", "warped.nii.gz", "jacobian.nii.gz")
-#: ``register_images`` options the atlas sets itself (per task) or cannot take for a population
-RESERVED = ("fixed", "moving", "callback", "threads", "moving_mask")
 INITIAL = ("affine", "mean")
 
 
@@ -138,7 +137,8 @@ class ImageKind:
             subject = subject.with_data(normalize_intensity(subject.data, name="subject"))
         res = register_images(template, subject, **_registration_options(options))
         jac = res.jacobian_determinant()
-        warped = spline_resample(subject, res.transform.world_map(), fill=0.0)
+        world = res.transform.world_map()
+        warped = spline_resample(subject, world, fill=0.0)
         save_image(os.path.join(folder, "warped.nii.gz"), Image(warped, template.affine))
         save_image(os.path.join(folder, "jacobian.nii.gz"), Image(jac.astype(np.float32), template.affine))
         if write_transform:
@@ -149,7 +149,7 @@ class ImageKind:
                    "ndv_percent": ndv_percent(jac), "sdlogj": sdlogj(jac), "jacobian_min": float(jac.min()),
                    "iterations": [lv.iterations for lv in res.levels], "stop_reason": res.stop_reason,
                    "registration_seconds": res.seconds}
-        return template_momentum(res), summary
+        return template_momentum(res, world), summary
 
     # ---- the reduction ----
     def update(self, template: Image, folders: list, options: dict) -> Image:
@@ -164,9 +164,9 @@ class ImageKind:
 
     def unbias(self, template: Image, momentum: np.ndarray, options: dict):
         """Shoot ``template`` along ``momentum`` (the mean of the subjects' template momenta) with the registrations'
-        metric: the geodesic's transform comes from
-        ``ImageRegistration.shoot`` of a registration of the template onto itself with no iteration (the same
-        kernel, grid and time steps as the subjects' registrations, which all share the template grid)."""
+        metric: the geodesic's transform comes from ``ImageRegistration.shoot`` of a registration of the template
+        onto itself with no iteration (the same kernel, grid and time steps as the subjects' registrations, which
+        all share the template grid)."""
         reg = _registration_options(options)
         reg.update(affine=False, shrink_factors=(1,), smoothing_sigmas=(0.0,), iterations=(0,))
         reg.pop("fixed_mask", None)
@@ -188,7 +188,14 @@ def support(template: Image) -> np.ndarray:
     return a > 0.05 * np.percentile(a, 99.5)
 
 
-def template_momentum(res) -> np.ndarray:
+def _voxels(affine: np.ndarray, world: np.ndarray) -> np.ndarray:
+    """Voxel coordinates ``(d, *shape)`` of the world points ``world`` (mm) on the grid of ``affine``."""
+    d = world.shape[0]
+    inv = np.linalg.inv(np.asarray(affine, np.float64))
+    return np.tensordot(inv[:d, :d], np.asarray(world, np.float64), axes=1) + inv[:d, 3].reshape((d,) + (1,) * d)
+
+
+def template_momentum(res, world: np.ndarray | None = None) -> np.ndarray:
     """The initial momentum at the template of the geodesic from the template to the subject, ``(*shape, d)``.
 
     ``register_images(template, subject)`` shoots from the subject: its ``m_0`` sits on the subject's features
@@ -198,15 +205,15 @@ def template_momentum(res) -> np.ndarray:
     ``p = -m_1``. Shooting the template along ``p`` gives the subject back (to the accuracy of the discretisation),
     and the momenta of all subjects sit on the template's features, so their mean is zero for a template at the
     centre of the population, which is not true of the subject-end ``m_0``.
-    Components along the template's voxel axes, density per mm^d (as ``res.momentum``).
+    Components along the template's voxel axes, density per mm^d (as ``res.momentum``). ``world``: the transform's
+    ``world_map()`` if the caller has it already.
     """
     from scipy.ndimage import map_coordinates
 
     fixed, tr = res.fixed, res.transform
     d, spacing = fixed.ndim, np.asarray(fixed.spacing)
     m0 = np.asarray(res.momentum.data, np.float64)
-    inv = np.linalg.inv(np.asarray(fixed.affine, np.float64))
-    vox = np.tensordot(inv[:d, :d], tr.world_map(), axes=1) + inv[:d, 3].reshape((d,) + (1,) * d)
+    vox = _voxels(fixed.affine, tr.world_map() if world is None else world)
     m0_at_psi = np.stack([map_coordinates(m0[..., j], vox, order=1, mode="constant") for j in range(d)])
     rot = fixed.affine[:d, :d] / spacing[None, :]  # world components -> voxel-axis components: rot^T
     u = np.tensordot(rot.T, tr.displacement, axes=1)
@@ -228,9 +235,7 @@ def spline_resample(image: Image, world: np.ndarray, *, fill: float | None) -> n
     """
     from scipy.ndimage import map_coordinates
 
-    d = image.ndim
-    inv = np.linalg.inv(np.asarray(image.affine, np.float64))
-    vox = np.tensordot(inv[:d, :d], np.asarray(world, np.float64), axes=1) + inv[:d, 3].reshape((d,) + (1,) * d)
+    vox = _voxels(image.affine, world)
     mode, cval = ("nearest", 0.0) if fill is None else ("constant", float(fill))
     data = np.asarray(image.data, np.float64)
     out = map_coordinates(data, vox, order=3, mode=mode, cval=cval)
