@@ -2,9 +2,9 @@
 
 ``build_template`` is one loop for every kind of data: read the subjects (probe), build an initial template, then
 rounds of (i) register the template to every subject (tasks), (ii) update the template from the subjects'
-results and (iii) unbias it along minus the mean initial momentum (one reduction task). Everything that depends
-on what a subject *is* goes through a ``DataKind``: an object with the methods below, picklable (it travels to
-the workers with every task), holding no data.
+results and (iii) unbias it along the mean of the subjects' momenta at the template (one reduction task).
+Everything that depends on what a subject *is* goes through a ``DataKind``: an object with the methods below,
+picklable (it travels to the workers with every task), holding no data.
 
 Reading (workers, and the client for in-memory subjects)
     ``read(source, *, name)`` -> subject: a path or an in-memory object (``ValueError`` / ``TypeError`` /
@@ -36,7 +36,8 @@ readers of ``registration.io``; ``register`` = ``register_shapes(template, subje
 on the template's control points / vertices, writing the warped template mesh and the gradient of the data term
 with respect to the template vertices (pulled back to the template) into ``folder``; ``update`` = a gradient step
 on the template vertices with the sum of those gradients (THEORY §9, Deformetrica's deterministic atlas);
-``unbias`` = the template vertices flowed along minus the mean momentum (the shapes result's shooting);
+``unbias`` = the template vertices flowed along the mean momentum (the shapes result's shooting; the momenta of
+``register`` are those of the geodesics from the template to the subjects, as for images);
 ``initial_template`` = a given mesh or the first subject. The loop, the executors, checkpoints and the result are
 shared as they are.
 """
