@@ -3,8 +3,8 @@
 ``build_template(subjects)`` alternates (i) registering the template to every subject (``register_images``, one
 task per subject on a Dask cluster: a LocalCluster by default, any scheduler by address), (ii) the
 Jacobian-weighted template update and (iii) unbiasing (shooting the template along the mean of the subjects'
-initial momenta at the template); checkpoints after every round make a run resumable, a task lost with its worker is rescheduled, and a
-subject whose data fail is reported by name and excluded (or stops the run).
+initial momenta at the template); checkpoints after every round make a run resumable, a task lost with its worker
+is rescheduled, and a subject whose data fail is reported by name and excluded (or stops the run).
 """
 
 from ._build import build_template

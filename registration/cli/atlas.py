@@ -36,8 +36,8 @@ def add_parsers(subparsers) -> None:
         description="Estimate a template of the SUBJECT images and one geodesic per subject: rounds of "
                     "registration of every subject onto the template (one Dask task each), Jacobian-weighted "
                     "template update and unbiasing along the mean of the subjects' initial momenta at the template, "
-                    "then a final round of registrations onto the final template. Runs on a local cluster of worker processes sized to "
-                    "this machine, or on a running Dask scheduler (--scheduler).")
+                    "then a final round of registrations onto the final template. Runs on a local cluster of worker "
+                    "processes sized to this machine, or on a running Dask scheduler (--scheduler).")
     p.add_argument("subjects", nargs="+", metavar="SUBJECT", help="subject images (NIfTI, .mha/.nrrd, .npy)")
     p.add_argument("--out", required=True, metavar="DIR", help="output (and run) directory")
     p.add_argument("--iterations", type=int, default=4, help="template updates (default 4)")
