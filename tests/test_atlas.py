@@ -209,6 +209,20 @@ def test_resume_after_an_interruption_gives_the_same_template(tmp_path):
     assert again.history == res.history
 
 
+def test_tol_stops_the_updates_or_warns():
+    """A template change below ``tol`` ends the updates (then the final round); a ``tol`` not reached warns."""
+    from lddmm_nets.optim import ConvergenceWarning
+
+    t1, _ = mni152_slice(6)
+    subjects = synthetic_population(t1, n=2, seed=6).subjects
+    res = build_template(subjects, iterations=5, tol=0.5, register_options=FAST, **SYNC)
+    assert [h.updated for h in res.history] == [True, False] and res.converged is True
+    assert res.history[0].template_change < 0.5
+    with pytest.warns(ConvergenceWarning, match="tol"):
+        res = build_template(subjects, iterations=1, tol=1e-12, register_options=FAST, **SYNC)
+    assert res.converged is False and len(res.history) == 2
+
+
 @pytest.mark.parametrize("kwargs, error, match", [
     ({"iterations": -1}, ValueError, "iterations"),
     ({"on_error": "skip"}, ValueError, "on_error"),
