@@ -44,8 +44,13 @@ def _args():
     p.add_argument("--iterations", type=int, default=4, help="template updates, both methods (default 4)")
     p.add_argument("--workers", type=int, default=2, help="Dask workers (default 2)")
     p.add_argument("--serial", action="store_true", help="also run ours serially (speed-up of the workers)")
+    p.add_argument("--serial-threads", type=int, default=None,
+                   help="torch threads of the serial run (default: torch's, i.e. every core)")
     p.add_argument("--skip-ants", action="store_true")
     p.add_argument("--ants-threads", type=int, default=None, help="ITK threads for ANTs (default: all cores)")
+    p.add_argument("--ants-iterations", default=None,
+                   help="SyN iterations per level for ANTs, e.g. 40,20,10 (default: antspyx's, 40,20,0: the finest "
+                        "level is skipped)")
     p.add_argument("--max-displacement", type=float, default=6.0, help="of each random warp, mm (default 6)")
     p.add_argument("--smoothness", type=float, default=16.0, help="of each random warp, mm (default 16)")
     p.add_argument("--register-options", default="{}", help="JSON options of register_images for ours")
@@ -70,13 +75,13 @@ def _scores(template, transforms_or_fields, pop, thresholds, *, labels=None):
             "mean_displacement_mm": P.mean_displacement(fields, head)}
 
 
-def run_ours(pop, args, client, thresholds, register_options):
+def run_ours(pop, args, client, thresholds, register_options, threads=None):
     from registration.atlas import build_template
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         res = build_template(pop.subjects, iterations=args.iterations, client=client, out=os.path.join(tmp, "run"),
-                             register_options=register_options)
+                             register_options=register_options, threads=threads)
         seconds = time.perf_counter() - t0
         row = _scores(res.template, [res.transform(n) for n in res.names], pop, thresholds)
     last = res.history[-1]
@@ -117,15 +122,18 @@ def run_ants(pop, args, thresholds):
     from registration.io import Image
 
     images = [_to_ants(s) for s in pop.subjects]
+    kwargs = {} if args.ants_iterations is None else {
+        "reg_iterations": tuple(int(v) for v in args.ants_iterations.split(","))}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, _silent_stdout():  # ANTs' C++ prints every average affine
-        template = ants.build_template(image_list=images, iterations=args.iterations, output_dir=tmp)
+        template = ants.build_template(image_list=images, iterations=args.iterations, output_dir=tmp, **kwargs)
     build = time.perf_counter() - t0
     t0 = time.perf_counter()
     votes, fields = {}, []
     with tempfile.TemporaryDirectory() as tmp:
         for k, (img, labels) in enumerate(zip(images, pop.labels)):
-            reg = ants.registration(template, img, type_of_transform="SyN", outprefix=os.path.join(tmp, f"s{k}_"))
+            reg = ants.registration(template, img, type_of_transform="SyN", outprefix=os.path.join(tmp, f"s{k}_"),
+                                    **kwargs)
             for name, lab in labels.items():
                 pulled = ants.apply_transforms(template, _to_ants(Image(lab.astype(np.float32), pop.truth.affine)),
                                                reg["fwdtransforms"], interpolator="nearestNeighbor").numpy() > 0.5
@@ -186,6 +194,7 @@ def main() -> int:
     import logging
 
     import dask
+    import torch
     from distributed import Client, LocalCluster
 
     from registration.atlas.population import class_thresholds, mni152_volume, synthetic_population
@@ -212,8 +221,9 @@ def main() -> int:
             rows.append(dict(row, config=name, method=f"ours, {args.workers} Dask workers"))
             panels[f"ours, {name}"] = template
             if args.serial:
-                row, _ = run_ours(pop, args, "synchronous", thresholds, register_options)
-                rows.append(dict(row, config=name, method="ours, serial"))
+                row, _ = run_ours(pop, args, "synchronous", thresholds, register_options, args.serial_threads)
+                threads = args.serial_threads or torch.get_num_threads()
+                rows.append(dict(row, config=name, method=f"ours, serial ({threads} torch threads)"))
                 rows[-1]["speedup"] = row["seconds"] / rows[-2]["seconds"]
             if not args.skip_ants:
                 row, template = run_ants(pop, args, thresholds)
