@@ -1,4 +1,5 @@
-"""The ``lddmm`` command: one room per sub-command (``demo``, ``register``, ``apply``, ``meanfield``).
+"""The ``lddmm`` command: one room per sub-command (``demo``, ``register``, ``apply``, ``atlas``,
+``meanfield``).
 
 Errors, by kind (``--verbose`` shows the traceback of any of them instead):
 
@@ -18,7 +19,7 @@ import argparse
 import logging
 import sys
 
-from . import apply, demo, meanfield, register
+from . import apply, atlas, demo, meanfield, register
 
 __all__ = ["main", "build_parser"]
 
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parsers(sub)
     register.add_parsers(sub)
     apply.add_parsers(sub)
+    atlas.add_parsers(sub)
     meanfield.add_parsers(sub)
     return parser
 

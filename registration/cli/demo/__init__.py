@@ -1,8 +1,8 @@
 """``lddmm demo``: the three jobs of the product on bundled data, written as pictures, a JSON report and a page.
 
 Sections: landmarks (circle onto a C), images (circle -> C, a 2-D T1 slice and the 3-D MNI152 template warped by
-known random diffeomorphisms), ideas (a kernel warping classifier on two spirals, the weight profile of a
-ResNetFlow) and the mean-field limit (particles against the grid EPDiff solution). Every section returns a
+known random diffeomorphisms), an atlas of a population of 2-D slices on a 2-worker Dask cluster, ideas (a kernel
+warping classifier on two spirals, the weight profile of a ResNetFlow) and the mean-field limit (particles against the grid EPDiff solution). Every section returns a
 ``Section`` with its pictures, numbers and threshold checks; ``run_demo`` writes them into one directory
 atomically.
 """
@@ -13,6 +13,7 @@ import os
 import time
 
 from ...io.output import atomic_directory
+from ._atlas import atlas_sections
 from ._ideas import idea_sections
 from ._images import image_sections
 from ._landmarks import circle_to_c, landmark_section
@@ -23,7 +24,8 @@ __all__ = ["run_demo", "add_parsers", "circle_to_c", "Section", "Check", "SECTIO
 
 
 def _sections():
-    return [("landmarks", landmark_section), *image_sections(), *idea_sections(), *meanfield_sections()]
+    return [("landmarks", landmark_section), *image_sections(), *atlas_sections(), *idea_sections(),
+            *meanfield_sections()]
 
 
 SECTIONS = tuple(name for name, _ in _sections())
@@ -104,8 +106,8 @@ def add_parsers(subparsers) -> None:
     demo.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
     demo.add_argument("--quick", action="store_true", help="smaller problems, for a check in under a minute")
     demo.add_argument("--only", default=None, metavar="NAMES",
-                      help="comma-separated sections to run, among landmarks, circle_c, t1_slice, mni152, spirals, "
-                           "resnet, meanfield (default: all)")
+                      help="comma-separated sections to run, among landmarks, circle_c, t1_slice, mni152, atlas, "
+                           "spirals, resnet, meanfield (default: all)")
     demo.add_argument("--threads", type=int, default=1,
                       help="torch CPU threads (default 1: the fastest for the demo's small problems)")
     demo.set_defaults(func=_run)
