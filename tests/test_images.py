@@ -414,3 +414,21 @@ def test_the_finest_level_of_composed_geodesics_makes_progress():
     assert finest.shrink == 1 and finest.iterations == 6
     assert finest.objective[-1] < 0.9  # measured 0.77 (0.99999 with the resampled image)
     assert finest.evaluations <= 2 * finest.iterations  # the line search accepts its first or second trial
+
+
+def test_warm_start_and_public_shooting_share_the_registration_metric():
+    # geodesic_transform(fixed, m, **options) is the registration's own geodesic; starting a registration from its
+    # own momentum with no iterations gives back its transform
+    from registration.data import load_t1_slice, warped_pair
+    from registration.images import geodesic_transform
+
+    pair = warped_pair(load_t1_slice(), max_displacement=4.0, smoothness=12.0, seed=1)
+    options = dict(geodesics="single", iterations=(10, 5, 5, 3), threads=1)
+    res = register_images(pair.fixed, pair.moving, **options)
+    tr = geodesic_transform(pair.fixed, res.momentum, geodesics="single")
+    assert np.abs(tr.displacement - res.displacement).max() < 1e-5
+    again = register_images(pair.fixed, pair.moving, initial_momentum=res.momentum, geodesics="single",
+                            iterations=(0, 0, 0, 0), threads=1)
+    assert np.abs(again.displacement - res.displacement).max() < 1e-4
+    with pytest.raises(ValueError, match="initial_momentum"):
+        register_images(pair.fixed, pair.moving, initial_momentum=np.zeros((4, 4, 2)), geodesics="single")

@@ -8,9 +8,9 @@ overview figure).
 
 from .config import RegistrationConfig
 from .picture import overview_figure
-from .pipeline import register_images
+from .pipeline import geodesic_transform, register_images
 from .preprocessing import normalize_intensity
 from .result import ImageRegistration, LevelReport
 
-__all__ = ["register_images", "ImageRegistration", "LevelReport", "RegistrationConfig", "normalize_intensity",
+__all__ = ["register_images", "geodesic_transform", "ImageRegistration", "LevelReport", "RegistrationConfig", "normalize_intensity",
            "overview_figure"]

@@ -21,7 +21,7 @@ from lddmm_nets.grid import Grid
 from .config import RegistrationConfig
 from .preprocessing import gaussian_smooth
 
-__all__ = ["make_kernel", "LevelGeodesic", "deformation_shrink", "kernel_width"]
+__all__ = ["make_kernel", "LevelGeodesic", "deformation_shrink", "kernel_width", "resolve_geometry", "shoot_maps"]
 
 
 def make_kernel(name: str, sigma: float, d: int):
@@ -122,3 +122,33 @@ class LevelGeodesic:
         with torch.no_grad():
             psi, energy, phi = self.shoot(p, forward_map=True)
             return resample_map(psi, self.grid, grid), resample_map(phi, self.grid, grid), float(energy)
+
+
+def resolve_geometry(cfg: RegistrationConfig, grid: Grid) -> RegistrationConfig:
+    """``cfg`` with the deformation grid's shrink factor and (one geodesic) the kernel width resolved for ``grid``:
+    the values a registration reports, and what shooting another momentum with its metric needs."""
+    from dataclasses import replace
+
+    shrink = deformation_shrink(cfg, grid)
+    sigma = kernel_width(cfg, grid, grid.shrunk(shrink))
+    per_level = cfg.geodesics == "composed" and cfg.sigma is None  # per-level kernels: reported per level
+    return replace(cfg, sigma=None if per_level else float(sigma), deformation_shrink=int(shrink))
+
+
+def shoot_maps(cfg: RegistrationConfig, grid: Grid, momentum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(psi_1, phi_1)`` on ``grid`` of the single geodesic shot from a vector momentum with a resolved config.
+
+    Parameters
+    ----------
+    cfg : RegistrationConfig
+        Resolved (``resolve_geometry``), ``momentum="vector"``, ``geodesics="single"``.
+    grid : Grid
+        The fixed grid.
+    momentum : torch.Tensor
+        ``(d, *grid.shape)`` initial momentum (density per unit volume, components along the grid's axes).
+    """
+    dtype = torch.float32 if cfg.dtype == "float32" else torch.float64
+    kernel, reach = make_kernel(cfg.kernel, cfg.sigma, grid.ndim)
+    geo = LevelGeodesic(cfg, kernel, reach, grid, cfg.deformation_shrink, dtype=dtype, device=cfg.device)
+    psi, phi, _ = geo.maps_on(resize(momentum.to(dtype=dtype, device=cfg.device), geo.shape), grid)
+    return psi, phi

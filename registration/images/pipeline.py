@@ -41,12 +41,12 @@ from ..metrics import get_metric
 from ..threads import resolve_threads
 from .affine import affine_prealign, apply_affine, from_world, to_world
 from .config import RegistrationConfig
-from .geodesic import LevelGeodesic, deformation_shrink, kernel_width, make_kernel
+from .geodesic import LevelGeodesic, deformation_shrink, kernel_width, make_kernel, resolve_geometry, shoot_maps
 from .preprocessing import PreparedPair, gaussian_smooth, piecewise_constant, prepare_pair
 from .result import ImageRegistration, LevelReport, maps_to_transform, momentum_array
 from .similarity import BoxSimilarity
 
-__all__ = ["register_images"]
+__all__ = ["register_images", "geodesic_transform"]
 
 #: composed geodesics: smallest Jacobian determinant a step may reach (a margin against rounding in compositions)
 JACOBIAN_FLOOR = 1e-3
@@ -117,8 +117,7 @@ def _problem(pair: PreparedPair, cfg: RegistrationConfig, callback) -> _Problem:
     def_grid = grid.shrunk(shrink)
     sigma = kernel_width(cfg, grid, def_grid)
     kernel, reach = make_kernel(cfg.kernel, sigma, grid.ndim)
-    per_level = cfg.geodesics == "composed" and cfg.sigma is None  # per-level kernels: reported per level
-    cfg = replace(cfg, sigma=None if per_level else float(sigma), deformation_shrink=int(shrink))
+    cfg = resolve_geometry(cfg, grid)
     return _Problem(pair, cfg, grid, shrink, def_grid, dtype, dev, F, M, M.cpu().numpy(), mask, loss_fn, full_sim,
                     sim_before, A, kernel, reach, sigma, grid.volume, callback)
 
@@ -236,7 +235,8 @@ def _run_level(pb: _Problem, st: _State, li: int, shrink: int, smooth: float, it
     for seg in range(n_seg if cfg.geodesics == "composed" else 1):
         geo, P, sim0, lv = _run_segment(pb, st, li, lv_grid, Fl, Ml, maskl, shrink, smooth, iters, seg)
         st.levels.append(lv)
-        st.P = P
+        if lv.iterations > 0 or st.P is None:  # a level that did not move keeps the momentum at its resolution
+            st.P = P
         if cfg.geodesics != "composed":
             continue
         _compose_segment(pb, st, geo, P)
@@ -294,6 +294,53 @@ def _assemble(pb: _Problem, st: _State, t0: float) -> ImageRegistration:
                              initial_affine=pair.initial_affine, momenta=extra, segment_energies=list(st.energies))
 
 
+def _initial_momentum(momentum, pb: _Problem) -> torch.Tensor | None:
+    """A warm-start momentum ``(d, *shape)`` on the problem's device, checked; None for none."""
+    if momentum is None:
+        return None
+    data = np.asarray(momentum.data if hasattr(momentum, "data") else momentum, dtype=np.float32)
+    d = pb.grid.ndim
+    if pb.cfg.momentum != "vector" or pb.cfg.geodesics != "single":
+        raise ValueError(f"initial_momentum: needs momentum='vector' and geodesics='single', got "
+                         f"{pb.cfg.momentum!r} and {pb.cfg.geodesics!r}")
+    if data.shape != pb.grid.shape + (d,) or not np.all(np.isfinite(data)):
+        raise ValueError(f"initial_momentum: expected a finite array of shape {pb.grid.shape + (d,)} (the fixed "
+                         f"grid's, components last), got shape {data.shape}")
+    return torch.as_tensor(np.moveaxis(data, -1, 0), dtype=pb.dtype, device=pb.device)
+
+
+def geodesic_transform(fixed, momentum, **options):
+    """The transform of the geodesic shot from a vector momentum on ``fixed``'s grid, with the metric (kernel,
+    deformation grid, time steps) that ``register_images(fixed, ..., **options)`` would use.
+
+    Parameters
+    ----------
+    fixed : path, Image, nibabel image or array
+        Gives the grid.
+    momentum : array-like or Image
+        ``(*shape, d)`` vector momentum (components along the voxel axes, density per mm^d), as
+        ``ImageRegistration.momentum``.
+    **options
+        Options of ``register_images`` that set the metric (``sigma``, ``kernel``, ``n_steps``,
+        ``deformation_shrink``, ``dtype``, ``device``); ``geodesics`` is "single".
+
+    Returns
+    -------
+    DisplacementTransform
+    """
+    from ..io import load_image
+
+    img = load_image(fixed, name="fixed")
+    grid = img.grid
+    cfg = resolve_geometry(RegistrationConfig.for_dim(grid.ndim, **{**options, "geodesics": "single"}), grid)
+    data = np.asarray(momentum.data if hasattr(momentum, "data") else momentum, dtype=np.float32)
+    if data.shape != grid.shape + (grid.ndim,):
+        raise ValueError(f"momentum: expected shape {grid.shape + (grid.ndim,)}, got {data.shape}")
+    with torch.no_grad():
+        psi, phi = shoot_maps(cfg, grid, torch.as_tensor(np.moveaxis(data, -1, 0)))
+    return maps_to_transform(grid, psi, phi)
+
+
 @contextlib.contextmanager
 def _torch_threads(threads):
     if threads is None:
@@ -316,7 +363,7 @@ def register_images(fixed, moving, *, metric: str | None = None, window: int | N
                     deformation_shrink: int | None = None, affine: bool | None = None,
                     affine_iterations: int | None = None, fixed_mask=None, moving_mask=None, tol: float | None = None,
                     patience: int | None = None, dtype: str | None = None, device: str | None = None,
-                    initial_affine=None, threads: int | str | None = "auto",
+                    initial_affine=None, initial_momentum=None, threads: int | str | None = "auto",
                     callback: Callable[[dict], None] | None = None) -> ImageRegistration:
     """Register ``moving`` onto ``fixed`` by geodesic shooting (diffeomorphic, in physical space).
 
@@ -382,6 +429,9 @@ def register_images(fixed, moving, *, metric: str | None = None, window: int | N
     dtype : {"float32", "float64"}, optional
     device : str, optional
         Torch device, e.g. ``"cpu"`` (default) or ``"cuda"``.
+    initial_momentum : array-like or Image, optional
+        ``(*fixed.shape, d)`` vector momentum on the fixed grid to start the optimisation from (a warm start, e.g.
+        a previous registration's ``momentum`` in an atlas round); one geodesic only.
     threads : int, "auto", "all" or None
         Torch CPU threads for this call only (restored afterwards). ``"auto"`` (default): the cores other processes
         leave free, measured at the call (``registration.threads``), so that a busy machine does not make torch's
@@ -411,7 +461,7 @@ def register_images(fixed, moving, *, metric: str | None = None, window: int | N
         pair = prepare_pair(fixed, moving, fixed_mask, moving_mask, initial_affine)
         cfg = RegistrationConfig.for_dim(pair.grid.ndim, **options)
         pb = _problem(pair, cfg, callback)
-        st = _State()
+        st = _State(P=_initial_momentum(initial_momentum, pb))
         for li, (shrink, smooth, iters, n_seg) in enumerate(zip(pb.cfg.shrink_factors, pb.cfg.smoothing_sigmas,
                                                                  pb.cfg.iterations, pb.cfg.segments)):
             _run_level(pb, st, li, shrink, smooth, iters, n_seg)

@@ -9,7 +9,6 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from lddmm_nets.fields import resize
 from lddmm_nets.grid import Grid
 
 from ..io import Image, save_image
@@ -205,7 +204,7 @@ class ImageRegistration:
         ValueError
             A scalar-momentum or composed-geodesics registration, or a momentum of the wrong shape.
         """
-        from .geodesic import LevelGeodesic, make_kernel
+        from .geodesic import shoot_maps
 
         data = np.asarray(momentum.data if isinstance(momentum, Image) else momentum, dtype=np.float32)
         grid = self.fixed.grid
@@ -216,11 +215,8 @@ class ImageRegistration:
                              f"geodesics='single', got {cfg.momentum!r} and {cfg.geodesics!r}")
         if data.shape != grid.shape + (d,):
             raise ValueError(f"momentum: expected shape {grid.shape + (d,)}, got {data.shape}")
-        dtype = torch.float32 if cfg.dtype == "float32" else torch.float64
-        kernel, reach = make_kernel(cfg.kernel, cfg.sigma, d)
-        geo = LevelGeodesic(cfg, kernel, reach, grid, cfg.deformation_shrink, dtype=dtype, device=cfg.device)
-        P = torch.as_tensor(np.moveaxis(data, -1, 0), dtype=dtype, device=cfg.device)
-        psi, phi, _ = geo.maps_on(resize(P, geo.shape), grid)
+        with torch.no_grad():
+            psi, phi = shoot_maps(cfg, grid, torch.as_tensor(np.moveaxis(data, -1, 0)))
         return maps_to_transform(grid, psi, phi)
 
     def report(self) -> dict:
