@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from ..evaluation import world_coordinates
-from ..images import normalize_intensity, register_images
+from ..images import geodesic_transform, normalize_intensity, register_images
 from ..io import Image, load_image, save_image
 from ..transforms import DisplacementTransform, ndv_percent, sdlogj
 
@@ -164,13 +164,12 @@ class ImageKind:
 
     def unbias(self, template: Image, momentum: np.ndarray, options: dict):
         """Shoot ``template`` along ``momentum`` (the mean of the subjects' template momenta) with the registrations'
-        metric: the geodesic's transform comes from ``ImageRegistration.shoot`` of a registration of the template
-        onto itself with no iteration (the same kernel, grid and time steps as the subjects' registrations, which
-        all share the template grid)."""
-        reg = _registration_options(options)
-        reg.update(affine=False, shrink_factors=(1,), smoothing_sigmas=(0.0,), iterations=(0,))
-        reg.pop("fixed_mask", None)
-        rho = register_images(template, template, **reg).shoot(momentum)
+        metric (``registration.images.geodesic_transform``: the same kernel, deformation grid and time steps as the
+        subjects' registrations, which all share the template grid)."""
+        metric_options = ("sigma", "kernel", "n_steps", "deformation_shrink", "dtype", "device", "sigma_voxels",
+                          "max_deformation_nodes")
+        reg = {k: v for k, v in _registration_options(options).items() if k in metric_options}
+        rho = geodesic_transform(template, momentum, **reg)
         shifted = spline_resample(template, rho.world_map(), fill=None)
         length = np.linalg.norm(rho.displacement, axis=0)[support(template)]
         bias = {"bias_mean": float(length.mean()), "bias_max": float(length.max())}
