@@ -33,3 +33,9 @@ from .mean_field import (WeightPath, as_weight_path, fit_flow_network, mean_fiel
                          weight_distance)
 __all__ += ["WeightPath", "as_weight_path", "weight_distance", "sample_particles", "quadrature_particles",
             "network_weights", "mean_field_weights", "fit_flow_network", "resnet_weight_convergence"]
+
+# issue 15, section 2: error bars of the warped GP
+from .gp import (GP_MAX_POINTS, WarpedGPClassifierMixin, WarpedGPPosterior, WarpedGPRegressorMixin,  # noqa: E402
+                 fit_temperature, signal_variance, warped_gp_posterior)
+__all__ += ["WarpedGPPosterior", "warped_gp_posterior", "signal_variance", "fit_temperature", "GP_MAX_POINTS",
+            "WarpedGPRegressorMixin", "WarpedGPClassifierMixin"]
