@@ -39,3 +39,7 @@ from .gp import (GP_MAX_POINTS, WarpedGPClassifierMixin, WarpedGPPosterior, Warp
                  fit_temperature, signal_variance, warped_gp_posterior)
 __all__ += ["WarpedGPPosterior", "warped_gp_posterior", "signal_variance", "fit_temperature", "GP_MAX_POINTS",
             "WarpedGPRegressorMixin", "WarpedGPClassifierMixin"]
+
+# issue 15, section 3: equivariant multichannel kernels on images
+from .equivariant import EquivariantKernelWarpingClassifier, EquivariantPatchKernel  # noqa: E402
+__all__ += ["EquivariantKernelWarpingClassifier", "EquivariantPatchKernel"]
