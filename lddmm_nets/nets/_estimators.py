@@ -30,6 +30,7 @@ import lddmm_nets as engine
 from ._kernels import KERNELS
 from ._momenta import WarpProblem, fit_momenta, warp_trajectory
 from ._readout import RidgeReadout, loo_select, ridge_solve
+from .gp import WarpedGPClassifierMixin, WarpedGPRegressorMixin
 from ._selection import LAM_GRID, LOO_MAX_POINTS, SIGMA_FACTORS, median_distance, select_nu, subsample
 
 __all__ = ["KernelWarpingClassifier", "KernelWarpingRegressor"]
@@ -218,6 +219,7 @@ class _KernelWarpingBase(BaseEstimator):
             self.lam_, self.loo_final_ = sel.lam, sel.score
         alpha = ridge_solve(self.readout_kernel_, qL, Yc, self.lam_, backend=self.backend_)
         self.readout_ = RidgeReadout(self.readout_kernel_, self.lam_, qL, alpha, self.offset_)
+        self._store_gp(Yc)  # the warped GP's scales (gp.py: error bars, predict_proba)
         self.displacement_ = float((qL - q0).norm(dim=1).mean())
 
     # ------------------------------------------------------------------ prediction
@@ -345,9 +347,11 @@ _ATTR_DOC = """
 """
 
 
-class KernelWarpingRegressor(RegressorMixin, _KernelWarpingBase):
+class KernelWarpingRegressor(WarpedGPRegressorMixin, RegressorMixin, _KernelWarpingBase):
     __doc__ = ("Idea-registration regressor: a learned flow of the inputs followed by kernel ridge regression.\n"
-               + _PARAM_DOC + _ATTR_DOC)
+               + _PARAM_DOC + _ATTR_DOC
+               + "    signal_variance_, noise_variance_ : ndarray of shape (k,)\n        Scales of the warped GP "
+                 "(``predict(return_std=True)``, ``sample_y``; lddmm_nets.nets.gp), in squared units of y.\n")
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -363,16 +367,15 @@ class KernelWarpingRegressor(RegressorMixin, _KernelWarpingBase):
         self.y_scale_ = np.where(Y.std(0) > 0, Y.std(0), 1.0)
         return self._fit(X, Y / self.y_scale_)
 
-    def predict(self, X):
-        """Predictions (M,) or (M, k)."""
-        out = self._raw_predict(X).cpu().numpy() * self.y_scale_
-        return out[:, 0] if self._y_1d else out
+    # predict(X, return_std=False, return_cov=False) and sample_y: WarpedGPRegressorMixin (gp.py)
 
 
-class KernelWarpingClassifier(ClassifierMixin, _KernelWarpingBase):
+class KernelWarpingClassifier(WarpedGPClassifierMixin, ClassifierMixin, _KernelWarpingBase):
     __doc__ = ("Idea-registration classifier: a learned flow of the inputs followed by kernel ridge regression of\n"
                "the one-hot labels; the predicted class is the largest score.\n" + _PARAM_DOC + _ATTR_DOC
-               + "    classes_ : ndarray\n        Class labels.\n")
+               + "    classes_ : ndarray\n        Class labels.\n"
+               + "    temperature_ : float\n        ``predict_proba`` is ``softmax(temperature_ * scores)``, the "
+                 "temperature fitted on exact leave-one-out scores (lddmm_nets.nets.gp).\n")
 
     _classification = True
 

@@ -14,6 +14,7 @@ import time
 
 from ...io.output import atomic_directory
 from ._atlas import atlas_sections
+from ._gp import gp_sections
 from ._ideas import idea_sections
 from ._images import image_sections
 from ._landmarks import circle_to_c, landmark_section
@@ -25,7 +26,7 @@ __all__ = ["run_demo", "add_parsers", "circle_to_c", "Section", "Check", "SECTIO
 
 def _sections():
     return [("landmarks", landmark_section), *image_sections(), *atlas_sections(), *idea_sections(),
-            *meanfield_sections()]
+            *gp_sections(), *meanfield_sections()]
 
 
 SECTIONS = tuple(name for name, _ in _sections())
@@ -107,7 +108,7 @@ def add_parsers(subparsers) -> None:
     demo.add_argument("--quick", action="store_true", help="smaller problems, for a check in under a minute")
     demo.add_argument("--only", default=None, metavar="NAMES",
                       help="comma-separated sections to run, among landmarks, circle_c, t1_slice, mni152, atlas, "
-                           "spirals, resnet, meanfield (default: all)")
+                           "spirals, resnet, gp, meanfield (default: all)")
     demo.add_argument("--threads", type=int, default=1,
                       help="torch CPU threads (default 1: the fastest for the demo's small problems)")
     demo.set_defaults(func=_run)
