@@ -287,3 +287,16 @@ def test_same_inputs_give_bit_identical_outputs(tmp_path):
               "momentum.nii.gz"):
         a, b = (np.asanyarray(nib.load(tmp_path / r / f).dataobj) for r in ("a", "b"))
         assert a.shape == b.shape and np.array_equal(a, b), f
+
+
+def test_outputs_choose_the_files_and_reject_unknown_names(tmp_path):
+    fixed, moving = _blob_pair((24, 22), (1.0, -1.0))
+    np.save(tmp_path / "f.npy", fixed)
+    np.save(tmp_path / "m.npy", moving)
+    assert _run(["register", str(tmp_path / "f.npy"), str(tmp_path / "m.npy"), "--out", str(tmp_path / "o"),
+                 "--outputs", "displacement,jacobian"] + FAST) == 0
+    assert sorted(os.listdir(tmp_path / "o")) == ["displacement.nii.gz", "jacobian.nii.gz", "report.json"]
+    with pytest.raises(ValueError, match="outputs: expected names among"):
+        _run(["register", str(tmp_path / "f.npy"), str(tmp_path / "m.npy"), "--out", str(tmp_path / "p"),
+              "--outputs", "displacment"] + FAST)
+    assert not (tmp_path / "p").exists()

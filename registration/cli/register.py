@@ -81,6 +81,9 @@ def add_parsers(subparsers) -> None:
                    help="torch CPU threads: a number, 'auto' (default: the cores other processes leave free) or "
                         "'all'")
     p.add_argument("--no-overview", action="store_true", help="skip overview.png")
+    p.add_argument("--outputs", default="all", metavar="NAMES",
+                   help="comma-separated files to write among warped, displacement, inverse, jacobian, momentum, "
+                        "overview (default all; report.json is always written)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_register)
 
@@ -125,6 +128,11 @@ def run_register(args) -> int:
         segments=None if args.segments is None else (args.segments[0] if len(args.segments) == 1 else args.segments),
         affine=args.affine or None, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
         device=args.device, threads=args.threads).items() if v is not None}
+    outputs = None if args.outputs == "all" else [n.strip() for n in args.outputs.split(",") if n.strip()]
+    if outputs is not None:
+        from ..images.result import check_outputs
+
+        check_outputs(outputs)  # before the work: a typo is an error now, not after the registration
     # read every input before the progress bar starts, so that a bad file is one clean error line
     fixed, moving = load_image(args.fixed, name="fixed"), load_image(args.moving, name="moving")
     if args.initial_affine is not None:
@@ -140,7 +148,7 @@ def run_register(args) -> int:
     finally:
         if bar is not None:
             bar.close()
-    res.save(args.out, overview=not args.no_overview)
+    res.save(args.out, overview=not args.no_overview, outputs=outputs)
     if not args.quiet:
         print(f"{res.config.metric}: {res.similarity_before:.4f} -> {res.similarity_after:.4f}   "
               f"NDV {res.ndv_percent:.3f} %   SDlogJ {res.sdlogj:.3f}   {res.seconds:.1f} s   -> {args.out}")

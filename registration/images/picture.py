@@ -20,13 +20,11 @@ def middle_slice(a: np.ndarray) -> np.ndarray:
     return np.rot90(a if a.ndim == 2 else a[:, :, a.shape[2] // 2])
 
 
-def _use_agg():
-    import matplotlib
+def _figure(figsize):
+    """A figure outside pyplot's global state (safe in a worker thread, whatever backend the user has chosen)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=figsize)
 
 
 def _slice_data(res):
@@ -69,14 +67,13 @@ def overview_figure(res, path: str, *, title: str | None = None, grid_step: int 
     jacobian : numpy.ndarray, optional
         ``res.jacobian_determinant()`` if already computed.
     """
-    plt = _use_agg()
     jac = res.jacobian_determinant() if jacobian is None else jacobian
     (fixed, moving, warped), vox, mom = _slice_data(res)
     panels = [("fixed", fixed, "gray"), ("moving (fixed grid)", moving, "gray"), ("warped moving", warped, "gray"),
               ("|fixed - moving|", np.abs(fixed - moving), "magma"), ("|fixed - warped|", np.abs(fixed - warped),
                                                                       "magma")]
-    fig, axes = plt.subplots(2, 4, figsize=(13, 6.8))
-    axes = axes.ravel()
+    fig = _figure((13, 6.8))
+    axes = fig.subplots(2, 4).ravel()
     for ax, (name, img, cmap) in zip(axes, panels):
         ax.imshow(np.rot90(img), cmap=cmap, vmin=0, vmax=1)
         ax.set_title(name, fontsize=9)
@@ -101,4 +98,3 @@ def overview_figure(res, path: str, *, title: str | None = None, grid_step: int 
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
-    plt.close(fig)

@@ -11,12 +11,12 @@ import torch
 
 from lddmm_nets.grid import Grid
 
-from ..io import Image, save_image
+from ..io import Image, save_displacement, save_image
 from ..io.output import atomic_directory
 from ..transforms import DisplacementTransform, ndv_percent, sdlogj
 from .config import RegistrationConfig
 
-__all__ = ["ImageRegistration", "LevelReport", "maps_to_transform", "momentum_array"]
+__all__ = ["ImageRegistration", "LevelReport", "maps_to_transform", "momentum_array", "OUTPUTS", "check_outputs"]
 
 
 @dataclass
@@ -242,32 +242,77 @@ class ImageRegistration:
             "moving_grid": {"shape": list(self.moving.shape), "affine": np.asarray(self.moving.affine).tolist()},
         }
 
-    def save(self, directory, *, overview: bool = True) -> list[str]:
+    def save(self, directory, *, overview: bool = True, outputs=None) -> list[str]:
         """Write the result files into ``directory`` atomically (``registration.io.output.atomic_directory``).
 
-        Files: ``warped.nii.gz``, ``displacement.nii.gz`` (ITK convention, see
-        ``registration.io.save_displacement``), ``inverse_displacement.nii.gz``, ``jacobian.nii.gz``,
-        ``momentum.nii.gz``, ``report.json`` and ``overview.png``; an interrupted save never leaves a
-        complete-looking result.
+        Files (``OUTPUTS``): ``warped.nii.gz``, ``displacement.nii.gz`` and ``inverse_displacement.nii.gz`` (ITK
+        convention, see ``registration.io.save_displacement``), ``jacobian.nii.gz``, ``momentum.nii.gz``,
+        ``overview.png``, and always ``report.json`` (written last); an interrupted save never leaves a
+        complete-looking result. The files are written concurrently (compression releases the GIL).
+
+        Parameters
+        ----------
+        directory : str
+        overview : bool
+            Write ``overview.png`` (when ``outputs`` is None).
+        outputs : iterable of str, optional
+            The outputs to write among ``OUTPUTS`` (default: all, less the overview if ``overview`` is False).
 
         Returns
         -------
         list of str
             The paths written.
         """
+        from concurrent.futures import ThreadPoolExecutor
+
+        chosen = check_outputs(OUTPUTS if outputs is None else outputs)
+        if outputs is None and not overview:
+            chosen.discard("overview")
         directory = os.path.abspath(os.fspath(directory))
         affine = self.fixed.affine
         jac = self.jacobian_determinant()
+        writers = {
+            "warped": lambda t: save_image(os.path.join(t, "warped.nii.gz"),
+                                           Image(self.warped.data.astype(np.float32), affine)),
+            "displacement": lambda t: save_displacement(os.path.join(t, "displacement.nii.gz"),
+                                                        self.transform.displacement, affine),
+            "inverse": lambda t: save_displacement(os.path.join(t, "inverse_displacement.nii.gz"),
+                                                   self.transform.inverse_displacement, affine),
+            "jacobian": lambda t: save_image(os.path.join(t, "jacobian.nii.gz"), Image(jac.astype(np.float32), affine)),
+            "momentum": lambda t: _save_momentum(os.path.join(t, "momentum.nii.gz"), self.momentum.data, affine,
+                                                 self.fixed.ndim),
+            "overview": lambda t: _overview(self, os.path.join(t, "overview.png"), jac),
+        }
         with atomic_directory(directory) as tmp:
-            save_image(os.path.join(tmp, "warped.nii.gz"), Image(self.warped.data.astype(np.float32), affine))
-            self.transform.save(tmp)
-            save_image(os.path.join(tmp, "jacobian.nii.gz"), Image(jac.astype(np.float32), affine))
-            _save_momentum(os.path.join(tmp, "momentum.nii.gz"), self.momentum.data, affine, self.fixed.ndim)
-            if overview:
-                from .picture import overview_figure
-
-                overview_figure(self, os.path.join(tmp, "overview.png"), jacobian=jac)
+            with ThreadPoolExecutor(max_workers=3) as pool:
+                for future in [pool.submit(writers[name], tmp) for name in OUTPUTS if name in chosen]:
+                    future.result()  # re-raises a writer's error
             with open(os.path.join(tmp, "report.json"), "w") as fh:
                 json.dump(self.report(), fh, indent=2, default=_json_default)
             names = sorted(os.listdir(tmp))
         return [os.path.join(directory, n) for n in names]
+
+
+#: the files ``ImageRegistration.save`` can write (``report.json`` is always written)
+OUTPUTS = ("warped", "displacement", "inverse", "jacobian", "momentum", "overview")
+
+
+def check_outputs(outputs) -> set:
+    """The set of outputs named by ``outputs`` (an iterable of names in ``OUTPUTS``, or ``"all"``).
+
+    Raises
+    ------
+    ValueError
+        An unknown name (the message lists the valid ones).
+    """
+    names = list(OUTPUTS) if outputs == "all" else list(outputs)
+    unknown = sorted(set(names) - set(OUTPUTS))
+    if unknown:
+        raise ValueError(f"outputs: expected names among {list(OUTPUTS)}, got unknown {unknown}")
+    return set(names)
+
+
+def _overview(res, path: str, jac: np.ndarray) -> None:
+    from .picture import overview_figure  # matplotlib is imported only when the picture is wanted
+
+    overview_figure(res, path, jacobian=jac)
