@@ -392,11 +392,11 @@ def register_images(fixed, moving, *, metric: str | None = None, window: int | N
     shrink_factors, smoothing_sigmas, iterations : sequences, optional
         The pyramid: per level the shrink factor, the Gaussian smoothing (fine voxels) of both images and the
         L-BFGS iteration budget (per segment). Defaults: 3-D ``(4, 1)`` and ``(50, 9)``; 2-D ``(8, 4, 2, 1)`` and
-        ``(30, 20, 20, 10)``; smoothing ``shrink / 2`` (0 at shrink 1); with explicit shrink factors but no
+        ``(30, 20, 20, 5)``; smoothing ``shrink / 2`` (0 at shrink 1); with explicit shrink factors but no
         iterations, 50 per coarse level and 10 at the last. Levels whose grid would be smaller than 16 voxels
         along an axis are dropped.
     n_steps : int, optional
-        Time steps of the shooting (semi-Lagrangian, first order in time). Default 2 (3-D), 10 (2-D).
+        Time steps of the shooting (semi-Lagrangian, first order in time). Default 2 (3-D), 4 (2-D).
     momentum : {"vector", "scalar"}, optional
         Optimise a vector momentum ``m_0`` (EPDiff, default) or the scalar image momentum ``P_0`` with
         ``m_0 = -P_0 ∇M`` (THEORY §4). The vector parametrisation converges in far fewer L-BFGS iterations (its
