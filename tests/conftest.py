@@ -38,3 +38,15 @@ def _one_thread():
 @pytest.fixture
 def rng():
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request):
+    """Run a test on every device: the CPU always, CUDA when this machine has it (skipped otherwise).
+
+    A test that takes this fixture must put every tensor it makes on ``device`` and check that results stay there:
+    that is how the engine's "device follows the inputs" contract is tested on a GPU machine.
+    """
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("CUDA is not available on this machine")
+    return torch.device(request.param)

@@ -1,5 +1,8 @@
 """Idea-registration estimators: scikit-learn conventions, bad input, the ridge readout's maths, the two modes."""
 
+import math
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -11,11 +14,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import check_estimator
 
-from lddmm_nets.nets import (KernelWarpingClassifier, KernelWarpingRegressor, LayerTrajectory, make_spirals,
-                             discrete_hamiltonian_residuals, loo_select, ridge_loss, ridge_solve)
-from lddmm_nets.nets._estimators import one_standard_error_choice
-from lddmm_nets.nets._kernels import WideGaussianKernel, matmul_sqdist
-
+from lddmm_nets import GaussianKernel as WideGaussianKernel
+from lddmm_nets.backends import matmul_sqdist
+from lddmm_nets.nets import (KernelWarpingClassifier, KernelWarpingRegressor, LayerTrajectory, RidgeJitterWarning,
+                             discrete_hamiltonian_residuals, loo_select, make_spirals, one_standard_error_choice,
+                             ridge_loss, ridge_solve)
+from lddmm_nets.optim import ConvergenceWarning
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +50,11 @@ def test_clone_cv_and_grid_search(moons):
     scores = cross_val_score(clf, X, y, cv=3)
     assert scores.mean() > 0.85
     gs = GridSearchCV(clf, {"nu": [0.05, 0.5]}, cv=2).fit(X, y)
-    assert gs.best_params_["nu"] in (0.05, 0.5)
-    assert gs.predict(X).shape == (len(y),)
+    # set_params reaches the fit: the refitted model carries the chosen ν, and the two ν give different warps
+    assert gs.best_estimator_.nu_ == gs.best_params_["nu"]
+    energies = [clone(clf).set_params(nu=nu).fit(X, y).kinetic_energy_ for nu in (0.05, 0.5)]
+    assert energies[0] > 1.5 * energies[1]  # a weaker kinetic penalty buys a more energetic warp
+    np.testing.assert_array_equal(gs.predict(X), gs.best_estimator_.predict(X))
 
 
 def test_pipeline_beats_chance_and_warps(moons):
@@ -61,7 +68,8 @@ def test_pipeline_beats_chance_and_warps(moons):
     assert clf.displacement_ > 0
     assert clf.mode == "layers" and clf.energy_.shape == (clf.n_layers,)
     assert clf.momentum_.shape == X.shape
-    assert 0.0 <= clf.momentum_sparsity_ <= 1.0
+    row = np.linalg.norm(clf.momentum_, axis=1)
+    assert clf.momentum_sparsity_ == pytest.approx(np.mean(row <= 1e-3 * row.max()), abs=1e-12)
     s = clf.decision_function(X)
     assert s.shape == (len(y),)
     np.testing.assert_array_equal(clf.predict(X), clf.classes_[(s > 0).astype(int)])
@@ -78,15 +86,10 @@ def test_nu_auto_follows_its_rule_and_no_warp_is_kernel_ridge(moons):
     best = min(r[3] for r in table)
     assert clf.nu_ == next(r[0] for r in table if r[3] <= best + r[4] + 1e-12)
     assert all(0.5 < r[1] <= 1 and r[2] > 0 for r in table)
-    # ν = ∞ (chosen on the inner folds, or forced through the private optimiser) is kernel ridge regression with
-    # the selected width and λ: identity trajectory, zero displacement, the closed-form ridge predictions.
-    if clf.nu_ == np.inf:
-        ref = clf
-    else:
-        ref = KernelWarpingClassifier(random_state=0, max_iter=1)
-        ref._select_nu = lambda *a: (np.inf, [])
-        ref.fit(X, y)
-    assert ref.nu_ == np.inf and ref.displacement_ == 0.0 and ref.n_iter_ == 0
+    # ν = ∞ (chosen on the inner folds, or given) is kernel ridge regression with the selected width and λ:
+    # identity trajectory, zero displacement, the closed-form ridge predictions.
+    ref = clf if clf.nu_ == np.inf else KernelWarpingClassifier(random_state=0, nu=np.inf).fit(X, y)
+    assert ref.nu_ == np.inf and ref.displacement_ == 0.0 and ref.n_iter_ == 0 and ref.stop_reason_ == "identity"
     assert ref.objective_ == pytest.approx(ref.initial_data_term_)
     k = ref.readout_kernel_
     Y = torch.eye(2, dtype=torch.float64)[torch.as_tensor(y)]
@@ -94,6 +97,35 @@ def test_nu_auto_follows_its_rule_and_no_warp_is_kernel_ridge(moons):
     alpha = ridge_solve(k, q, Y - Y.mean(0), ref.lam_)
     s = (k.gram(q, q) @ alpha + Y.mean(0)).numpy()
     np.testing.assert_allclose(ref.decision_function(X), s[:, 1] - s[:, 0], rtol=1e-9, atol=1e-9)
+
+
+def test_optimiser_report_reaches_the_attributes():
+    X, y = make_moons(40, noise=0.1, random_state=3)
+    kw = dict(n_layers=4, nu=0.05, lam=0.1, readout_sigma=0.5, warp_sigma=1.0, dtype="float64")
+    # two iterations cannot meet the gradient rule: converged_ is False, the reason is the budget, and fit warns
+    with pytest.warns(ConvergenceWarning, match="KernelWarpingClassifier: stopped without converging"):
+        short = KernelWarpingClassifier(max_iter=2, **kw).fit(X, y)
+    assert not short.converged_ and short.stop_reason_ in ("max_iter", "max_eval") and short.n_iter_ <= 2
+    assert short.loss_curve_.shape == (short.n_iter_ + 1,)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        full = KernelWarpingClassifier(max_iter=500, tol=1e-3, **kw).fit(X, y)  # about 150 iterations
+    assert full.converged_ and full.stop_reason_ in ("gradient", "objective") and full.n_iter_ > 2
+    # the curve decreases and its last value is the reported objective (float64 throughout)
+    assert np.all(np.diff(full.loss_curve_) <= 1e-12)
+    assert full.loss_curve_[-1] == pytest.approx(full.objective_, rel=1e-9)
+    assert full.objective_ < short.objective_ < short.initial_data_term_
+
+
+def test_fit_and_predict_on_the_device(device, moons):
+    X, y = moons
+    clf = KernelWarpingClassifier(nu=0.1, max_iter=10, device=device, random_state=0).fit(X, y)
+    assert clf.trajectory_.q.device.type == device.type and clf.readout_.alpha.device.type == device.type
+    assert isinstance(clf.momentum_, np.ndarray) and isinstance(clf.predict(X), np.ndarray)
+    assert clf.score(X, y) > 0.9
+    if device.type != "cpu":  # the same fit on the CPU, to float32 round-off of the optimisation
+        ref = KernelWarpingClassifier(nu=0.1, max_iter=10, random_state=0).fit(X, y)
+        np.testing.assert_allclose(clf.decision_function(X), ref.decision_function(X), atol=1e-3)
 
 
 def _smoothed_loo_accuracy(table, sigmas, lams):
@@ -184,10 +216,17 @@ def test_regressor_fits_a_curve_and_multioutput():
 
 def test_augment_lifts_the_warp(moons):
     X, y = moons
-    clf = KernelWarpingClassifier(augment=2, max_iter=5).fit(X, y)
+    clf = KernelWarpingClassifier(augment=2, nu=0.05, max_iter=5).fit(X, y)
     Z = clf.warp(X)
     assert Z.shape == (len(X), 4)
     assert clf.momentum_.shape == (len(X), 4)
+    path = clf.warp(X, return_path=True)
+    assert path.shape == (clf.n_layers + 1, len(X), 4)
+    np.testing.assert_array_equal(path[0][:, 2:], 0.0)  # the lifted start
+    np.testing.assert_allclose(path[-1], Z, atol=1e-12)
+    # Zero padding is a symmetry of the objective (z -> -z): the gradient in the extra coordinates vanishes on the
+    # plane z = 0, so a flow started there stays there exactly while the planar part moves.
+    assert np.abs(Z[:, 2:]).max() == 0.0 and np.abs(Z[:, :2] - X).max() > 1e-3
 
 
 def test_engine_kernel_objects_are_accepted(moons):
@@ -235,6 +274,7 @@ def test_one_class_is_an_error(moons):
     ({"mode": "flow"}, "mode"), ({"nu": -1.0}, "nu"), ({"n_layers": 0}, "n_layers"), ({"augment": -1}, "augment"),
     ({"lam": "big"}, "lam"), ({"warp_kernel": "rbf"}, "warp_kernel"), ({"dtype": "float16"}, "dtype"),
     ({"integrator": "magic"}, "integrator"), ({"nugget": -1e-3}, "nugget"), ({"readout_sigma": 0.0}, "readout_sigma"),
+    ({"nu": float("nan")}, "nu"), ({"lam": float("inf")}, "lam"),
 ])
 def test_bad_parameters_name_the_argument(params, name, moons):
     X, y = moons
@@ -268,10 +308,39 @@ def test_conjugate_gradients_match_cholesky():
     q = torch.randn(50, 3, dtype=torch.float64)
     Y = torch.randn(50, 2, dtype=torch.float64)
     a = ridge_solve(k, q, Y, 0.05, solver="dense")
-    b = ridge_solve(k, q, Y, 0.05, solver="cg", backend="dense", tol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        b = ridge_solve(k, q, Y, 0.05, solver="cg", backend="dense", tol=1e-12)
+    # relative residual 1e-12 with a condition number of at most (λ_max + λ)/λ = 1001 (λ_max ≤ N = 50)
     assert torch.allclose(a, b, rtol=1e-8, atol=1e-10)
     with pytest.raises(ValueError, match="solver"):
         ridge_solve(k, q, Y, 0.05, solver="qr")
+
+
+def test_conjugate_gradients_that_stop_early_warn():
+    torch.manual_seed(1)
+    k = WideGaussianKernel(sigma=0.5)
+    q = torch.randn(50, 3, dtype=torch.float64)
+    Y = torch.randn(50, 2, dtype=torch.float64)
+    with pytest.warns(ConvergenceWarning, match=r"conjugate gradients stopped after 3 iterations"):
+        b = ridge_solve(k, q, Y, 1e-3, solver="cg", backend="dense", tol=1e-12, max_iter=3)
+    a = ridge_solve(k, q, Y, 1e-3, solver="dense")
+    assert float((a - b).norm() / a.norm()) > 1e-3  # what was returned really is unconverged
+
+
+def test_a_failed_cholesky_raises_the_diagonal_and_says_so():
+    # 50 points within 0.01 of each other: K is numerically rank one, and λ = 1e-8 is far below float32's
+    # round-off of K's entries (6e-8), so K + λI is indefinite in float32, not in float64.
+    g = torch.Generator().manual_seed(0)
+    q = 0.01 * torch.randn(50, 2, generator=g)
+    Y = torch.randn(50, 1, generator=g)
+    k = WideGaussianKernel(sigma=1.0)
+    with pytest.warns(RidgeJitterWarning, match=r"λ = 1e-08, smallest eigenvalue -"):
+        alpha = ridge_solve(k, q, Y, 1e-8)
+    assert bool(torch.isfinite(alpha).all())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RidgeJitterWarning)
+        ridge_solve(k, q.double(), Y.double(), 1e-8)
 
 
 def test_leave_one_out_matches_brute_force():
@@ -370,34 +439,35 @@ def test_spirals_demo_recipe():
 
 
 def test_inner_selection_averages_repeated_shuffles_and_is_reproducible(moons):
-    from lddmm_nets.nets import _estimators as est
+    from lddmm_nets.nets import _selection as sel
+    from lddmm_nets.nets._momenta import WarpProblem
 
     X, y = moons
     clf = KernelWarpingClassifier(random_state=0).fit(X, y)
     # A fixed random_state gives the same inner splits, hence the same table and choice.
     again = KernelWarpingClassifier(random_state=0).fit(X, y)
     assert again.nu_validation_ == clf.nu_validation_ and again.nu_ == clf.nu_
-    n, k = len(X), est._NU_FOLDS
-    q0 = clf._lift(clf._to_tensor(X))
+    n, k = len(X), sel.NU_FOLDS
+    q0 = torch.tensor(X, dtype=torch.float32)
     Y = torch.eye(2, dtype=q0.dtype)[torch.as_tensor(y)]
     Yc = Y - Y.mean(0)
-    # Small sets: _NU_REPEATS shuffles of the folds, each a partition of the points; large sets: one.
-    assert est._inner_repeats(n) == est._NU_REPEATS > 1 and est._inner_repeats(est._NU_REPEAT_MAX_POINTS + 1) == 1
-    folds = clf._inner_folds(Yc, np.random.default_rng(0))
-    assert len(folds) == k * est._NU_REPEATS
-    for r in range(est._NU_REPEATS):
+    # Small sets: NU_REPEATS shuffles of the folds, each a partition of the points; large sets: one.
+    assert sel.inner_repeats(n) == sel.NU_REPEATS > 1 and sel.inner_repeats(sel.NU_REPEAT_MAX_POINTS + 1) == 1
+    folds = sel.inner_folds(y, np.random.default_rng(0), classification=True)
+    assert len(folds) == k * sel.NU_REPEATS
+    for r in range(sel.NU_REPEATS):
         held = np.sort(np.concatenate([va for _, va in folds[r * k:(r + 1) * k]]))
         np.testing.assert_array_equal(held, np.arange(n))
     assert not all(np.array_equal(a[1], b[1]) for a, b in zip(folds[:k], folds[k:2 * k]))
     # The table is the mean of the per-repeat tables (accuracy and squared error), and the choice applies the
     # paired one-standard-error rule to the per-point losses averaged over the repeats.
-    nu, table = clf._select_nu(q0, Yc, clf.warp_kernel_, clf.readout_kernel_, np.random.default_rng(0))
-    per_repeat = []
-    for r in range(est._NU_REPEATS):
-        one = KernelWarpingClassifier(random_state=0)
-        one.__dict__.update({a: v for a, v in clf.__dict__.items() if a.endswith("_")})
-        one._inner_folds = lambda Yc, rng, r=r: folds[r * k:(r + 1) * k]
-        per_repeat.append(one._select_nu(q0, Yc, clf.warp_kernel_, clf.readout_kernel_, np.random.default_rng(0))[1])
+    problem = WarpProblem(warp_kernel=clf.warp_kernel_, readout_kernel=clf.readout_kernel_, lam=clf.lam_,
+                          mode=clf.mode, n_layers=clf.n_layers, integrator=clf.integrator, backend=clf.backend_,
+                          max_iter=clf.max_iter, tol=clf.tol)
+    select = lambda f: sel.select_nu(problem, q0, Yc, np.random.default_rng(0), classification=True,  # noqa: E731
+                                     folds=f)
+    nu, table = select(folds)
+    per_repeat = [select(folds[r * k:(r + 1) * k])[1] for r in range(sel.NU_REPEATS)]
     for j, row in enumerate(table):
         assert row[0] == per_repeat[0][j][0]
         assert row[1] == pytest.approx(np.mean([t[j][1] for t in per_repeat]), abs=1e-12)

@@ -9,9 +9,9 @@ grid's nodes at ``t = 0`` and ``t = t1`` by relative L2 errors of
 - the velocity ``v_t = K ⋆ m_t`` (particles: ``Σ_i k(x, q_i(t)) p_i(t)``), and
 - the momentum measure smoothed by a narrower Gaussian ``g_s`` (``Σ_i g_s(x - q_i(t)) p_i(t)`` vs ``g_s ⋆ m_t``).
 
-The studies return *tidy* rows (one dict per measurement) and ``fitted_slopes`` gives the log-log slopes:
-about ``-1/2`` in N for independent samples, steeper for quasi-Monte Carlo and quadrature samples, and the
-scheme's order in the step size ``h = t1 / n_steps``. Nothing here prints or writes files.
+The studies return *tidy* rows (``report.ROW_COLUMNS``, one dict per measurement) and ``report.fitted_slopes``
+gives the log-log slopes: about ``-1/2`` in N for independent samples, steeper for quasi-Monte Carlo and lattice
+samples, and the scheme's order in the step size ``h = t1 / n_steps``. Nothing here prints or writes files.
 """
 
 from __future__ import annotations
@@ -22,27 +22,17 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 
-from .._checks import check_choice, check_int, check_positive
+from ..checks import check_choice, check_int, check_positive
 from ..epdiff import EPDiffSolution, solve_epdiff
 from ..grid import Grid
 from ..kernels import GaussianKernel, Kernel, RadialKernel
 from ..shooting import shoot
-from .particles import SAMPLING_METHODS, GaussianDensity, sample_particles
+from .particles import SAMPLING_METHODS, GaussianDensity, Sample, sample
+from .report import make_row
 
-__all__ = [
-    "MeanFieldProblem",
-    "default_problem",
-    "convergence_in_n",
-    "convergence_in_steps",
-    "energy_convergence",
-    "curves",
-    "fitted_slopes",
-    "fit_loglog_slope",
-    "demo_comparison",
-]
+__all__ = ["MeanFieldProblem", "default_problem", "convergence_in_n", "convergence_in_steps", "energy_convergence"]
 
 QUANTITIES = ("velocity_t0", "velocity_t1", "momentum_t1")
 
@@ -106,6 +96,12 @@ class MeanFieldProblem:
         """Grid nodes as points: ``(prod(shape), d)``."""
         return self.grid.points(dtype, device)
 
+    def particles(self, n: int, *, method: str = "iid", seed: int = 0, dtype=torch.float64,
+                  device=None) -> tuple[Sample, torch.Tensor]:
+        """``sample(density, n, ...)`` and its momenta ``p_i = w_i P_0(y_i)``: ``(sample, (N, d) tensor)``."""
+        s = sample(self.density, n, method=method, seed=seed, dtype=dtype, device=device)
+        return s, s.momenta(self.momentum)
+
     def initial_momentum(self, dtype=torch.float64, device=None) -> torch.Tensor:
         """``m_0 = P_0 ρ`` on the grid: ``(d, *shape)`` (momentum per unit volume)."""
         x = self.nodes(dtype, device)
@@ -155,7 +151,7 @@ class MeanFieldProblem:
         Parameters
         ----------
         q0, p0 : (N, d) tensors
-            Particles and momenta (see ``sample_particles``).
+            Particles and momenta (see ``MeanFieldProblem.particles``).
         n_steps, integrator, backend
             As in ``lddmm_nets.shoot`` (over ``[0, t1]``).
         times : sequence of float, optional
@@ -240,7 +236,7 @@ def default_problem(d: int = 2, *, cells: int | None = None, sigma: float = 0.25
                             momentum=_default_momentum(float(amplitude)), t1=t1, smoothing=kernel.sigma / 2)
 
 
-def convergence_in_n(problem: MeanFieldProblem, ns: Sequence[int], *, methods: Sequence[str] = SAMPLING_METHODS,
+def convergence_in_n(problem: MeanFieldProblem, ns: Sequence[int], *, methods: Sequence[str] = ("iid", "qmc", "midpoint"),
                      repeats: int = 4, n_steps: int = 10, integrator: str = "rk4", backend: str = "auto",
                      seed: int = 0, times: Sequence[float] | None = None, dtype=torch.float64,
                      device=None) -> list[dict]:
@@ -250,10 +246,10 @@ def convergence_in_n(problem: MeanFieldProblem, ns: Sequence[int], *, methods: S
     ----------
     problem : MeanFieldProblem
     ns : sequence of int
-        Particle counts (``"quadrature"`` rounds each to a lattice ``k^d``; the row holds the actual N).
-    methods : sequence of {"iid", "qmc", "quadrature"}
+        Particle counts (the lattice methods round each to ``k^d``; the row holds the actual N).
+    methods : sequence of {"iid", "qmc", "midpoint", "gauss_hermite"}
     repeats : int
-        Independent draws per N for the random methods (``"quadrature"`` is deterministic: one).
+        Independent draws per N for the random methods (the lattices are deterministic: one).
     n_steps, integrator, backend
         Particle shooting.
     seed : int
@@ -264,8 +260,7 @@ def convergence_in_n(problem: MeanFieldProblem, ns: Sequence[int], *, methods: S
     Returns
     -------
     list of dict
-        Tidy rows: ``study="n"``, ``method``, ``n``, ``seed``, ``n_steps``, ``integrator``, ``h``, ``quantity``,
-        ``error``, ``seconds``.
+        Tidy rows (``report.ROW_COLUMNS``) with ``study="n"``, ``axis="n"``, one per draw and quantity.
     """
     repeats = check_int("repeats", repeats)
     for m in methods:
@@ -273,99 +268,41 @@ def convergence_in_n(problem: MeanFieldProblem, ns: Sequence[int], *, methods: S
     rows = []
     for method in methods:
         for n in ns:
-            for r in range(1 if method == "quadrature" else repeats):
+            for r in range(repeats if method in ("iid", "qmc") else 1):
                 t0 = time.perf_counter()
-                q0, p0 = sample_particles(problem.density, problem.momentum, n, method=method, seed=seed + r,
-                                          dtype=dtype, device=device)
-                errs = problem.errors(q0, p0, n_steps=n_steps, integrator=integrator, backend=backend,
+                s, p0 = problem.particles(n, method=method, seed=seed + r, dtype=dtype, device=device)
+                errs = problem.errors(s.points, p0, n_steps=n_steps, integrator=integrator, backend=backend,
                                       times=times)
                 secs = time.perf_counter() - t0
-                for qty, err in errs.items():
-                    rows.append(dict(study="n", method=method, n=q0.shape[0], seed=seed + r, n_steps=n_steps,
-                                     integrator=integrator, h=problem.t1 / n_steps, quantity=qty, error=err,
-                                     seconds=secs))
+                rows += [make_row("n", qty, err, axis="n", method=method, integrator=integrator, n=len(s),
+                                  n_steps=n_steps, h=problem.t1 / n_steps, seed=seed + r, seconds=secs)
+                         for qty, err in errs.items()]
     return rows
 
 
 def convergence_in_steps(problem: MeanFieldProblem, steps: Sequence[int], *, integrators: Sequence[str] = ("rk2",),
-                         n: int = 4096, method: str = "quadrature", backend: str = "auto", seed: int = 0,
+                         n: int = 4096, method: str = "midpoint", backend: str = "auto", seed: int = 0,
                          dtype=torch.float64, device=None) -> list[dict]:
     """Particle-vs-grid errors against the number of time steps of the particle shooting.
 
-    The particle sample is fixed (a fine quadrature by default) so that the sampling error stays below the time
+    The particle sample is fixed (a fine lattice by default) so that the sampling error stays below the time
     discretisation error; the fitted slope in ``h = t1 / n_steps`` is then the scheme's order.
 
     Returns
     -------
     list of dict
-        Tidy rows as in ``convergence_in_n``, with ``study="steps"``.
+        Tidy rows (``report.ROW_COLUMNS``) with ``study="steps"``, ``axis="h"``.
     """
-    q0, p0 = sample_particles(problem.density, problem.momentum, n, method=method, seed=seed, dtype=dtype,
-                              device=device)
+    s, p0 = problem.particles(n, method=method, seed=seed, dtype=dtype, device=device)
     rows = []
     for integrator in integrators:
         for k in steps:
             t0 = time.perf_counter()
-            errs = problem.errors(q0, p0, n_steps=k, integrator=integrator, backend=backend)
+            errs = problem.errors(s.points, p0, n_steps=k, integrator=integrator, backend=backend)
             secs = time.perf_counter() - t0
-            for qty, err in errs.items():
-                rows.append(dict(study="steps", method=method, n=q0.shape[0], seed=seed, n_steps=k,
-                                 integrator=integrator, h=problem.t1 / k, quantity=qty, error=err, seconds=secs))
+            rows += [make_row("steps", qty, err, axis="h", method=method, integrator=integrator, n=len(s),
+                              n_steps=k, h=problem.t1 / k, seed=seed, seconds=secs) for qty, err in errs.items()]
     return rows
-
-
-def fit_loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
-    """Least-squares slope of ``log y`` against ``log x`` (NaN with fewer than two distinct positive points)."""
-    x = np.asarray(x, dtype=float)
-    y = np.asarray(y, dtype=float)
-    ok = (x > 0) & (y > 0) & np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 2 or np.unique(x[ok]).size < 2:
-        return float("nan")
-    return float(np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)[0])
-
-
-_GROUPS = {  # study -> (keys naming a curve, abscissa)
-    "n": (("method",), "n"),
-    "steps": (("integrator",), "h"),
-    "energy": (("integrator",), "h"),
-    "peakons": (("method", "integrator"), "h"),
-    "peakon_grid": (("method",), "h"),
-}
-
-
-def curves(rows: Sequence[dict]) -> dict[str, tuple[list, list]]:
-    """The error curves of tidy rows: ``{label: (xs, errors)}``, errors the root mean square over draws.
-
-    Labels are ``study/<group>/<quantity>``: ``n/<method>/...`` against N, ``steps/<integrator>/...``,
-    ``energy/<integrator>/...``, ``peakons/<case>/<integrator>/...`` against the step size ``h``, and
-    ``peakon_grid/<method>/...`` against the width ``h`` of the smoothed peakon.
-    """
-    acc: dict = {}
-    for r in rows:
-        if r.get("study") not in _GROUPS:
-            continue
-        keys, xkey = _GROUPS[r["study"]]
-        if r["study"] != "n" and r["quantity"] == "velocity_t0":  # does not depend on the time step
-            continue
-        label = "/".join([r["study"]] + [str(r[k]) for k in keys] + [r["quantity"]])
-        acc.setdefault(label, {}).setdefault(r[xkey], []).append(r["error"])
-    out = {}
-    for label, by_x in acc.items():
-        xs = sorted(by_x)
-        out[label] = (xs, [math.sqrt(sum(e * e for e in by_x[x]) / len(by_x[x])) for x in xs])
-    return out
-
-
-def fitted_slopes(rows: Sequence[dict]) -> dict[str, float]:
-    """Log-log slopes of the error curves of ``curves``.
-
-    Returns
-    -------
-    dict
-        ``label -> slope``: in N for ``n/...`` (about -0.5 for ``iid``), in the step size for ``steps/...``,
-        ``energy/...`` and ``peakons/...`` (about the scheme's order).
-    """
-    return {label: fit_loglog_slope(xs, ys) for label, (xs, ys) in curves(rows).items()}
 
 
 def energy_convergence(problem: MeanFieldProblem, steps: Sequence[int] = (8, 16, 32, 64), *,
@@ -376,8 +313,8 @@ def energy_convergence(problem: MeanFieldProblem, steps: Sequence[int] = (8, 16,
     Returns
     -------
     list of dict
-        Tidy rows with ``study="energy"``, ``integrator``, ``n_steps``, ``h``, ``quantity="energy_drift"``,
-        ``error``, ``seconds``.
+        Tidy rows (``report.ROW_COLUMNS``) with ``study="energy"``, ``method="grid"``, ``quantity="energy_drift"``,
+        ``axis="h"``.
     """
     op = problem.kernel.on_grid(problem.grid, boundary=boundary)
     m0 = problem.initial_momentum(dtype, device)
@@ -386,28 +323,7 @@ def energy_convergence(problem: MeanFieldProblem, steps: Sequence[int] = (8, 16,
         for k in steps:
             t0 = time.perf_counter()
             sol = solve_epdiff(m0, op, n_steps=k, t1=problem.t1, integrator=integrator, save_every=k)
-            rows.append(dict(study="energy", method="grid", n=problem.grid.size, seed=0, n_steps=k,
-                             integrator=sol.integrator, h=problem.t1 / k, quantity="energy_drift",
-                             error=sol.energy_drift(), seconds=time.perf_counter() - t0))
+            rows.append(make_row("energy", "energy_drift", sol.energy_drift(), axis="h", method="grid",
+                                 integrator=sol.integrator, n=problem.grid.size, n_steps=k, h=problem.t1 / k,
+                                 seconds=time.perf_counter() - t0))
     return rows
-
-
-def demo_comparison(quick: bool = False, *, backend: str = "auto") -> tuple[list[dict], dict[str, float]]:
-    """A small 2-D particle-vs-grid study for demonstrations (under 20 s; ``quick`` under 8 s on one CPU thread).
-
-    Independent and quadrature samples against N, and RK2 against the step count.
-
-    Returns
-    -------
-    rows : list of dict
-        Tidy rows (see ``convergence_in_n``).
-    slopes : dict
-        ``fitted_slopes`` of the rows.
-    """
-    problem = default_problem(2, cells=48 if quick else 64)
-    ns = (64, 256, 1024) if quick else (64, 128, 256, 512, 1024)
-    rows = convergence_in_n(problem, ns, methods=("iid", "quadrature"), repeats=2 if quick else 4,
-                            n_steps=6, integrator="rk4", backend=backend)
-    rows += convergence_in_steps(problem, (2, 4, 8) if quick else (2, 4, 8, 16), integrators=("rk2",),
-                                 n=1024 if quick else 2304, backend=backend)
-    return rows, fitted_slopes(rows)

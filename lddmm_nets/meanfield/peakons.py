@@ -28,7 +28,8 @@ from typing import Sequence
 
 import torch
 
-from .._checks import check_positive
+from ..checks import check_positive
+from .report import make_row
 
 __all__ = ["peakon_velocity", "single_peakon", "two_peakon", "peakon_antipeakon", "peakon_convergence",
            "grid_peakon_speed"]
@@ -183,9 +184,9 @@ def peakon_convergence(steps: Sequence[int] = (25, 50, 100, 200), *,
     Returns
     -------
     list of dict
-        Tidy rows with ``study="peakons"``, ``method`` (the case), ``integrator``, ``n_steps``, ``h``, ``quantity``
-        (``"position"``: ``max |q - q_exact|`` in units of σ; ``"momentum"``: ``max |p - p_exact| / max |p_exact|``),
-        ``error``, ``seconds``.
+        Tidy rows (``report.ROW_COLUMNS``) with ``study="peakons"``, ``method`` the case, ``axis="h"``,
+        ``quantity`` ``"position"`` (``max |q - q_exact|`` in units of σ) or ``"momentum"``
+        (``max |p - p_exact| / max |p_exact|``).
     """
     from ..kernels import LaplaceKernel
     from ..shooting import shoot
@@ -202,9 +203,8 @@ def peakon_convergence(steps: Sequence[int] = (25, 50, 100, 200), *,
                 errs = {"position": float((traj.q[-1, :, 0] - q[1]).abs().max()) / sigma,
                         "momentum": float((traj.p[-1, :, 0] - p[1]).abs().max() / p[1].abs().max())}
                 secs = time.perf_counter() - t0
-                for qty, err in errs.items():
-                    rows.append(dict(study="peakons", method=case, n=2, seed=0, n_steps=k, integrator=integrator,
-                                     h=(tb - ta) / k, quantity=qty, error=err, seconds=secs))
+                rows += [make_row("peakons", qty, err, axis="h", method=case, integrator=integrator, n=2, n_steps=k,
+                                  h=(tb - ta) / k, seconds=secs) for qty, err in errs.items()]
     return rows
 
 
@@ -219,8 +219,8 @@ def grid_peakon_speed(cells: Sequence[int] = (256, 512, 1024), *, height: float 
     Returns
     -------
     list of dict
-        Tidy rows with ``study="peakon_grid"``, ``method="smoothed"``, ``h`` (the width w), ``n`` (cells),
-        ``quantity`` in ``"speed_error"`` (``|speed - c| / c``), ``"height_error"`` (``|max u(t1) - c| / c``),
+        Tidy rows (``report.ROW_COLUMNS``) with ``study="peakon_grid"``, ``method="smoothed"``, ``h`` (the width w,
+        ``axis="h"``), ``n`` (cells), ``quantity`` in ``"speed_error"`` (``|speed - c| / c``), ``"height_error"`` (``|max u(t1) - c| / c``),
         ``"speed_minus_height"`` (``|speed - max u(t1)| / c``), ``error``, ``seconds``.
     """
     from ..epdiff import solve_epdiff
@@ -234,7 +234,7 @@ def grid_peakon_speed(cells: Sequence[int] = (256, 512, 1024), *, height: float 
         h = extent / n
         w = 2.56 * h
         grid = Grid((n,), spacing=h, origin=-extent / 2)
-        x = grid.coords()[0]
+        x = grid.world()[0]
         m0 = (c * torch.exp(-x**2 / (2 * w * w)) / math.sqrt(2 * math.pi * w * w))[None]
         sol = solve_epdiff(m0, LaplaceKernel(sigma=1.0).on_grid(grid), n_steps=n_steps, t1=t1, save_every=n_steps)
         crest = []
@@ -247,6 +247,6 @@ def grid_peakon_speed(cells: Sequence[int] = (256, 512, 1024), *, height: float 
         secs = time.perf_counter() - t0
         for qty, err in (("speed_error", abs(speed - c) / c), ("height_error", abs(top - c) / c),
                          ("speed_minus_height", abs(speed - top) / c)):
-            rows.append(dict(study="peakon_grid", method="smoothed", n=n, seed=0, n_steps=n_steps, integrator="rk4",
-                             h=w, quantity=qty, error=err, seconds=secs))
+            rows.append(make_row("peakon_grid", qty, err, axis="h", method="smoothed", integrator="rk4", n=n,
+                                 n_steps=n_steps, h=w, seconds=secs))
     return rows

@@ -4,17 +4,37 @@ After the warp, the best readout in the RKHS H_K is ``f*(x) = K(x, q) (K(q, q) +
 ``λ ‖f‖_K² + ‖f(q) - Y‖²`` over f is ``ℓ(q) = λ tr(Yᵀ (K(q, q) + λI)^{-1} Y)``. This room solves the ridge system
 (Cholesky, or conjugate gradients through the engine's kernel backends when dense is too big), evaluates ℓ with a
 gradient in q that costs one kernel product, and selects readout hyper-parameters by exact leave-one-out.
+
+Failures are reported, never hidden: conjugate gradients that do not reach their tolerance warn with
+``ConvergenceWarning``; a Cholesky factorisation that fails (``K + λI`` not positive definite in floating point, which
+happens in float32 when the kernel's round-off exceeds λ) is retried once with the diagonal raised so that the
+smallest eigenvalue is λ again, with a ``RidgeJitterWarning`` naming λ and the smallest eigenvalue; if that fails
+too, ``RidgeSolveError``.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
 
+from lddmm_nets.optim import ConvergenceWarning
+
+__all__ = ["RidgeReadout", "ridge_solve", "ridge_loss", "LOOSelection", "loo_select", "RidgeSolveError",
+           "RidgeJitterWarning", "DENSE_MAX_POINTS"]
+
 # Above this many points the ridge system is solved by conjugate gradients (O(N) memory with KeOps).
 DENSE_MAX_POINTS = 4000
+
+
+class RidgeSolveError(torch.linalg.LinAlgError):
+    """The ridge system ``K + λI`` could not be factorised, even with its smallest eigenvalue raised to λ."""
+
+
+class RidgeJitterWarning(UserWarning):
+    """The ridge system ``K + λI`` was not positive definite in floating point; its diagonal was raised."""
 
 
 @dataclass
@@ -46,24 +66,53 @@ class RidgeReadout:
         return self.kernel.matvec(x, self.centers, self.alpha, backend=backend) + self.offset
 
 
-def _cg(matvec, b: torch.Tensor, *, tol: float, max_iter: int) -> torch.Tensor:
-    """Conjugate gradients for an SPD operator, all columns of b (N, k) at once."""
+@dataclass
+class _CGResult:
+    x: torch.Tensor
+    converged: bool
+    n_iter: int
+    residual: float  # largest relative residual ‖b - A x‖ / ‖b‖ over the columns
+
+
+def _cg(matvec, b: torch.Tensor, *, tol: float, max_iter: int) -> _CGResult:
+    """Conjugate gradients for an SPD operator, all columns of b (N, k) at once, to ``‖r‖ / ‖b‖ < tol`` per column."""
     x = torch.zeros_like(b)
     r = b.clone()
     z = r.clone()
     rs = (r * r).sum(0)
-    bnorm = b.norm(dim=0).clamp_min(torch.finfo(b.dtype).tiny)
-    for _ in range(max_iter):
-        if bool(((rs.sqrt() / bnorm) < tol).all()):
+    tiny = torch.finfo(b.dtype).tiny
+    bnorm = b.norm(dim=0).clamp_min(tiny)
+    it = 0
+    while True:
+        rel = float((rs.sqrt() / bnorm).max())
+        if rel < tol or it >= max_iter:
             break
         az = matvec(z)
-        step = rs / (z * az).sum(0).clamp_min(torch.finfo(b.dtype).tiny)
+        step = rs / (z * az).sum(0).clamp_min(tiny)
         x = x + step * z
         r = r - step * az
         rs_new = (r * r).sum(0)
-        z = r + (rs_new / rs.clamp_min(torch.finfo(b.dtype).tiny)) * z
+        z = r + (rs_new / rs.clamp_min(tiny)) * z
         rs = rs_new
-    return x
+        it += 1
+    return _CGResult(x=x, converged=rel < tol, n_iter=it, residual=rel)
+
+
+def _cholesky_solve(A: torch.Tensor, Y: torch.Tensor, lam: float) -> torch.Tensor:
+    """Solve ``A alpha = Y`` for ``A = K + λI`` by Cholesky; on failure raise the smallest eigenvalue to λ, warn."""
+    L, info = torch.linalg.cholesky_ex(A)
+    if int(info) == 0:
+        return torch.cholesky_solve(Y, L)
+    smallest = float(torch.linalg.eigvalsh(A)[0])
+    jitter = lam - smallest
+    warnings.warn(f"ridge_solve: K + λI is not positive definite in {A.dtype} (λ = {lam:.3g}, smallest eigenvalue "
+                  f"{smallest:.3g}); solving with the diagonal raised by {jitter:.3g} (use float64 or a larger λ)",
+                  RidgeJitterWarning, stacklevel=3)
+    L, info = torch.linalg.cholesky_ex(A + jitter * torch.eye(A.shape[0], dtype=A.dtype, device=A.device))
+    if int(info) != 0:
+        raise RidgeSolveError(f"ridge_solve: K + λI could not be factorised (λ = {lam:.3g}, smallest eigenvalue "
+                              f"{smallest:.3g}, even with the diagonal raised by {jitter:.3g})")
+    return torch.cholesky_solve(Y, L)
 
 
 def ridge_solve(kernel, q: torch.Tensor, Y: torch.Tensor, lam: float, *, solver: str = "auto",
@@ -84,11 +133,26 @@ def ridge_solve(kernel, q: torch.Tensor, Y: torch.Tensor, lam: float, *, solver:
         "auto" uses a Cholesky factorisation up to ``DENSE_MAX_POINTS`` points and conjugate gradients above.
     backend : str
         Kernel backend for the CG products ("dense" | "keops" | "auto").
+    tol, max_iter :
+        Conjugate gradients stop when every column's relative residual is below ``tol``, or after ``max_iter``
+        iterations (then with a ``ConvergenceWarning``).
 
     Returns
     -------
     torch.Tensor
         (N, k) coefficients alpha.
+
+    Warns
+    -----
+    ConvergenceWarning
+        Conjugate gradients did not reach ``tol``.
+    RidgeJitterWarning
+        The Cholesky factorisation failed and was retried with the diagonal raised (see the module docstring).
+
+    Raises
+    ------
+    RidgeSolveError
+        The retry failed too.
     """
     if solver not in ("auto", "dense", "cg"):
         raise ValueError(f"solver must be one of 'auto', 'dense', 'cg'; got {solver!r}")
@@ -98,11 +162,13 @@ def ridge_solve(kernel, q: torch.Tensor, Y: torch.Tensor, lam: float, *, solver:
         if solver == "dense" or (solver == "auto" and n <= DENSE_MAX_POINTS):
             A = kernel.gram(q, q)
             A.diagonal().add_(lam)
-            L, info = torch.linalg.cholesky_ex(A)
-            if int(info) == 0:
-                return torch.cholesky_solve(Y, L)
-            return torch.linalg.lstsq(A, Y).solution
-        return _cg(lambda z: kernel.matvec(q, q, z, backend=backend) + lam * z, Y, tol=tol, max_iter=max_iter)
+            return _cholesky_solve(A, Y, lam)
+        res = _cg(lambda z: kernel.matvec(q, q, z, backend=backend) + lam * z, Y, tol=tol, max_iter=max_iter)
+    if not res.converged:
+        warnings.warn(f"ridge_solve: conjugate gradients stopped after {res.n_iter} iterations with relative residual "
+                      f"{res.residual:.3g} > tol={tol:g} (N = {n}, λ = {lam:.3g}; raise max_iter or λ)",
+                      ConvergenceWarning, stacklevel=2)
+    return res.x
 
 
 def ridge_loss(kernel, q: torch.Tensor, Y: torch.Tensor, lam: float, *, solver: str = "auto",

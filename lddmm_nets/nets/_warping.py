@@ -9,9 +9,17 @@ network satisfy, with the map ``p_0 -> (q_k, p_k)_k`` that regenerates every lay
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 
 from lddmm_nets import hamiltonian
+
+__all__ = ["LayerTrajectory", "forward_layers", "DiscreteHamiltonianResult", "discrete_hamiltonian_shoot",
+           "discrete_hamiltonian_residuals", "FixedPointError"]
+
+
+class FixedPointError(RuntimeError):
+    """The fixed-point iteration of an implicit momentum equation did not converge."""
 
 
 @dataclass
@@ -130,13 +138,20 @@ def discrete_hamiltonian_shoot(kernel, q0: torch.Tensor, p0: torch.Tensor, n_lay
     n_layers : int
         L.
     tol, max_iter :
-        Stopping rule of the fixed point (relative change of p_k).
+        Stopping rule of the fixed point: relative change of p_k below ``max(tol, 8 eps)`` (``eps`` of the dtype,
+        so that a float32 run asks no more than its precision).
     backend : str
         Kernel backend.
 
     Returns
     -------
     DiscreteHamiltonianResult
+
+    Raises
+    ------
+    FixedPointError
+        A layer's fixed point did not converge in ``max_iter`` iterations (the map ``p ↦ p_{k-1} - Δt ∂_qH(q_k, p)``
+        contracts only for small enough ``Δt``: use more layers or a smaller momentum).
     """
     if q0.ndim != 2 or q0.shape != p0.shape:
         raise ValueError(f"q0 and p0 must be (N, D) tensors of one shape; got {tuple(q0.shape)} and {tuple(p0.shape)}")
@@ -144,26 +159,43 @@ def discrete_hamiltonian_shoot(kernel, q0: torch.Tensor, p0: torch.Tensor, n_lay
         raise ValueError(f"n_layers must be a positive integer; got {n_layers!r}")
     n_layers = int(n_layers)
     dt = 1.0 / n_layers
-    tiny = torch.finfo(q0.dtype).tiny
+    tol = max(float(tol), 8 * torch.finfo(q0.dtype).eps)
     q, p = q0.detach(), p0.detach()
     qs, ps = [q], [p]
     res = [torch.zeros((), dtype=q0.dtype, device=q0.device)]
     with torch.no_grad():
-        for _ in range(1, n_layers):
+        for k in range(1, n_layers):
             q = q + dt * kernel.matvec(q, None, p, backend=backend)
             p_prev = p
-            for _ in range(max_iter):
-                p_new = p_prev - dt * _dH_dq(kernel, q, p, backend)
-                change = (p_new - p).norm() / p_new.norm().clamp_min(tiny)
-                p = p_new
-                if change < tol:
-                    break
-            r = (p - p_prev + dt * _dH_dq(kernel, q, p, backend)).norm() / p.norm().clamp_min(tiny)
+            p = _implicit_momentum(kernel, q, p_prev, dt, tol=tol, max_iter=max_iter, backend=backend, layer=k)
+            r = _relative_residual(kernel, q, p, p_prev, dt, backend)
             qs.append(q)
             ps.append(p)
             res.append(r)
         qs.append(q + dt * kernel.matvec(q, None, p, backend=backend))
     return DiscreteHamiltonianResult(q=torch.stack(qs), p=torch.stack(ps), residuals=torch.stack(res))
+
+
+def _relative_residual(kernel, q, p, p_prev, dt, backend) -> torch.Tensor:
+    """``‖p - p_prev + Δt ∂_qH(q, p)‖ / ‖p‖``."""
+    tiny = torch.finfo(p.dtype).tiny
+    return (p - p_prev + dt * _dH_dq(kernel, q, p, backend)).norm() / p.norm().clamp_min(tiny)
+
+
+def _implicit_momentum(kernel, q, p_prev, dt, *, tol, max_iter, backend, layer) -> torch.Tensor:
+    """Solve ``p = p_prev - Δt ∂_qH(q, p)`` by fixed point from ``p_prev``; FixedPointError when it does not converge."""
+    tiny = torch.finfo(p_prev.dtype).tiny
+    p = p_prev
+    change = float("nan")
+    for _ in range(max_iter):
+        p_new = p_prev - dt * _dH_dq(kernel, q, p, backend)
+        change = float((p_new - p).norm() / p_new.norm().clamp_min(tiny))
+        p = p_new
+        if change < tol:
+            return p
+    raise FixedPointError(f"discrete_hamiltonian_shoot: the implicit momentum equation of layer {layer} did not "
+                          f"converge in max_iter={max_iter} iterations (last relative change {change:.3g}, tol "
+                          f"{tol:.3g}, Δt = {dt:.3g}); use more layers or a smaller momentum")
 
 
 def discrete_hamiltonian_residuals(kernel, q: torch.Tensor, p: torch.Tensor, backend: str = "auto") -> torch.Tensor:
@@ -185,8 +217,6 @@ def discrete_hamiltonian_residuals(kernel, q: torch.Tensor, p: torch.Tensor, bac
     """
     L = p.shape[0]
     dt = 1.0 / L
-    tiny = torch.finfo(p.dtype).tiny
     with torch.no_grad():
-        out = [(p[k] - p[k - 1] + dt * _dH_dq(kernel, q[k], p[k], backend)).norm() / p[k].norm().clamp_min(tiny)
-               for k in range(1, L)]
+        out = [_relative_residual(kernel, q[k], p[k], p[k - 1], dt, backend) for k in range(1, L)]
     return torch.stack(out) if out else torch.zeros(0, dtype=p.dtype, device=p.device)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import check_points
+from ..checks import check_points
 
 __all__ = ["Cells", "cell_geometry", "KINDS", "safe_norm"]
 

@@ -51,7 +51,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from .. import backends as B
-from .._checks import check_choice, check_positive
+from ..checks import check_choice, check_positive
 from ..kernels import GaussianKernel, RadialKernel, SumKernel
 from ._blocks import block_pairs, block_ranges
 from .geometry import Cells, cell_geometry, safe_norm
@@ -158,7 +158,7 @@ class ShapeDistance:
         self.last_kept = 1.0  # fraction of pairs reduced by the last truncated sum (diagnostics)
 
     # --- cells -> what the formula needs ------------------------------------------------------------------------
-    def _side(self, cells: Cells):
+    def side(self, cells: Cells):
         """``(centres, weights, directions)`` of one side: weights are features (factorized) or sizes."""
         if cells.kind == "points" and self.direction != "constant":
             raise ValueError(f"shape: points carry no direction; use Measure (direction 'constant') for point "
@@ -242,7 +242,7 @@ class ShapeDistance:
         inside = r2 - d2
         return _step(inside) * ((-0.5 * d2).exp() - tail - (0.5 * tail) * inside)
 
-    def _pair_sum(self, left, right) -> torch.Tensor:
+    def pair_sum(self, left, right) -> torch.Tensor:
         """``Σ_i w_i · Σ_j k_e(c_i, d_j) k_u(u_i, v_j) g_j``: the one formula, on dense tensors or LazyTensors."""
         (c, w, u), (d, g, v) = left, right
         total = c.new_zeros(())
@@ -285,7 +285,7 @@ class ShapeDistance:
         """``⟨S, T⟩``: 0-d tensor, differentiable in both shapes' vertices."""
         S, T = as_cells(source, "source"), as_cells(target, "target")
         self._check_pair(S, T)
-        return self._pair_sum(self._side(S), self._side(T))
+        return self.pair_sum(self.side(S), self.side(T))
 
     def distance(self, source, target) -> torch.Tensor:
         """``D(S, T) = ⟨S,S⟩ − 2⟨S,T⟩ + ⟨T,T⟩``: 0-d tensor, ≥ 0 up to round-off.
@@ -315,18 +315,18 @@ class TargetDistance:
     def __init__(self, term: ShapeDistance, target: Cells):
         self.term = term
         self.target = target
-        c, g, v = term._side(target)
+        c, g, v = term.side(target)
         self._target_side = (c.detach(), g.detach(), None if v is None else v.detach())
         with torch.no_grad():
-            self.target_energy = term._pair_sum(self._target_side, self._target_side)
+            self.target_energy = term.pair_sum(self._target_side, self._target_side)
 
     def __call__(self, source) -> torch.Tensor:
         S = as_cells(source, "source")
         self.term._check_pair(S, self.target)
-        c, f, u = self.term._side(S)
+        c, f, u = self.term.side(S)
         d, g, v = self._target_side
         right = (torch.cat([c, d]), torch.cat([f, -2.0 * g]), None if u is None else torch.cat([u, v]))
-        return self.term._pair_sum((c, f, u), right) + self.target_energy
+        return self.term.pair_sum((c, f, u), right) + self.target_energy
 
 
 class Currents(ShapeDistance):

@@ -10,7 +10,7 @@ and ``overview.png`` (source, target, warped coloured by the displacement). The 
 command's: the second file moves onto the first.
 
 ``lddmm apply DIR MESH_OR_POINTS --out FILE`` moves any other mesh, curve or point set (in MOVING's space) with a
-saved shape registration.
+saved shape registration; ``--inverse`` moves one from FIXED's space into MOVING's (the inverse flow).
 """
 
 from __future__ import annotations
@@ -151,7 +151,10 @@ def run_apply_shapes(args) -> int:
     from .register import check_out_path
 
     check_out_path(args.out, "--out")
+    for name in ("reference", "lps"):
+        if getattr(args, name, None):
+            raise ValueError(f"--{name}: an option of image and CSV results, not of shape registrations")
     transform = ShapeTransform.load(args.result)
     shape = load_mesh(args.image, name="image")
-    save_mesh(args.out, transform.apply(shape))
+    save_mesh(args.out, transform.inverse(shape) if getattr(args, "inverse", False) else transform.apply(shape))
     return 0

@@ -1,8 +1,8 @@
 """Reading and writing in world space: images (NIfTI, ITK formats, ``.npy``) and, beside them, meshes."""
 
 from .images import (Image, load_displacement, load_image, resample_image, save_displacement, save_image,
-                     sitk_geometry, voxel_spacing)
+                     sitk_geometry)
 from .meshes import is_mesh_path, load_mesh, save_mesh
 
 __all__ = ["Image", "load_image", "save_image", "save_displacement", "load_displacement", "resample_image",
-           "voxel_spacing", "sitk_geometry", "load_mesh", "save_mesh", "is_mesh_path"]
+           "sitk_geometry", "load_mesh", "save_mesh", "is_mesh_path"]

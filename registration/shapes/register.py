@@ -37,7 +37,7 @@ from typing import Callable, Sequence
 import torch
 
 from lddmm_nets import GaussianKernel, HamiltonianSystem, Kernel, integrators
-from lddmm_nets._checks import check_choice, check_int, check_positive
+from lddmm_nets.checks import check_choice, check_int, check_positive
 from lddmm_nets.optim import ConvergenceWarning, minimize
 from lddmm_nets.shapes import Currents, Measure, ShapeDistance, Varifold
 
@@ -221,6 +221,16 @@ def _run_level(deform: _Deformation, level: _Level, z0: torch.Tensor, *, max_ite
     return res, scale, start
 
 
+def _per_level(name: str, value, coarse, fine, n: int) -> list:
+    """One value per level: ``value`` repeated, a sequence of ``n``, or (None) ``coarse`` then ``fine`` last."""
+    if value is None:
+        return [coarse] * (n - 1) + [fine]
+    values = [value] * n if isinstance(value, (int, float)) else list(value)
+    if len(values) != n:
+        raise ValueError(f"{name}: expected one value or {n} (one per level), got {len(values)}")
+    return values
+
+
 def _defaults(sources: list[Shape], sigma, data_sigma, spacing):
     diameter = max(s.diameter for s in sources) or 1.0
     sigma = check_positive("sigma", sigma) if sigma is not None else 0.05 * diameter
@@ -324,18 +334,11 @@ def register_shapes(source, target, *, sigma: float | None = None, kernel: Kerne
     levels = [check_positive("levels", f) for f in levels]
     if not levels:
         raise ValueError("levels: expected at least one multiple of data_sigma, got none")
-    if max_iter is None:  # coarse levels only bring the shapes near each other; the last one fits
-        max_iter = [COARSE_MAX_ITER] * (len(levels) - 1) + [FINE_MAX_ITER]
-    if ftol is None:
-        ftol = [COARSE_FTOL] * (len(levels) - 1) + [FINE_FTOL]
-    iters = [max_iter] * len(levels) if isinstance(max_iter, int) else list(max_iter)
-    if len(iters) != len(levels):
-        raise ValueError(f"max_iter: expected one value or {len(levels)} (one per level), got {len(iters)}")
-    iters = [check_int("max_iter", m, minimum=0) for m in iters]
-    ftols = [ftol] * len(levels) if isinstance(ftol, (int, float)) else list(ftol)
-    if len(ftols) != len(levels):
-        raise ValueError(f"ftol: expected one value or {len(levels)} (one per level), got {len(ftols)}")
-    ftols = [check_positive("ftol", f, allow_zero=True) for f in ftols]
+    # coarse levels only bring the shapes near each other; the last one fits
+    iters = [check_int("max_iter", m, minimum=0)
+             for m in _per_level("max_iter", max_iter, COARSE_MAX_ITER, FINE_MAX_ITER, len(levels))]
+    ftols = [check_positive("ftol", f, allow_zero=True)
+             for f in _per_level("ftol", ftol, COARSE_FTOL, FINE_FTOL, len(levels))]
     sigma, data_sigma, spacing = _defaults(sources, sigma if kernel is None else kernel.sigma, data_sigma, spacing)
     kernel = kernel if kernel is not None else GaussianKernel(sigma=sigma)
     device = torch.device(device) if device is not None else sources[0].vertices.device

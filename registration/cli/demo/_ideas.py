@@ -44,10 +44,8 @@ def _plot_spirals(pipe, X, y, Xtr, ytr, path: str) -> None:
         lines.append(np.c_[np.linspace(zlo[0], zhi[0], 120), np.full(120, c)])
     for c in np.linspace(zlo[0], zhi[0], 15):
         lines.append(np.c_[np.full(120, c), np.linspace(zlo[1], zhi[1], 120)])
-    with torch.no_grad():
-        lift = clf._lift
-        path_pts = clf.trajectory_.flow(lift(torch.as_tensor(Z)), return_path=True).numpy()
-        path_grid = [clf.trajectory_.flow(lift(torch.as_tensor(g)), return_path=True).numpy() for g in lines]
+    path_pts = clf.warp(Z, return_path=True)
+    path_grid = [clf.warp(g, return_path=True) for g in lines]
     n_t = path_pts.shape[0] - 1
     for ax, k in zip(axes[1:], (0, n_t // 2, n_t)):
         for g in path_grid:
