@@ -10,7 +10,7 @@ import pytest
 
 from registration.cli import main
 
-SECTION_KEYS = ("landmarks", "circle_c", "t1_slice", "mni152", "atlas", "spirals", "resnet", "gp", "meanfield")
+SECTION_KEYS = ("landmarks", "circle_c", "t1_slice", "mni152", "shapes", "atlas", "spirals", "resnet", "gp", "meanfield")
 
 
 def test_demo_quick_writes_a_complete_report(tmp_path):

@@ -54,7 +54,7 @@ DATA_TERMS = ("auto", "varifold", "oriented_varifold", "currents", "measure")
 WHITEN_MAX = 4096
 #: truncation radius of the data terms' Gaussians, in widths (``lddmm_nets.shapes.terms``: a C¹ compactly supported
 #: kernel within 3e-3 of the Gaussian, summed block-sparsely when the shapes span many widths)
-TRUNCATE = 4.0
+TRUNCATE = None
 #: cells whose orientation is guarded (flip check and barrier): surfaces; a curve's tangent may turn by more than
 #: 90° under an ordinary large deformation (a circle bent into a C), so segments are only reported
 GUARD_KINDS = ("triangles",)
@@ -199,6 +199,8 @@ def _run_level(deform: _Deformation, level: _Level, z0: torch.Tensor, *, max_ite
         p0 = deform.momenta(z)
         qs, _, x1 = deform.shoot(p0, None if on_control_points else level.vertices)
         x1 = qs[-1] if on_control_points else x1
+        if not bool(torch.isfinite(x1).all()):  # a step so long that the shooting diverged: infeasible
+            return None
         data, penalty, worst = level.data(x1, barrier, check_flips)
         if check_flips and worst <= FLIP_MARGIN:
             return None

@@ -1,7 +1,8 @@
 """``lddmm demo``: the three jobs of the product on bundled data, written as pictures, a JSON report and a page.
 
 Sections: landmarks (circle onto a C), images (circle -> C, a 2-D T1 slice and the 3-D MNI152 template warped by
-known random diffeomorphisms), an atlas of a population of 2-D slices on a 2-worker Dask cluster, ideas (a kernel
+known random diffeomorphisms), shapes (fsaverage5's white surface onto its pial surface, without correspondence),
+an atlas of a population of 2-D slices on a 2-worker Dask cluster, ideas (a kernel
 warping classifier on two spirals, the weight profile of a ResNetFlow) and the mean-field limit (particles against the grid EPDiff solution). Every section returns a
 ``Section`` with its pictures, numbers and threshold checks; ``run_demo`` writes them into one directory
 atomically.
@@ -26,8 +27,8 @@ __all__ = ["run_demo", "add_parsers", "circle_to_c", "Section", "Check", "SECTIO
 
 
 def _sections():
-    return [("landmarks", landmark_section), *image_sections(), ("shapes", shape_section), *atlas_sections(), *idea_sections(),
-            *gp_sections(), *meanfield_sections()]
+    return [("landmarks", landmark_section), *image_sections(), ("shapes", shape_section), *atlas_sections(),
+            *idea_sections(), *gp_sections(), *meanfield_sections()]
 
 
 SECTIONS = tuple(name for name, _ in _sections())
