@@ -22,8 +22,8 @@ import numpy as np
 __all__ = ["is_shape_path", "run_register_shapes", "run_apply_shapes", "add_shape_options", "IMAGE_ONLY_OPTIONS"]
 
 #: image options whose default is "not given": an error when given with meshes
-IMAGE_ONLY_OPTIONS = ("metric", "shrink_factors", "smoothing_sigmas", "geodesics", "segments", "fixed_mask",
-                      "moving_mask")
+IMAGE_ONLY_OPTIONS = ("metric", "window", "kernel", "shrink_factors", "smoothing_sigmas", "momentum", "geodesics",
+                      "segments", "fixed_mask", "moving_mask", "initial_affine")
 
 
 def is_shape_path(path) -> bool:
@@ -55,8 +55,9 @@ def _float_list(text: str) -> tuple[float, ...]:
 
 
 def add_shape_options(parser) -> None:
-    """Options of ``lddmm register`` used for meshes only (``--sigma``, ``--regularization``, ``--iterations``,
-    ``--n-steps``, ``--device``, ``--threads`` are shared with images)."""
+    """Options of ``lddmm register`` used for meshes only (``--sigma`` (default for meshes: 5 % of the source's
+    bounding-box diagonal), ``--regularization``, ``--iterations``, ``--n-steps``, ``--device``, ``--threads`` are
+    shared with images)."""
     g = parser.add_argument_group("meshes, curves and point sets")
     g.add_argument("--data-term", default="auto", choices=["auto", "varifold", "oriented_varifold", "currents",
                                                             "measure"],
@@ -64,9 +65,11 @@ def add_shape_options(parser) -> None:
     g.add_argument("--data-sigma", type=float, default=None,
                    help="final width of the data term's Gaussian in mm (default: --sigma / 2)")
     g.add_argument("--levels", type=_float_list, default=None,
-                   help="coarse-to-fine multiples of --data-sigma, e.g. 4,2,1 (default)")
-    g.add_argument("--control-points", default="grid", choices=["grid", "subsample", "vertices"],
-                   help="where the momenta live (default: a grid at --spacing near the source)")
+                   help="coarse-to-fine multiples of --data-sigma (default 2,1; 4,2,1 for deformations much larger than "
+                        "--data-sigma)")
+    g.add_argument("--control-points", default="auto", choices=["auto", "grid", "subsample", "vertices"],
+                   help="where the momenta live (default auto: the source vertices up to 1,024, else a grid at "
+                        "--spacing near the source)")
     g.add_argument("--spacing", type=float, default=None, help="control point spacing in mm (default: --sigma)")
 
 
@@ -76,6 +79,9 @@ def _options(args) -> dict:
             raise ValueError(f"--{name.replace('_', '-')}: an image option, not used to register meshes")
     if getattr(args, "affine", False):
         raise ValueError("--affine: an image option, not used to register meshes")
+    if getattr(args, "outputs", "all") != "all":
+        raise ValueError("--outputs: an image option; a shape registration writes warped, momenta, report and "
+                         "overview (--no-overview skips the picture)")
     kw = dict(sigma=args.sigma, data_term=args.data_term, data_sigma=args.data_sigma, levels=args.levels,
               control_points=args.control_points, spacing=args.spacing, regularization=args.regularization,
               n_steps=args.n_steps, device=args.device)
@@ -103,6 +109,7 @@ def run_register_shapes(args) -> int:
 
     from ..io.meshes import load_mesh, mesh_extension
     from ..shapes import register_shapes
+    from ..threads import resolve_threads
     from .register import check_out_path
 
     kwargs = _options(args)
@@ -114,9 +121,7 @@ def run_register_shapes(args) -> int:
     check_out_path(args.out.rstrip("/") or args.out, "--out")
     target, source = load_mesh(args.fixed, name="fixed"), load_mesh(args.moving, name="moving")
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads: expected a positive integer, got {args.threads}")
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(resolve_threads(args.threads))
     bar = progress = None
     if not args.quiet:
         from tqdm.auto import tqdm
