@@ -23,7 +23,12 @@ Flips. A triangle flips when its warped normal turns against its source normal (
 tangents). With ``check_flips`` (default) a step that flips a cell of the level's source is infeasible (the
 objective returns None) and the line search steps back: registrations never flip a cell of the meshes they compare.
 A level whose starting point flips a cell of its (finer) mesh halves the momenta until none flips and records the
-factor (``LevelRecord.start_scale``).
+factor (``LevelRecord.start_scale``). Only triangles are guarded (``GUARD_KINDS``): a curve's segments may turn by
+more than 90° under an ordinary large deformation, so they are reported, not refused. Beside the hard check, a log
+barrier ``(barrier / F) Σ ψ(r)`` with ``ψ(r) = −log(r/τ) − 1 + r/τ`` on the cells whose normal ratio ``r`` is below
+``τ = BARRIER_THRESHOLD`` keeps triangles away from the boundary, so that the line search rarely meets it.
+
+A step whose shooting diverges (non-finite vertices) is infeasible too.
 """
 
 from __future__ import annotations
