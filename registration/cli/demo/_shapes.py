@@ -1,5 +1,5 @@
 """Demo section: a cortical surface without correspondence — fsaverage5's left white surface registered onto its
-pial surface (642 vertices) by geodesic shooting with the unoriented varifold. About 10 s with ``--quick`` (20
+pial surface (642 vertices) by geodesic shooting with the unoriented varifold. About 10 s with ``--quick`` (12
 iterations), about 60 s in the full demo (coarse-to-fine until convergence) on one core of this CPU."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ._report import Check, Section
 __all__ = ["shape_section"]
 
 #: iteration budgets per level (coarse, fine) of the quick demo; the full demo uses register_shapes' defaults
-QUICK_ITERATIONS = (5, 15)
+QUICK_ITERATIONS = (4, 8)
 
 
 def shape_section(out: str, quick: bool, progress) -> Section:
