@@ -58,8 +58,12 @@ __all__ = ["register_shapes", "DATA_TERMS", "WHITEN_MAX", "make_data_term"]
 DATA_TERMS = ("auto", "varifold", "oriented_varifold", "currents", "measure")
 WHITEN_MAX = 4096
 #: truncation radius of the data terms' Gaussians, in widths (``lddmm_nets.shapes.terms``: a C¹ compactly supported
-#: kernel within 3e-3 of the Gaussian, summed block-sparsely when the shapes span many widths)
-TRUNCATE = None
+#: kernel within 3e-3 of the Gaussian, summed block-sparsely when the shapes span many widths), used by the levels
+#: whose data term has at least ``TRUNCATE_MIN_CELL_PAIRS`` pairs of cells. Measured on fsaverage5 white against
+#: pial at 3.5 mm, one thread (forward and backward): 10,242 vertices 73 s in full (KeOps) against 15 s truncated
+#: (2.8 % of the pairs kept); 2,562 vertices 4.6 s against 5.2 s; 642 vertices: the full dense sums are 4x faster
+TRUNCATE = 4.0
+TRUNCATE_MIN_CELL_PAIRS = 2**26
 #: cells whose orientation is guarded (flip check and barrier): surfaces; a curve's tangent may turn by more than
 #: 90° under an ordinary large deformation (a circle bent into a C), so segments are only reported
 GUARD_KINDS = ("triangles",)
@@ -77,7 +81,7 @@ COARSE_MAX_ITER, FINE_MAX_ITER = 40, 100
 COARSE_FTOL, FINE_FTOL = 1e-3, 1e-4
 
 
-def make_data_term(name: str, sigma, kind: str, backend: str = "auto", truncate: float | None = TRUNCATE):
+def make_data_term(name: str, sigma, kind: str, backend: str = "auto", truncate: float | None = None):
     """The data term ``name`` (``DATA_TERMS``) at width(s) ``sigma`` for shapes of ``kind`` (Gaussians truncated
     at ``truncate`` widths, ``lddmm_nets.shapes.terms``)."""
     check_choice("data_term", name, DATA_TERMS)
@@ -157,7 +161,9 @@ class _Level:
         self.terms = []
         self.norms = []
         for s, t in zip(self.sources, targets):
-            term = make_data_term(data_term, width, s.kind, backend) if isinstance(data_term, str) else data_term
+            truncate = TRUNCATE if s.n_cells * t.n_cells >= TRUNCATE_MIN_CELL_PAIRS else None
+            term = (make_data_term(data_term, width, s.kind, backend, truncate) if isinstance(data_term, str)
+                    else data_term)
             attached = term.attach(t.to(dtype, device).cells_geometry())
             with torch.no_grad():
                 d0 = float(attached(s.cells_geometry()))
