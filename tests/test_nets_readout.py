@@ -117,6 +117,13 @@ def test_linear_readout_without_warp_is_ridge_regression_on_the_inputs():
     reg = KernelWarpingRegressor(readout="linear", nu=np.inf, augment=0, lam=0.3).fit(X, 3.0 * X[:, 0] - 1.0)
     assert reg.coef_.shape == (2,) and isinstance(reg.intercept_, float)
     np.testing.assert_allclose(reg.predict(X), X @ reg.coef_ + reg.intercept_, rtol=1e-9, atol=1e-9)
+    # two targets of different scales: coef_ and intercept_ are in each target's own units
+    Y2 = np.c_[3.0 * X[:, 0] - 1.0, 100.0 * X[:, 1] + 7.0]
+    reg2 = KernelWarpingRegressor(readout="linear", nu=np.inf, augment=0, lam=1e-4).fit(X, Y2)
+    assert reg2.coef_.shape == (2, 2) and reg2.intercept_.shape == (2,)
+    np.testing.assert_allclose(reg2.predict(X), X @ reg2.coef_.T + reg2.intercept_, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(reg2.coef_ / [[3.0], [100.0]], [[1.0, 0.0], [0.0, 1.0]], atol=1e-4)
+    np.testing.assert_allclose(reg2.intercept_, [-1.0, 7.0], rtol=1e-4)
 
 
 def test_the_flow_makes_two_spirals_linearly_separable():
