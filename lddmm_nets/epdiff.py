@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
-
 import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from . import integrators
-from ._checks import check_int, check_positive
-from .fields import as_spacing, compose, gradient, identity_map, interpolate, jacobian_matrix, _det
+from .checks import check_int, check_positive
+from .fields import compose, determinant, gradient, interpolate, jacobian_matrix
 from .grid import Grid, GridOperator
 
 __all__ = [
@@ -38,8 +36,6 @@ __all__ = [
     "grid_energy",
 ]
 
-Operator = Callable[[torch.Tensor], torch.Tensor]
-
 
 @dataclass
 class GridShooting:
@@ -48,7 +44,7 @@ class GridShooting:
     Attributes
     ----------
     inverse_map : torch.Tensor
-        ``(d, *shape)`` ``psi_1 = phi_1^{-1}`` in physical coordinates: the image at time 1 is ``I_0 ∘ psi_1``.
+        ``(d, *shape)`` ``psi_1 = phi_1^{-1}`` in frame coordinates: the image at time 1 is ``I_0 ∘ psi_1``.
     forward_map : torch.Tensor or None
         ``(d, *shape)`` ``phi_1`` (Lagrangian), when requested.
     momentum : torch.Tensor or None
@@ -60,7 +56,7 @@ class GridShooting:
     image : torch.Tensor or None
         ``(..., *shape)`` ``I_0 ∘ psi_1`` for image shooting.
     n_steps : int
-    spacing : tuple of float
+    grid : Grid
     """
 
     inverse_map: torch.Tensor
@@ -70,24 +66,21 @@ class GridShooting:
     energy: torch.Tensor
     image: torch.Tensor | None
     n_steps: int
-    spacing: tuple
+    grid: Grid
 
     @property
     def inverse_displacement(self) -> torch.Tensor:
         """``psi_1 - id``, ``(d, *shape)``."""
-        return self.inverse_map - identity_map(self.inverse_map.shape[1:], self.spacing,
-                                               dtype=self.inverse_map.dtype, device=self.inverse_map.device)
+        m = self.inverse_map
+        return m - self.grid.identity_map(dtype=m.dtype, device=m.device)
 
 
-def grid_energy(m: torch.Tensor, v: torch.Tensor, spacing) -> torch.Tensor:
-    """``½⟨m, v⟩ = ½ ∫ m·v dx`` on the grid (a Riemann sum with the cell volume ``prod(spacing)``)."""
-    vol = 1.0
-    for h in as_spacing(spacing):
-        vol *= h
-    return 0.5 * vol * (m * v).sum()
+def grid_energy(m: torch.Tensor, v: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """``½⟨m, v⟩ = ½ ∫ m·v dx`` on the grid (a Riemann sum with the cell volume)."""
+    return 0.5 * grid.cell_volume * (m * v).sum()
 
 
-def image_momentum(image: torch.Tensor, scalar_momentum: torch.Tensor, spacing) -> torch.Tensor:
+def image_momentum(image: torch.Tensor, scalar_momentum: torch.Tensor, grid: Grid) -> torch.Tensor:
     """Vector momentum ``m = -P ∇I`` of an image and a scalar momentum.
 
     Parameters
@@ -96,36 +89,40 @@ def image_momentum(image: torch.Tensor, scalar_momentum: torch.Tensor, spacing) 
         ``(*shape)`` image ``I`` (or ``(C, *shape)``: channels are summed).
     scalar_momentum : torch.Tensor
         ``P``, same shape as ``image``.
+    grid : Grid
 
     Returns
     -------
     torch.Tensor
         ``(d, *shape)``.
     """
-    spacing = as_spacing(spacing)
-    d = len(spacing)
-    g = gradient(image, spacing)  # (..., d, *shape)
+    d = grid.ndim
+    g = gradient(image, grid)  # (..., d, *shape)
     m = -scalar_momentum.unsqueeze(-d - 1) * g
     if m.dim() > d + 1:
         m = m.reshape((-1, d) + tuple(m.shape[-d:])).sum(0)
     return m
 
 
-def _check(x: torch.Tensor, name: str, spacing, channels: bool):
-    d = len(spacing)
-    need = d + 1 if channels else d
-    if x.dim() < need:
-        raise ValueError(f"{name}: expected at least {need} axes for {d}-D spacing, got shape {tuple(x.shape)}")
-    if not torch.is_floating_point(x):
-        raise ValueError(f"{name}: expected a floating-point tensor, got {x.dtype}")
+def _operator(smoother) -> GridOperator:
+    if not isinstance(smoother, GridOperator):
+        raise TypeError(f"smoother: expected a GridOperator that knows its grid (kernel.on_grid(grid)), "
+                        f"got {type(smoother).__name__}")
+    return smoother
 
 
-def _shoot(transport, smoother: Operator, spacing, shape, dtype, device, *, n_steps: int,
-           forward_map: bool, checkpoint: bool, final_momentum: bool, image_fn=None) -> GridShooting:
-    if not isinstance(n_steps, int) or n_steps < 1:
-        raise ValueError(f"n_steps: expected a positive integer, got {n_steps!r}")
+def _check_float(x: torch.Tensor, name: str):
+    if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
+        got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name}: expected a floating-point tensor, got {got}")
+
+
+def _shoot(transport, smoother: GridOperator, dtype, device, *, n_steps: int, forward_map: bool, checkpoint: bool,
+           final_momentum: bool, image_fn=None) -> GridShooting:
+    n_steps = check_int("n_steps", n_steps)
+    grid = smoother.grid
     h = 1.0 / n_steps
-    ident = identity_map(shape, spacing, dtype=dtype, device=device)
+    ident = grid.identity_map(dtype=dtype, device=device)
     psi = ident
     phi = ident if forward_map else None
     energies = []
@@ -135,7 +132,7 @@ def _shoot(transport, smoother: Operator, spacing, shape, dtype, device, *, n_st
     def step(psi_k, first: bool):
         m_k = transport(psi_k, first)
         v_k = smoother(m_k)
-        psi_next = compose(psi_k, ident - h * v_k, spacing)
+        psi_next = compose(psi_k, ident - h * v_k, grid)
         return psi_next, m_k, v_k
 
     for k in range(n_steps):
@@ -146,17 +143,17 @@ def _shoot(transport, smoother: Operator, spacing, shape, dtype, device, *, n_st
             psi_new, m, v = step(psi, first)
         if first:
             v0 = v
-        energies.append(grid_energy(m, v, spacing))
+        energies.append(grid_energy(m, v, grid))
         if phi is not None:
-            phi = phi + h * (v if first else interpolate(v, phi, spacing))
+            phi = phi + h * (v if first else interpolate(v, phi, grid))
         psi = psi_new
     m_final = transport(psi, False) if final_momentum else None
     image = image_fn(psi) if image_fn is not None else None
     return GridShooting(inverse_map=psi, forward_map=phi, momentum=m_final, velocity0=v0,
-                        energy=torch.stack(energies), image=image, n_steps=n_steps, spacing=tuple(spacing))
+                        energy=torch.stack(energies), image=image, n_steps=n_steps, grid=grid)
 
 
-def shoot_vector_momentum(m0: torch.Tensor, smoother: Operator, spacing, *, n_steps: int = 10,
+def shoot_vector_momentum(m0: torch.Tensor, smoother: GridOperator, *, n_steps: int = 10,
                           forward_map: bool = False, checkpoint: bool = False,
                           final_momentum: bool = False) -> GridShooting:
     """Shoot EPDiff on a grid from an initial vector momentum ``m_0``.
@@ -164,11 +161,10 @@ def shoot_vector_momentum(m0: torch.Tensor, smoother: Operator, spacing, *, n_st
     Parameters
     ----------
     m0 : torch.Tensor
-        ``(d, *shape)`` initial momentum (density per unit volume, components in axis order).
-    smoother : callable
-        Grid operator ``m ↦ K ⋆ m`` acting on ``(..., *shape)``, e.g. ``kernel.on_grid(Grid(shape, spacing))``.
-    spacing : sequence of float
-        Grid spacing (physical units).
+        ``(d, *grid.shape)`` initial momentum (density per unit volume, components along the grid's axes).
+    smoother : GridOperator
+        ``m ↦ K ⋆ m`` on the grid of ``m0``, e.g. ``kernel.on_grid(grid)``; the grid (shape and spacing) is
+        the operator's, and ``m0`` must live on it.
     n_steps : int
         Number of equal time steps over ``[0, 1]``.
     forward_map : bool
@@ -181,29 +177,34 @@ def shoot_vector_momentum(m0: torch.Tensor, smoother: Operator, spacing, *, n_st
     Returns
     -------
     GridShooting
+
+    Raises
+    ------
+    TypeError
+        ``smoother`` is not a ``GridOperator``.
+    ValueError
+        ``m0`` is not ``(d, *grid.shape)`` on the operator's grid.
     """
-    spacing = as_spacing(spacing)
-    d = len(spacing)
-    _check(m0, "m0", spacing, channels=True)
-    if m0.dim() != d + 1 or m0.shape[0] != d:
-        raise ValueError(f"m0: expected shape ({d}, *shape), got {tuple(m0.shape)}")
-    shape = tuple(m0.shape[1:])
+    grid = _operator(smoother).grid
+    d = grid.ndim
+    _check_float(m0, "m0")
+    if tuple(m0.shape) != (d,) + grid.shape:
+        raise ValueError(f"m0: expected shape {(d,) + grid.shape} (the smoother's grid), got {tuple(m0.shape)}")
 
     def transport(psi, first):
         if first:
             return m0
-        jac = jacobian_matrix(psi, spacing)  # (d, d, *shape) [i, j] = dpsi_i/dx_j
-        det = _det(jac, d)
-        w = interpolate(m0, psi, spacing, padding="zeros")  # m0 ∘ psi, (d, *shape)
+        jac = jacobian_matrix(psi, grid)  # (d, d, *shape) [i, j] = dpsi_i/dx_j
+        det = determinant(jac, d)
+        w = interpolate(m0, psi, grid, padding="zeros")  # m0 ∘ psi, (d, *shape)
         return det * (jac * w.unsqueeze(1)).sum(0)  # (D psi)^T w
 
-    return _shoot(transport, smoother, spacing, shape, m0.dtype, m0.device, n_steps=n_steps,
-                  forward_map=forward_map, checkpoint=checkpoint, final_momentum=final_momentum)
+    return _shoot(transport, smoother, m0.dtype, m0.device, n_steps=n_steps, forward_map=forward_map,
+                  checkpoint=checkpoint, final_momentum=final_momentum)
 
 
-def shoot_image(image: torch.Tensor, scalar_momentum: torch.Tensor, smoother: Operator, spacing, *,
-                n_steps: int = 10, forward_map: bool = False, checkpoint: bool = False,
-                final_momentum: bool = False) -> GridShooting:
+def shoot_image(image: torch.Tensor, scalar_momentum: torch.Tensor, smoother: GridOperator, *, n_steps: int = 10,
+                forward_map: bool = False, checkpoint: bool = False, final_momentum: bool = False) -> GridShooting:
     """Geodesic shooting of an image with a scalar momentum (THEORY §4).
 
     ``v_t = K ⋆ (-P_t ∇I_t)``, ``I_t = I_0 ∘ psi_t``, ``P_t = |D psi_t| P_0 ∘ psi_t``,
@@ -212,13 +213,11 @@ def shoot_image(image: torch.Tensor, scalar_momentum: torch.Tensor, smoother: Op
     Parameters
     ----------
     image : torch.Tensor
-        ``(*shape)`` or ``(C, *shape)`` initial image ``I_0`` (channels share one deformation).
+        ``(*grid.shape)`` or ``(C, *grid.shape)`` initial image ``I_0`` (channels share one deformation).
     scalar_momentum : torch.Tensor
         ``P_0``, same shape as ``image``.
-    smoother : callable
-        Grid operator ``m ↦ K ⋆ m`` on ``(..., *shape)``.
-    spacing : sequence of float
-        Grid spacing; ``d = len(spacing)``.
+    smoother : GridOperator
+        ``m ↦ K ⋆ m`` on the image's grid (the operator's grid).
     n_steps, forward_map, checkpoint, final_momentum
         As in ``shoot_vector_momentum``.
 
@@ -227,28 +226,27 @@ def shoot_image(image: torch.Tensor, scalar_momentum: torch.Tensor, smoother: Op
     GridShooting
         With ``image = I_0 ∘ psi_1`` and (if requested) ``momentum = -P_1 ∇I_1``.
     """
-    spacing = as_spacing(spacing)
-    d = len(spacing)
-    _check(image, "image", spacing, channels=False)
+    grid = _operator(smoother).grid
+    d = grid.ndim
+    _check_float(image, "image")
+    if image.dim() not in (d, d + 1) or tuple(image.shape[-d:]) != grid.shape:
+        raise ValueError(f"image: expected shape {grid.shape} or (C, {', '.join(map(str, grid.shape))}) "
+                         f"(the smoother's grid), got {tuple(image.shape)}")
     if scalar_momentum.shape != image.shape:
         raise ValueError(f"scalar_momentum: expected shape {tuple(image.shape)} (the image's), "
                          f"got {tuple(scalar_momentum.shape)}")
-    if image.dim() not in (d, d + 1):
-        raise ValueError(f"image: expected shape (*shape) or (C, *shape) with {d} spatial axes, "
-                         f"got {tuple(image.shape)}")
-    shape = tuple(image.shape[-d:])
     both = torch.stack([image, scalar_momentum], 0)
 
     def transport(psi, first):
         if first:
-            return image_momentum(image, scalar_momentum, spacing)
-        det = _det(jacobian_matrix(psi, spacing), d)
-        ip = interpolate(both, psi, spacing)
-        return image_momentum(ip[0], det * ip[1], spacing)
+            return image_momentum(image, scalar_momentum, grid)
+        det = determinant(jacobian_matrix(psi, grid), d)
+        ip = interpolate(both, psi, grid)
+        return image_momentum(ip[0], det * ip[1], grid)
 
-    return _shoot(transport, smoother, spacing, shape, image.dtype, image.device, n_steps=n_steps,
-                  forward_map=forward_map, checkpoint=checkpoint, final_momentum=final_momentum,
-                  image_fn=lambda psi: interpolate(image, psi, spacing))
+    return _shoot(transport, smoother, image.dtype, image.device, n_steps=n_steps, forward_map=forward_map,
+                  checkpoint=checkpoint, final_momentum=final_momentum,
+                  image_fn=lambda psi: interpolate(image, psi, grid))
 
 
 # --- Eulerian grid EPDiff ------------------------------------------------------------------------------------------

@@ -1,37 +1,43 @@
-"""Fields on regular grids: finite differences, interpolation, composition of maps, Jacobians.
+"""Fields on a ``Grid``: finite differences, interpolation, composition of maps, Jacobians.
 
-This room holds the grid calculus that image shooting (``lddmm_nets.epdiff``) and image registration
-build on. One implementation serves 1-D, 2-D and 3-D: the number of spatial dimensions ``d`` is the length of
-``spacing`` and the last ``d`` axes of a tensor are its spatial axes.
+This room holds the grid calculus that image shooting (``lddmm_nets.epdiff``) and image registration build on.
+Every function takes the ``Grid`` its fields live on (``lddmm_nets.grid``); one implementation serves 1-D, 2-D and
+3-D, the last ``grid.ndim`` axes of a tensor being its spatial axes.
 
 Conventions
 -----------
-- A grid of shape ``(n_1, ..., n_d)`` with spacing ``(h_1, ..., h_d)`` (physical units, e.g. mm) has its nodes
-  at the physical coordinates ``x = (i_1 h_1, ..., i_d h_d)`` (origin 0, axis order).
-- A scalar field is a tensor ``(..., n_1, ..., n_d)``; a vector field (or a map) is channels-first
-  ``(..., d, n_1, ..., n_d)`` with components in axis order, in physical units.
-- A *map* ``phi`` stores the physical coordinates ``phi(x)``; its *displacement* is ``phi - identity``.
+- Coordinates are the grid's *frame* coordinates (physical units along the grid's axes; world coordinates for an
+  axis-aligned grid): node ``i`` sits at ``grid.identity_map()[:, i]``.
+- A scalar field is a tensor ``(..., *grid.shape)``; a vector field (or a map) is channels-first
+  ``(..., d, *grid.shape)`` with components along the grid's axes, in physical units.
+- A *map* ``phi`` stores the coordinates ``phi(x)``; its *displacement* is ``phi - identity``.
 - Device and dtype follow the inputs; everything is differentiable by autograd.
+- Non-finite sample coordinates give NaN values (never the padding value): a diverging map cannot pass for a
+  valid one.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
+from .grid import Grid
+
 __all__ = [
-    "as_spacing",
-    "identity_map",
     "gradient",
     "divergence",
     "jacobian_matrix",
+    "determinant",
     "jacobian_determinant",
     "interpolate",
     "warp",
     "compose",
     "resize",
+    "resample_map",
 ]
 
 _INTERP = {"linear": "bilinear", "nearest": "nearest"}
@@ -39,60 +45,32 @@ _PADDING = ("border", "zeros")
 _BOUNDARY = ("replicate", "periodic")
 
 
-def as_spacing(spacing, d: int | None = None) -> tuple[float, ...]:
-    """Return ``spacing`` as a tuple of ``d`` positive floats (a scalar is broadcast).
-
-    Raises
-    ------
-    ValueError
-        If a spacing is not positive or the length does not match ``d``.
-    """
-    if isinstance(spacing, (int, float)):
-        if d is None:
-            raise ValueError("spacing: a scalar spacing needs the number of dimensions d")
-        spacing = (float(spacing),) * d
-    spacing = tuple(float(s) for s in spacing)
-    if d is not None and len(spacing) != d:
-        raise ValueError(f"spacing: expected {d} values, got {len(spacing)} ({spacing})")
-    if not spacing or any(not (s > 0) for s in spacing):
-        raise ValueError(f"spacing: expected positive values, got {spacing}")
-    return spacing
+def _grid(grid) -> Grid:
+    if not isinstance(grid, Grid):
+        raise TypeError(f"grid: expected a lddmm_nets.Grid, got {type(grid).__name__}")
+    return grid
 
 
-def _check_spatial(f: torch.Tensor, d: int, name: str, channels: int | None = None) -> None:
-    if not 1 <= d <= 3:
-        raise ValueError(f"{name}: expected 1, 2 or 3 spatial dimensions, got {d}")
+@functools.lru_cache(maxsize=8)
+def _identity(grid: Grid, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``grid.identity_map`` cached for the hot loops of this module (read only: never returned to callers)."""
+    return grid.identity_map(dtype=dtype, device=device)
+
+
+def _check_spatial(f: torch.Tensor, grid: Grid, name: str, channels: int | None = None) -> None:
+    d = grid.ndim
     need = d + (1 if channels is not None else 0)
-    if f.dim() < need:
-        raise ValueError(f"{name}: expected at least {need} axes, got shape {tuple(f.shape)}")
+    if not isinstance(f, torch.Tensor) or f.dim() < need:
+        got = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
+        raise ValueError(f"{name}: expected a tensor with at least {need} axes for the {d}-D grid, got {got}")
+    if tuple(f.shape[f.dim() - d:]) != grid.shape:
+        raise ValueError(f"{name}: expected spatial shape {grid.shape} (the grid's), got {tuple(f.shape)}")
     if channels is not None and f.shape[-d - 1] != channels:
         raise ValueError(f"{name}: expected {channels} components on axis -{d + 1}, got shape {tuple(f.shape)}")
 
 
-def identity_map(shape: Sequence[int], spacing, *, dtype=None, device=None) -> torch.Tensor:
-    """Physical coordinates of the grid nodes.
-
-    Parameters
-    ----------
-    shape : sequence of int
-        Grid shape ``(n_1, ..., n_d)``.
-    spacing : float or sequence of float
-        Node spacing per axis (physical units).
-
-    Returns
-    -------
-    torch.Tensor
-        ``(d, n_1, ..., n_d)``: component ``i`` is ``index_i * spacing_i``.
-    """
-    shape = tuple(int(n) for n in shape)
-    spacing = as_spacing(spacing, len(shape))
-    axes = [torch.arange(n, dtype=dtype or torch.get_default_dtype(), device=device) * h
-            for n, h in zip(shape, spacing)]
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)
-
-
-def gradient(f: torch.Tensor, spacing, *, boundary: str = "replicate") -> torch.Tensor:
-    """Finite-difference gradient of a scalar field with physical spacing.
+def gradient(f: torch.Tensor, grid: Grid, *, boundary: str = "replicate") -> torch.Tensor:
+    """Finite-difference gradient of a scalar field with the grid's physical spacing.
 
     Central differences in the interior (second order). At the edges ``boundary="replicate"`` uses one-sided
     differences (first order, as ``numpy.gradient``); ``"periodic"`` wraps around.
@@ -100,81 +78,83 @@ def gradient(f: torch.Tensor, spacing, *, boundary: str = "replicate") -> torch.
     Parameters
     ----------
     f : torch.Tensor
-        ``(..., n_1, ..., n_d)`` scalar field(s); the last ``d = len(spacing)`` axes are spatial.
-    spacing : sequence of float
-        Grid spacing per axis (physical units).
+        ``(..., *grid.shape)`` scalar field(s).
+    grid : Grid
     boundary : {"replicate", "periodic"}
 
     Returns
     -------
     torch.Tensor
-        ``(..., d, n_1, ..., n_d)``: ``∂f/∂x_i`` in units of f per unit length.
+        ``(..., d, *grid.shape)``: ``∂f/∂y_i`` in units of f per unit length.
     """
-    spacing = as_spacing(spacing)
-    d = len(spacing)
-    _check_spatial(f, d, "f")
+    grid = _grid(grid)
+    d, spacing = grid.ndim, grid.spacing
+    _check_spatial(f, grid, "f")
     if boundary not in _BOUNDARY:
         raise ValueError(f"boundary: expected one of {_BOUNDARY}, got {boundary!r}")
     dims = [f.dim() - d + i for i in range(d)]
     if boundary == "periodic":
         parts = [(torch.roll(f, -1, dims=k) - torch.roll(f, 1, dims=k)) / (2.0 * h) for k, h in zip(dims, spacing)]
     else:
-        parts = []
-        for k, h in zip(dims, spacing):
-            if f.shape[k] < 2:
-                parts.append(torch.zeros_like(f))
-            else:
-                parts.append(torch.gradient(f, spacing=h, dim=k, edge_order=1)[0])
+        parts = [torch.zeros_like(f) if f.shape[k] < 2 else torch.gradient(f, spacing=h, dim=k, edge_order=1)[0]
+                 for k, h in zip(dims, spacing)]
     return torch.stack(parts, dim=f.dim() - d)
 
 
-def divergence(v: torch.Tensor, spacing, *, boundary: str = "replicate") -> torch.Tensor:
-    """Finite-difference divergence ``Σ_i ∂v_i/∂x_i`` of a vector field (same stencils as ``gradient``).
+def divergence(v: torch.Tensor, grid: Grid, *, boundary: str = "replicate") -> torch.Tensor:
+    """Finite-difference divergence ``Σ_i ∂v_i/∂y_i`` of a vector field (same stencils as ``gradient``).
 
     Parameters
     ----------
     v : torch.Tensor
-        ``(..., d, n_1, ..., n_d)`` vector field, components in axis order.
-    spacing : sequence of float
-        Grid spacing per axis.
+        ``(..., d, *grid.shape)`` vector field.
+    grid : Grid
 
     Returns
     -------
     torch.Tensor
-        ``(..., n_1, ..., n_d)``.
+        ``(..., *grid.shape)``.
     """
-    spacing = as_spacing(spacing)
-    d = len(spacing)
-    _check_spatial(v, d, "v", channels=d)
+    grid = _grid(grid)
+    d = grid.ndim
+    _check_spatial(v, grid, "v", channels=d)
     out = None
     for i in range(d):
         vi = v.select(v.dim() - d - 1, i)
-        dvi = gradient(vi, spacing, boundary=boundary).select(vi.dim() - d, i)
+        dvi = gradient(vi, grid, boundary=boundary).select(vi.dim() - d, i)
         out = dvi if out is None else out + dvi
     return out
 
 
-def jacobian_matrix(phi: torch.Tensor, spacing, *, boundary: str = "replicate") -> torch.Tensor:
+def jacobian_matrix(phi: torch.Tensor, grid: Grid, *, boundary: str = "replicate") -> torch.Tensor:
     """Jacobian matrix ``Dphi`` of a map or vector field on the grid.
 
     Parameters
     ----------
     phi : torch.Tensor
-        ``(..., d, n_1, ..., n_d)``.
+        ``(..., d, *grid.shape)``.
 
     Returns
     -------
     torch.Tensor
-        ``(..., d, d, n_1, ..., n_d)`` with entry ``[i, j] = ∂phi_i/∂x_j``.
+        ``(..., d, d, *grid.shape)`` with entry ``[i, j] = ∂phi_i/∂y_j``.
     """
-    spacing = as_spacing(spacing)
-    _check_spatial(phi, len(spacing), "phi", channels=len(spacing))
-    return gradient(phi, spacing, boundary=boundary)
+    grid = _grid(grid)
+    _check_spatial(phi, grid, "phi", channels=grid.ndim)
+    return gradient(phi, grid, boundary=boundary)
 
 
-def _det(a: torch.Tensor, d: int) -> torch.Tensor:
-    """Determinant of ``(..., d, d, *spatial)`` matrices by cofactor expansion (fast for d <= 3)."""
-    k = a.dim() - len(a.shape[a.dim() - d:]) - 2  # index of the row axis
+def determinant(a: torch.Tensor, d: int) -> torch.Tensor:
+    """Determinant of ``(..., d, d, *spatial)`` matrix fields (``d`` spatial axes) by cofactor expansion (d <= 3).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., *spatial)``.
+    """
+    if d not in (1, 2, 3) or a.dim() < d + 2 or a.shape[-d - 1] != d or a.shape[-d - 2] != d:
+        raise ValueError(f"a: expected shape (..., {d}, {d}, *spatial) with {d} spatial axes, got {tuple(a.shape)}")
+    k = a.dim() - d - 2  # index of the row axis
 
     def e(i, j):
         return a.select(k, i).select(k, j)
@@ -188,68 +168,65 @@ def _det(a: torch.Tensor, d: int) -> torch.Tensor:
             + e(0, 2) * (e(1, 0) * e(2, 1) - e(1, 1) * e(2, 0)))
 
 
-def jacobian_determinant(phi: torch.Tensor, spacing, *, displacement: bool = False,
+def jacobian_determinant(phi: torch.Tensor, grid: Grid, *, displacement: bool = False,
                          boundary: str = "replicate") -> torch.Tensor:
     """Jacobian determinant ``det Dphi`` of a map (or of ``id + u`` for a displacement ``u``).
 
     Parameters
     ----------
     phi : torch.Tensor
-        ``(..., d, n_1, ..., n_d)`` map in physical coordinates, or a displacement if ``displacement=True``.
-    spacing : sequence of float
-        Grid spacing per axis.
+        ``(..., d, *grid.shape)`` map in frame coordinates, or a displacement if ``displacement=True``.
+    grid : Grid
     displacement : bool
         Interpret ``phi`` as a displacement ``u`` and return ``det(I + Du)``.
 
     Returns
     -------
     torch.Tensor
-        ``(..., n_1, ..., n_d)``, dimensionless; positive everywhere for a diffeomorphism.
+        ``(..., *grid.shape)``, dimensionless; positive everywhere for a diffeomorphism.
     """
-    spacing = as_spacing(spacing)
-    d = len(spacing)
-    jac = jacobian_matrix(phi, spacing, boundary=boundary)
+    d = _grid(grid).ndim
+    jac = jacobian_matrix(phi, grid, boundary=boundary)
     if displacement:
-        eye = torch.eye(d, dtype=jac.dtype, device=jac.device).reshape((d, d) + (1,) * d)
-        jac = jac + eye
-    return _det(jac, d)
+        jac = jac + torch.eye(d, dtype=jac.dtype, device=jac.device).reshape((d, d) + (1,) * d)
+    return determinant(jac, d)
 
 
-def _to_grid_sample(f: torch.Tensor, x: torch.Tensor, spacing: tuple[float, ...]):
+def _to_grid_sample(f: torch.Tensor, x: torch.Tensor, grid: Grid):
     """Reshape field and points for ``F.grid_sample`` (which needs 2-D or 3-D inputs)."""
-    d = len(spacing)
-    shape = f.shape[f.dim() - d:]
+    d = grid.ndim
     lead = f.shape[:f.dim() - d]
     out_shape = x.shape[1:]
-    inp = f.reshape((1, -1) + tuple(shape))
+    inp = f.reshape((1, -1) + grid.shape)
     pts = x.reshape(d, -1)
     # normalised coordinates in [-1, 1] for align_corners=True; a singleton axis maps to 0
-    norm = [pts[i] * (2.0 / ((n - 1) * h)) - 1.0 if n > 1 else torch.zeros_like(pts[i])
-            for i, (n, h) in enumerate(zip(shape, spacing))]
+    norm = [pts[i] * (2.0 / ((n - 1) * h)) - (1.0 + 2.0 * o / ((n - 1) * h)) if n > 1 else torch.zeros_like(pts[i])
+            for i, (n, h, o) in enumerate(zip(grid.shape, grid.spacing, grid.frame_origin))]
     if d == 1:
         inp = inp.unsqueeze(-2)  # (1, C, 1, n)
         norm = [torch.zeros_like(norm[0])] + norm
     g = torch.stack(norm[::-1], dim=-1)  # grid_sample wants (x=last axis, y, z)
-    # Non-finite or huge coordinates (a diverging optimiser step) can crash grid_sample's index arithmetic.
-    # Points beyond ±3 are at least one cell outside the grid, where "zeros" and "border" padding do not
-    # depend on how far outside they are, so clamping them changes nothing; NaN goes outside too.
-    g = torch.nan_to_num(g, nan=-3.0, posinf=3.0, neginf=-3.0).clamp(-3.0, 3.0)
+    # Huge coordinates can overflow grid_sample's index arithmetic, and NaN ones give arbitrary values (or crash its
+    # backward). Beyond ±3 a point is at least one cell outside the grid, where "zeros" and "border" padding do not
+    # depend on the distance: clamping changes nothing there. Non-finite coordinates are sampled at 0 here and their
+    # values set to NaN by ``interpolate``.
+    g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0).clamp_(-3.0, 3.0)
     g = g.reshape((1, -1) + (1,) * (max(d, 2) - 1) + (max(d, 2),))
     return inp, g, lead, out_shape
 
 
-def interpolate(f: torch.Tensor, x: torch.Tensor, spacing, *, interp: str = "linear",
+def interpolate(f: torch.Tensor, x: torch.Tensor, grid: Grid, *, interp: str = "linear",
                 padding: str = "border") -> torch.Tensor:
-    """Sample a field defined on the grid at arbitrary physical points.
+    """Sample a field defined on the grid at arbitrary points.
 
     Parameters
     ----------
     f : torch.Tensor
-        ``(..., n_1, ..., n_d)`` field(s) on the grid; leading axes are channels.
+        ``(..., *grid.shape)`` field(s) on the grid; leading axes are channels.
     x : torch.Tensor
-        ``(d, *out_shape)`` physical coordinates (components in axis order) of the points to sample.
-    spacing : sequence of float
-        Grid spacing of ``f``.
+        ``(d, *out_shape)`` frame coordinates of the points to sample.
+    grid : Grid
+        The grid of ``f``.
     interp : {"linear", "nearest"}
         Multilinear or nearest-neighbour interpolation.
     padding : {"border", "zeros"}
@@ -258,69 +235,76 @@ def interpolate(f: torch.Tensor, x: torch.Tensor, spacing, *, interp: str = "lin
     Returns
     -------
     torch.Tensor
-        ``(..., *out_shape)``.
+        ``(..., *out_shape)``; NaN at points with a non-finite coordinate.
     """
-    spacing = as_spacing(spacing)
-    d = len(spacing)
-    _check_spatial(f, d, "f")
-    if x.dim() < 1 or x.shape[0] != d:
-        raise ValueError(f"x: expected shape ({d}, ...) physical coordinates, got {tuple(x.shape)}")
+    grid = _grid(grid)
+    d = grid.ndim
+    _check_spatial(f, grid, "f")
+    if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[0] != d:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x: expected shape ({d}, ...) coordinates, got {got}")
     if interp not in _INTERP:
         raise ValueError(f"interp: expected one of {tuple(_INTERP)}, got {interp!r}")
     if padding not in _PADDING:
         raise ValueError(f"padding: expected one of {_PADDING}, got {padding!r}")
     x = x.to(f.dtype)
-    inp, g, lead, out_shape = _to_grid_sample(f, x, spacing)
+    inp, g, lead, out_shape = _to_grid_sample(f, x, grid)
     out = F.grid_sample(inp, g, mode=_INTERP[interp], padding_mode=padding, align_corners=True)
-    return out.reshape(tuple(lead) + tuple(out_shape))
+    out = out.reshape(tuple(lead) + tuple(out_shape))
+    # on the CPU one sum tells (without a device synchronisation) whether a coordinate is NaN or infinite, which
+    # spares the per-point mask in the usual case; elsewhere the mask is applied unconditionally
+    if out.device.type != "cpu" or not math.isfinite(float(x.detach().sum())):
+        out = out.masked_fill(~torch.isfinite(x.sum(0)), float("nan"))
+    return out
 
 
-def warp(f: torch.Tensor, phi: torch.Tensor, spacing, *, interp: str = "linear",
+def warp(f: torch.Tensor, phi: torch.Tensor, grid: Grid, *, interp: str = "linear",
          padding: str = "border") -> torch.Tensor:
     """Pull back a field by a map: ``(f ∘ phi)(x) = f(phi(x))``.
 
     Parameters
     ----------
     f : torch.Tensor
-        ``(..., n_1, ..., n_d)`` field(s) on the grid.
+        ``(..., *grid.shape)`` field(s) on ``grid``.
     phi : torch.Tensor
-        ``(d, *out_shape)`` map in physical coordinates (often the same grid).
+        ``(d, *out_shape)`` map in frame coordinates (often on the same grid).
 
     Returns
     -------
     torch.Tensor
         ``(..., *out_shape)``.
     """
-    return interpolate(f, phi, spacing, interp=interp, padding=padding)
+    return interpolate(f, phi, grid, interp=interp, padding=padding)
 
 
-def compose(psi: torch.Tensor, phi: torch.Tensor, spacing) -> torch.Tensor:
-    """Composition of maps ``psi ∘ phi`` on a grid.
+def compose(psi: torch.Tensor, phi: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Composition of maps ``psi ∘ phi``, ``psi`` given on ``grid``.
 
-    ``psi`` is interpolated through its displacement ``psi - id`` with border padding, so that outside the
-    grid the displacement is extended by its edge value (not the map itself, which would be wrong).
+    ``psi`` is interpolated through its displacement ``psi - id`` with border padding, so that outside the grid
+    the displacement is extended by its edge value (not the map itself, which would be wrong).
 
     Parameters
     ----------
     psi : torch.Tensor
-        ``(d, n_1, ..., n_d)`` map in physical coordinates on the grid.
+        ``(d, *grid.shape)`` map in frame coordinates.
     phi : torch.Tensor
-        ``(d, *out_shape)`` map (physical coordinates).
+        ``(d, *out_shape)`` map (frame coordinates).
 
     Returns
     -------
     torch.Tensor
         ``(d, *out_shape)``: ``psi(phi(x))``.
     """
-    spacing = as_spacing(spacing)
-    d = len(spacing)
-    _check_spatial(psi, d, "psi", channels=d)
-    ident = identity_map(psi.shape[1:], spacing, dtype=psi.dtype, device=psi.device)
-    return phi + interpolate(psi - ident, phi, spacing, padding="border")
+    grid = _grid(grid)
+    _check_spatial(psi, grid, "psi", channels=grid.ndim)
+    if psi.dim() != grid.ndim + 1:
+        raise ValueError(f"psi: expected shape ({grid.ndim}, {', '.join(map(str, grid.shape))}), "
+                         f"got {tuple(psi.shape)}")
+    return phi + interpolate(psi - _identity(grid, psi.dtype, psi.device), phi, grid, padding="border")
 
 
 def resize(f: torch.Tensor, shape: Sequence[int], *, interp: str = "linear") -> torch.Tensor:
-    """Resample a field to another grid covering the same physical box (corner nodes aligned).
+    """Resample a field to another grid covering the same box (corner nodes aligned, ``Grid.resized``).
 
     Parameters
     ----------
@@ -332,24 +316,46 @@ def resize(f: torch.Tensor, shape: Sequence[int], *, interp: str = "linear") -> 
     Returns
     -------
     torch.Tensor
-        ``(..., m_1, ..., m_d)``. The spacing of the result is ``h_i (n_i - 1) / (m_i - 1)``.
+        ``(..., m_1, ..., m_d)``.
     """
     shape = tuple(int(n) for n in shape)
     d = len(shape)
-    _check_spatial(f, d, "f")
-    src = f.shape[f.dim() - d:]
-    if tuple(src) == shape:
+    if not isinstance(f, torch.Tensor) or f.dim() < d:
+        raise ValueError(f"f: expected a tensor with at least {d} axes, got "
+                         f"{tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__}")
+    src = tuple(f.shape[f.dim() - d:])
+    if src == shape:
         return f
     if interp not in _INTERP:
         raise ValueError(f"interp: expected one of {tuple(_INTERP)}, got {interp!r}")
-    if interp == "linear" and all(n > 1 for n in src) and all(m > 1 for m in shape):
-        # same corner-aligned multilinear resampling as ``interpolate``, but through the faster separable kernel
+    if interp == "linear" and 1 <= d <= 3 and all(n > 1 for n in src) and all(m > 1 for m in shape):
+        # the corner-aligned multilinear resampling of ``interpolate``, through the faster separable kernel
         mode = ("linear", "bilinear", "trilinear")[d - 1]
         lead = f.shape[:f.dim() - d]
-        out = F.interpolate(f.reshape((1, -1) + tuple(src)), size=shape, mode=mode, align_corners=True)
+        out = F.interpolate(f.reshape((1, -1) + src), size=shape, mode=mode, align_corners=True)
         return out.reshape(tuple(lead) + shape)
-    spacing = tuple(1.0 for _ in range(d))
-    scale = [((n - 1) / (m - 1)) if m > 1 else 0.0 for n, m in zip(src, shape)]
-    x = identity_map(shape, [1.0] * d, dtype=f.dtype, device=f.device)
-    x = x * torch.tensor(scale, dtype=f.dtype, device=f.device).reshape((d,) + (1,) * d)
-    return interpolate(f, x, spacing, interp=interp)
+    unit = Grid(src)
+    x = Grid(src).resized(shape).identity_map(dtype=f.dtype, device=f.device)
+    return interpolate(f, x, unit, interp=interp)
+
+
+def resample_map(psi: torch.Tensor, grid: Grid, new_grid: Grid) -> torch.Tensor:
+    """A map on ``grid`` resampled through its displacement onto ``new_grid`` (both cover the same box).
+
+    Parameters
+    ----------
+    psi : torch.Tensor
+        ``(d, *grid.shape)`` map in frame coordinates.
+    grid, new_grid : Grid
+        ``new_grid`` is typically ``grid.resized(shape)`` (same origin, direction and box).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(d, *new_grid.shape)``.
+    """
+    _check_spatial(psi, _grid(grid), "psi", channels=grid.ndim)
+    if _grid(new_grid).shape == grid.shape and new_grid.spacing == grid.spacing:
+        return psi
+    ident = _identity(grid, psi.dtype, psi.device)
+    return _identity(new_grid, psi.dtype, psi.device) + resize(psi - ident, new_grid.shape)

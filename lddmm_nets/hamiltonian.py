@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_choice
+from .checks import check_choice
 from .kernels import Kernel
 
 __all__ = ["hamiltonian", "HamiltonianSystem"]
@@ -56,11 +56,11 @@ class HamiltonianSystem:
 
     def energy(self, q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """``H(q, p)``: 0-d tensor."""
-        return 0.5 * (p * self.kernel._matvec(q, None, p, self.backend)).sum()
+        return 0.5 * (p * self.kernel.apply(q, None, p, self.backend)).sum()
 
     def dH_dp(self, q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """``∂H/∂p = (K(q, q) + r I) p``: (N, d)."""
-        return self.kernel._matvec(q, None, p, self.backend)
+        return self.kernel.apply(q, None, p, self.backend)
 
     def dH_dq(self, q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """``∂H/∂q``: (N, d)."""
@@ -70,7 +70,7 @@ class HamiltonianSystem:
 
     def velocity(self, x: torch.Tensor, q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """Velocity field ``v(x) = Σ_j k(x, q_j) p_j`` at ambient points ``x`` (M, d): (M, d)."""
-        return self.kernel._matvec(x, q, p, self.backend)
+        return self.kernel.apply(x, q, p, self.backend)
 
     def rhs(self, state):
         """Time derivative of ``(q, p, x)``; ``x`` may be None."""

@@ -31,7 +31,7 @@ from typing import Callable
 
 import torch
 
-from ._checks import check_int, check_positive
+from .checks import check_int, check_positive
 
 __all__ = ["Integrator", "ImplicitSolveError", "register", "get", "available", "REGISTRY"]
 

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 
 from . import backends as B
-from ._checks import check_points, check_positive, check_same_rows
+from .checks import check_points, check_positive, check_same_rows
 
 __all__ = [
     "Kernel",
@@ -36,7 +36,7 @@ __all__ = [
 class Kernel:
     """Base class: a positive definite scalar kernel ``k(x, y)``, used as ``Γ = k I_d`` on vector fields.
 
-    Subclasses implement ``_pairwise`` (the kernel matrix as a dense tensor or a LazyTensor) and may override
+    Subclasses implement ``pairwise`` (the kernel matrix as a dense tensor or a LazyTensor) and may override
     ``dq_quadratic`` with a closed form; the autograd version here is the reference.
     """
 
@@ -44,7 +44,9 @@ class Kernel:
         self.nugget = float(check_positive("nugget", nugget, allow_zero=True))
 
     # --- to implement ---------------------------------------------------------------------------------------------
-    def _pairwise(self, x: torch.Tensor, y: torch.Tensor, backend: str):
+    def pairwise(self, x: torch.Tensor, y: torch.Tensor, backend: str):
+        """The kernel matrix ``k(x_i, y_j)`` on the backend's pairwise objects: an ``(M, N)`` tensor (``"dense"``)
+        or a KeOps ``LazyTensor`` (``"keops"``); data terms and reductions are written on it once for both."""
         raise NotImplementedError
 
     # --- public API -----------------------------------------------------------------------------------------------
@@ -74,26 +76,27 @@ class Kernel:
         for name, t in (("y", y), ("p", p)):
             if t is not None and (t.dtype != x.dtype or t.device != x.device):
                 raise ValueError(f"{name}: expected dtype {x.dtype} on {x.device} (as x), got {t.dtype} on {t.device}")
-        return self._matvec(x, y, p, backend)
+        return self.apply(x, y, p, backend)
 
-    def _matvec(self, x, y, p, backend="auto"):
-        """Unchecked ``matvec`` for the engine's inner loops: the kernel sum, plus the nugget when ``y`` is None."""
-        out = self._sum(x, x if y is None else y, p, backend)
+    def apply(self, x, y, p, backend="auto"):
+        """``matvec`` without the input checks, for the engine's inner loops (the inputs are trusted): the kernel
+        sum, plus the nugget when ``y`` is None."""
+        out = self.convolve(x, x if y is None else y, p, backend)
         if y is None and self.nugget:
             out = out + self.nugget * p
         return out
 
-    def _sum(self, x, y, p, backend):
+    def convolve(self, x, y, p, backend):
         """``Σ_j k(x_i, y_j) p_j`` without nugget; subclasses with a cheaper form override this."""
         b = B.select_backend(backend, x.shape[0], y.shape[0], x.device, x.dtype, x.shape[1])
-        return B.reduce(self._pairwise(x, y, b), p)
+        return B.reduce(self.pairwise(x, y, b), p)
 
     def gram(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Dense kernel matrix ``K(x, y)``: (M, N) tensor, with ``nugget * I`` added when ``y`` is None."""
         x = check_points("x", x)
         sym = y is None
         y = x if sym else check_points("y", y, dim=x.shape[1])
-        K = self._pairwise(x, y, "dense")
+        K = self.pairwise(x, y, "dense")
         if sym and self.nugget:
             K = K + self.nugget * torch.eye(x.shape[0], dtype=K.dtype, device=K.device)
         return K
@@ -103,7 +106,7 @@ class Kernel:
         need_graph = torch.is_grad_enabled() and (q.requires_grad or p.requires_grad)
         with torch.enable_grad():
             qq = q if q.requires_grad else q.detach().requires_grad_(True)
-            h = 0.5 * (p * self._matvec(qq, qq, p, backend)).sum()
+            h = 0.5 * (p * self.apply(qq, qq, p, backend)).sum()
             (g,) = torch.autograd.grad(h, qq, create_graph=need_graph)
         return g
 
@@ -117,15 +120,22 @@ class Kernel:
         """
         raise NotImplementedError(f"{type(self).__name__} has no closed-form Fourier transform")
 
-    def on_grid(self, grid, boundary: str = "periodic"):
+    def on_grid(self, grid, boundary: str = "periodic", *, reach: float | None = None, taper: float | None = None,
+                unit_mass: bool = False):
         """FFT operator ``m ↦ K ⋆ m`` on a regular grid, ``v(x) = ∫ k(x - y) m(y) dy``.
 
         Parameters
         ----------
         grid : Grid
-            Regular grid with physical spacing.
+            Regular grid with physical spacing; the operator only accepts fields on it.
         boundary : {"periodic", "zero"}
-            ``"zero"`` pads every axis to twice its length so that nothing wraps around.
+            ``"zero"``: no wrap-around (every axis doubled, or padded by ``reach``).
+        reach : float, optional
+            With ``boundary="zero"``: pad by this length per side only (``GridOperator``); a few kernel widths.
+        taper : float, optional
+            ``m ↦ w K (w m)`` with a weight vanishing on the grid's border (``GridOperator``).
+        unit_mass : bool
+            Divide by ``k̂(0) = ∫ k``, so that ``K ⋆ 1 = 1`` (then ``‖v‖_V² ≈ ∫|v|²`` for smooth ``v``).
 
         Returns
         -------
@@ -133,8 +143,9 @@ class Kernel:
         """
         from .grid import GridOperator
 
-        return GridOperator(grid, lambda omega, lap: self.spectral_density(omega), boundary=boundary,
-                            name=f"{self!r} on grid")
+        mass = float(self.spectral_density(torch.zeros(grid.ndim, dtype=torch.float64))) if unit_mass else 1.0
+        return GridOperator(grid, lambda omega, lap: self.spectral_density(omega) / mass, boundary=boundary,
+                            reach=reach, taper=taper, name=f"{self!r} on grid" + (" (unit mass)" if unit_mass else ""))
 
 
 class RadialKernel(Kernel):
@@ -157,7 +168,7 @@ class RadialKernel(Kernel):
         """``g'(d2)``; times ``(x - y)`` it is 0 at coincident points (the symmetric subgradient)."""
         raise NotImplementedError
 
-    def _pairwise(self, x, y, backend):
+    def pairwise(self, x, y, backend):
         s = 1.0 / self.sigma
         return self.profile(B.sqdist(x * s, y * s, backend))
 
@@ -306,11 +317,11 @@ class SumKernel(Kernel):
         self.weights = [w / total for w in weights]
         self.sigma = max(k.sigma for k in kernels)
 
-    def _pairwise(self, x, y, backend):
-        return sum(w * k._pairwise(x, y, backend) for w, k in zip(self.weights, self.kernels))
+    def pairwise(self, x, y, backend):
+        return sum(w * k.pairwise(x, y, backend) for w, k in zip(self.weights, self.kernels))
 
-    def _sum(self, x, y, p, backend):
-        return sum(w * k._sum(x, y, p, backend) for w, k in zip(self.weights, self.kernels))
+    def convolve(self, x, y, p, backend):
+        return sum(w * k.convolve(x, y, p, backend) for w, k in zip(self.weights, self.kernels))
 
     def dq_quadratic(self, q, p, backend="auto"):
         """Sum of the components' closed forms."""
@@ -365,10 +376,10 @@ class FeatureMapKernel(Kernel):
         """``φ(x)``: (N, d) -> (N, d)."""
         return self._phi(x)
 
-    def _pairwise(self, x, y, backend):
+    def pairwise(self, x, y, backend):
         return self._phi(x) @ self._phi(y).T + self.c
 
-    def _sum(self, x, y, p, backend):
+    def convolve(self, x, y, p, backend):
         return self._phi(x) @ (self._phi(y).T @ p) + self.c * p.sum(0, keepdim=True)
 
     def dq_quadratic(self, q, p, backend="auto"):

@@ -8,33 +8,27 @@ the objective at every iteration (e.g. the similarity of a registration), or ``N
 caller in the project (images, affine pre-alignment, landmarks, shapes, estimators, ResNets, mean-field fits)
 goes through this function; none keeps an optimiser of its own.
 
-Methods
--------
-``"lbfgs"``: limited-memory BFGS (two-loop recursion, ``history_size`` pairs, the initial Hessian scaled by
+**Methods.** ``"lbfgs"``: limited-memory BFGS (two-loop recursion, ``history_size`` pairs, the initial Hessian scaled by
 ``sᵀy / yᵀy``; a pair enters the memory only when ``sᵀy > 0``). Two line searches:
 
-- ``line_search="armijo"`` (registration): backtracking by 0.3 from the last accepted step length times 3 (at
-  most 1) until ``f(x + t d) <= f(x) + 1e-4 t gᵀd``, at most 12 trials. The first direction is steepest descent
-  scaled to a unit largest entry (the caller scales its variables so that a unit step means something, e.g. one
-  voxel of motion) and is extended by doubling while the objective keeps decreasing. A failed search with a
-  non-empty memory forgets the memory and spends the iteration; from steepest descent it stops the run.
-- ``line_search="wolfe"`` (smooth objectives): the strong Wolfe conditions (``c1 = 1e-4``, ``c2 = 0.9``) by
-  bracketing and cubic interpolation (Nocedal & Wright, Algorithms 3.5-3.6), at most 25 evaluations; the first
-  step is ``min(1, 1/‖g‖₁)`` along ``-g``, later ones 1.
+``line_search="armijo"`` (registration): backtracking by 0.3 from the last accepted step length times 3 (at most
+1) until ``f(x + t d) <= f(x) + 1e-4 t gᵀd``, at most 12 trials. The first direction is steepest descent scaled to a
+unit largest entry (the caller scales its variables so that a unit step means something, e.g. one voxel of motion)
+and is extended by doubling while the objective keeps decreasing. A failed search with a non-empty memory forgets
+the memory and spends the iteration; from steepest descent it stops the run.
+``line_search="wolfe"`` (smooth objectives): the strong Wolfe conditions (``c1 = 1e-4``, ``c2 = 0.9``) by
+bracketing and cubic interpolation (Nocedal & Wright, Algorithms 3.5-3.6), at most 25 evaluations; the first step
+is ``min(1, 1/‖g‖₁)`` along ``-g``, later ones 1.
 
 ``"scipy"``: scipy's L-BFGS-B (the reference Fortran code and its Moré-Thuente line search) in float64 on the
 CPU; ``x`` is converted at every evaluation, so the objective runs where ``x0`` lives. No feasibility hook.
 
-Stopping rule (``OptimResult.stop_reason``; ``converged`` is True for the first two):
-
-- ``"gradient"``: ``max |g| <= gtol``;
-- ``"objective"``: ``f_{k-patience} - f_k <= ftol · max(|f_{k-patience}|, 1e-12)`` (relative decrease over the
-  last ``patience`` iterations), or for ``"scipy"`` its own ``ftol`` rule;
-- ``"max_iter"``: the iteration budget was spent; ``"max_eval"``: the evaluation budget was spent;
-- ``"line_search"``: no decrease along steepest descent (the limit of precision, or a barrier of infeasible
-  points all around);
-- ``"infeasible_start"``: ``fun(x0)`` is ``None``; ``"non_finite"``: the objective or gradient at ``x0`` is not
-  finite.
+**Stopping rule** (``OptimResult.stop_reason``; ``converged`` is True for the first two): ``"gradient"``,
+``max |g| <= gtol``; ``"objective"``, ``f_{k-patience} - f_k <= ftol · max(|f_{k-patience}|, 1e-12)`` (relative
+decrease over the last ``patience`` iterations; for ``"scipy"`` its own ``ftol`` rule); ``"max_iter"``, the
+iteration budget was spent; ``"max_eval"``, the evaluation budget was spent; ``"line_search"``, no decrease along
+steepest descent (the limit of precision, or a barrier of infeasible points all around); ``"infeasible_start"``,
+``fun(x0)`` is ``None``; ``"non_finite"``, the objective or gradient at ``x0`` is not finite.
 
 A run that stops without converging warns with ``ConvergenceWarning`` unless ``warn=False``; callers that spend a
 deliberate budget (a registration level, inner cross-validation fits) pass ``warn=False`` and report the stop
@@ -52,7 +46,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ._checks import check_choice, check_int, check_positive
+from .checks import check_choice, check_int, check_positive
 
 __all__ = ["minimize", "OptimResult", "ConvergenceWarning", "METHODS", "LINE_SEARCHES", "STOP_REASONS"]
 

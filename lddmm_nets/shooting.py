@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import integrators as I
-from ._checks import check_choice, check_int, check_points, check_positive, check_same_shape
+from .checks import check_choice, check_int, check_points, check_positive, check_same_shape
 from .backends import BACKENDS
 from .hamiltonian import HamiltonianSystem
 from .kernels import Kernel
@@ -64,9 +64,17 @@ class Trajectory:
         """``H(q_k, p_k)`` at every step: (n_steps + 1,) tensor."""
         return torch.stack([self.system.energy(q, p) for q, p in zip(self.q, self.p)])
 
+    def _points(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """``x`` checked (``(M, d)``, finite, on the trajectory's device) and cast to its dtype."""
+        x = check_points(name, x, dim=self.q.shape[-1], finite=False)
+        if x.device != self.q.device:
+            raise ValueError(f"{name}: expected a tensor on {self.q.device} (the trajectory's device), got one on "
+                             f"{x.device}; move it with .to({str(self.q.device)!r})")
+        return check_points(name, x).to(self.q.dtype)
+
     def velocity(self, x: torch.Tensor, k: int = 0) -> torch.Tensor:
         """Velocity field of step ``k`` at points ``x`` (M, d): ``Σ_j k(x, q_kj) p_kj``, (M, d)."""
-        x = check_points("x", x, dim=self.q.shape[-1])
+        x = self._points("x", x)
         return self.system.velocity(x, self.q[k], self.p[k])
 
     def _step_points(self, k: int, x: torch.Tensor, h: float, reverse: bool = False) -> torch.Tensor:
@@ -87,8 +95,7 @@ class Trajectory:
         -------
         (M, d) or (n_steps + 1, M, d) tensor
         """
-        x = check_points("x", x, dim=self.q.shape[-1])
-        x = x.to(self.q.dtype)
+        x = self._points("x", x)
         path = [x]
         for k in range(self.n_steps):
             path.append(self._step_points(k, path[-1], self.h))
@@ -117,7 +124,7 @@ class Trajectory:
         InverseFlowError
             A step did not converge (too few steps for this deformation).
         """
-        y = check_points("y", y, dim=self.q.shape[-1]).to(self.q.dtype)
+        y = self._points("y", y)
         tol = check_positive("tol", tol)
         max_iter = check_int("max_iter", max_iter)
         for k in reversed(range(self.n_steps)):
@@ -137,7 +144,7 @@ class Trajectory:
 
     def flow_jacobian(self, x: torch.Tensor) -> torch.Tensor:
         """Jacobian ``Dφ_1(x)`` of the discrete flow at points ``x`` (M, d): (M, d, d), ``J[m, i, j] = ∂y_i/∂x_j``."""
-        x = check_points("x", x, dim=self.q.shape[-1]).to(self.q.dtype)
+        x = self._points("x", x)
         create = torch.is_grad_enabled() and (x.requires_grad or self.p.requires_grad or self.q.requires_grad)
         with torch.enable_grad():
             xx = x if x.requires_grad else x.detach().requires_grad_(True)

@@ -145,7 +145,8 @@ def random_diffeomorphism(shape, affine=None, *, max_displacement: float = 8.0, 
     -------
     RandomWarp
     """
-    from lddmm_nets.fields import compose, identity_map
+    from lddmm_nets.fields import compose
+    from lddmm_nets.grid import Grid
 
     shape = tuple(int(n) for n in shape)
     d = len(shape)
@@ -156,33 +157,28 @@ def random_diffeomorphism(shape, affine=None, *, max_displacement: float = 8.0, 
     if not max_displacement > 0 or not smoothness > 0:
         raise ValueError(f"max_displacement, smoothness: expected > 0, got {max_displacement}, {smoothness}")
     affine = np.eye(4) if affine is None else np.asarray(affine, dtype=float)
-    spacing = tuple(float(np.linalg.norm(affine[:d, i])) for i in range(d))
+    grid = Grid.from_affine(affine, shape)
     rng = np.random.default_rng(seed)
     noise = torch.as_tensor(rng.standard_normal((d,) + shape))
-    # smooth with a Gaussian in Fourier space (periodic; then tapered to 0 near the borders)
-    freqs = [2 * math.pi * torch.fft.fftfreq(n, d=h, dtype=torch.float64) for n, h in zip(shape, spacing)]
+    # smooth with a Gaussian in Fourier space (periodic; then tapered to 0 near the borders so the warp keeps the
+    # field of view)
+    freqs = [2 * math.pi * torch.fft.fftfreq(n, d=h, dtype=torch.float64) for n, h in zip(shape, grid.spacing)]
     w2 = sum(f.reshape([-1 if i == j else 1 for j in range(d)]) ** 2 for i, f in enumerate(freqs))
     v = torch.fft.ifftn(torch.fft.fftn(noise, dim=tuple(range(1, d + 1))) * torch.exp(-0.5 * smoothness ** 2 * w2),
                         dim=tuple(range(1, d + 1))).real
-    # taper: zero velocity at the borders so the warp keeps the field of view
-    taper = torch.ones(shape, dtype=torch.float64)
-    for i, (n, h) in enumerate(zip(shape, spacing)):
-        x = torch.arange(n, dtype=torch.float64)
-        edge = torch.clamp(torch.minimum(x, n - 1 - x) * h / max(smoothness, 1e-9), 0, 1)
-        taper = taper * torch.sin(0.5 * math.pi * edge).reshape([-1 if j == i else 1 for j in range(d)]) ** 2
-    v = v * taper
+    v = v * grid.border_taper(smoothness)
+    ident = grid.identity_map(dtype=torch.float64)
 
     def flow(vel):
-        ident = identity_map(shape, spacing, dtype=torch.float64)
         step = ident + vel / n_steps
         if n_steps & (n_steps - 1) == 0:  # n = 2^k: the same n-fold composition by k squarings
             phi = step
             for _ in range(n_steps.bit_length() - 1):
-                phi = compose(phi, phi, spacing)
+                phi = compose(phi, phi, grid)
         else:
             phi = ident.clone()
             for _ in range(n_steps):
-                phi = compose(phi, step, spacing)
+                phi = compose(phi, step, grid)
         return phi - ident
 
     u = flow(v)
@@ -191,10 +187,8 @@ def random_diffeomorphism(shape, affine=None, *, max_displacement: float = 8.0, 
     u = flow(v * scale)
     scale2 = max_displacement / float(u.norm(dim=0).max())
     v = v * scale * scale2
-    u, w = flow(v), flow(-v)
-    rot = affine[:d, :d] / np.asarray(spacing)[None, :]
-    u_w = np.tensordot(rot, u.numpy(), axes=1)
-    w_w = np.tensordot(rot, w.numpy(), axes=1)
+    u_w = grid.to_world_vectors(flow(v).numpy())
+    w_w = grid.to_world_vectors(flow(-v).numpy())
     return RandomWarp(u_w, w_w, affine.copy(), float(np.linalg.norm(u_w, axis=0).max()))
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from .io import Image
-from .transforms import _grid_world
 
 __all__ = ["dice", "world_coordinates", "map_error"]
 
@@ -27,7 +26,7 @@ def dice(a, b) -> float:
 
 def world_coordinates(image: Image) -> np.ndarray:
     """``(d, *shape)`` world coordinates (mm) of every voxel centre of ``image`` through its affine."""
-    return _grid_world(image.affine, image.shape)
+    return image.grid.world().numpy()
 
 
 def map_error(displacement: np.ndarray, true_map: np.ndarray, image: Image, roi=None) -> float:

@@ -1,7 +1,8 @@
 """Matched-landmark registration by geodesic shooting.
 
 Minimise ``E(p0) = H(q0, p0) + |q1(p0) - target|² / σ²`` over the initial momenta ``p0`` with scipy's L-BFGS-B
-(the reference Fortran implementation and its Moré–Thuente line search; gradients by autograd), where ``q1`` is
+through the engine's optimiser (``lddmm_nets.optim.minimize(method="scipy")``: the reference Fortran implementation
+and its Moré–Thuente line search; gradients by autograd), where ``q1`` is
 the endpoint of ``lddmm_nets.shoot``. ``H(q0, p0) = ½ |v_0|²_V`` is the kinetic energy of the geodesic, i.e.
 half its squared length.
 
@@ -12,19 +13,21 @@ Stopping rule (``stop_reason`` of the result):
 * ``"max_iter"``: ``max_iter`` L-BFGS iterations were taken (``converged`` is False);
 * ``"line_search"``: the line search could not decrease ``E`` any more, which happens at the limit of floating-point
   precision near an optimum or on a very stiff problem (``converged`` is False: check ``residual``).
+
+A run that stops without converging warns with ``lddmm_nets.optim.ConvergenceWarning``.
 """
 
 from __future__ import annotations
 
-import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from scipy import optimize
 
 from lddmm_nets import GaussianKernel, Kernel, Trajectory, shoot
-from lddmm_nets._checks import check_int, check_points, check_positive, check_same_shape
+from lddmm_nets.checks import check_int, check_points, check_positive, check_same_shape
+from lddmm_nets.optim import ConvergenceWarning, minimize
 
 __all__ = ["register_landmarks", "LandmarkRegistration"]
 
@@ -145,41 +148,19 @@ def register_landmarks(source: torch.Tensor, target: torch.Tensor, *, kernel: Ke
     def to_p(z):
         return z if W is None else W @ z
 
-    def fun(x):
-        z = torch.from_numpy(x).reshape(source.shape).to(source).requires_grad_(True)
-        value = objective(to_p(z))[0]
-        (g,) = torch.autograd.grad(value, z)
-        return float(value.detach()), g.detach().cpu().double().numpy().ravel()
-
-    history: list[float] = []
-
-    def record(intermediate_result):
-        history.append(float(intermediate_result.fun))
-        if callback is not None:
-            callback(len(history) - 1, history[-1])
-
-    start = time.perf_counter()
+    report = None if callback is None else (lambda it, f, aux: callback(it, f))
     z0 = p0 if W_inv is None else W_inv @ p0
-    x0 = z0.detach().cpu().double().numpy().ravel()
-    with torch.no_grad():
-        history.append(float(objective(p0)[0]))
-    res = optimize.minimize(fun, x0, jac=True, method="L-BFGS-B", callback=record,
-                            options=dict(maxiter=max_iter, gtol=gtol, ftol=ftol, maxcor=20, maxls=40))
-    p = to_p(torch.from_numpy(res.x).reshape(source.shape).to(source))
-    message = str(res.message).upper()
-    if "PROJECTED_GRADIENT" in message:
-        stop = "gradient"
-    elif "REL_REDUCTION" in message:
-        stop = "objective"
-    elif "ITERATIONS" in message or res.nit >= max_iter:
-        stop = "max_iter"
-    else:
-        stop = "line_search"
-    n_iter = int(res.nit)
+    res = minimize(lambda z: objective(to_p(z))[0], z0, method="scipy", max_iter=max_iter, gtol=gtol, ftol=ftol,
+                   history_size=20, callback=report, warn=False, name="register_landmarks")
+    p = to_p(res.x)
     with torch.no_grad():  # the returned trajectory carries no autograd graph
         _, reg, data, traj = objective(p)
+    if not res.converged:
+        warnings.warn(f"register_landmarks: stopped without converging after {res.n_iter} iterations ({res.message}); "
+                      f"residual {float((traj.q[-1] - target).norm(dim=1).pow(2).mean().sqrt()):.3g}",
+                      ConvergenceWarning, stacklevel=2)
     return LandmarkRegistration(
-        trajectory=traj, p0=p, target=target, energy_history=history, regularity=float(reg),
-        data_term=float(data), residual=float((traj.q[-1] - target).norm(dim=1).pow(2).mean().sqrt()),
-        n_iter=n_iter, seconds=time.perf_counter() - start, stop_reason=stop,
-        converged=stop in ("gradient", "objective"))
+        trajectory=traj, p0=p, target=target, energy_history=[res.initial] + list(res.history),
+        regularity=float(reg), data_term=float(data),
+        residual=float((traj.q[-1] - target).norm(dim=1).pow(2).mean().sqrt()), n_iter=res.n_iter,
+        seconds=res.seconds, stop_reason=res.stop_reason, converged=res.converged)

@@ -13,10 +13,12 @@ values in [0, 1]) that weights the voxels. One implementation for every dimensio
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["METRICS", "ssd", "ncc", "lncc", "get_metric"]
+__all__ = ["METRICS", "Metric", "ssd", "ncc", "lncc", "get_metric", "box_mean", "fixed_statistics"]
 
 _EPS = 1e-5
 
@@ -50,7 +52,7 @@ def ncc(warped: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None = N
     return 1.0 - num / den
 
 
-def _box_pool(x: torch.Tensor, window: int, d: int | None = None) -> torch.Tensor:
+def box_mean(x: torch.Tensor, window: int, d: int | None = None) -> torch.Tensor:
     """Local mean over a centred box of ``window`` voxels per side, cropped at the border (there the mean is over
     the part of the box inside the image), by direct sums of ``window`` shifted copies along each axis.
 
@@ -98,7 +100,7 @@ class _LNCCLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, warped, fixed, mj, vj, mask, window):
         d = fixed.dim()
-        mi, mwf, mww = _box_pool(torch.stack([warped, warped * fixed, warped * warped]), window, d)
+        mi, mwf, mww = box_mean(torch.stack([warped, warped * fixed, warped * warped]), window, d)
         cross = mwf - mi * mj
         vi_raw = mww - mi * mi
         den = vi_raw.clamp_min(0) * vj + _EPS ** 2
@@ -118,19 +120,19 @@ class _LNCCLoss(torch.autograd.Function):
         if mask is not None:
             g = g * mask
         a = g * 2.0 * cross / den                                 # d/d mwf
-        b = torch.where(pos, -g * cross * cross * vj / (den * den), torch.zeros((), dtype=den.dtype))  # d/d mww
+        b = torch.where(pos, -g * cross * cross * vj / (den * den), torch.zeros((), dtype=den.dtype, device=den.device))  # d/d mww
         grads = torch.stack([-mj * a - 2.0 * mi * b, a, b])       # d/d (mi, mwf, mww)
         d = fixed.dim()
         count = _box_counts(fixed.shape, ctx.window, fixed.dtype, fixed.device)
-        back = _box_pool(grads / count, ctx.window, d) * count     # Bᵀ = S (· / c), and _box_pool is S(·) / c
+        back = box_mean(grads / count, ctx.window, d) * count     # Bᵀ = S (· / c), and box_mean is S(·) / c
         return back[0] + back[1] * fixed + 2.0 * warped * back[2], None, None, None, None, None
 
 
-def _fixed_stats(fixed: torch.Tensor, window: int):
+def fixed_statistics(fixed: torch.Tensor, window: int):
     """Local mean and variance of the fixed image, reused by every LNCC evaluation against it."""
     f = fixed
-    mj = _box_pool(f, window)
-    vj = (_box_pool(f * f, window) - mj * mj).clamp_min(0)
+    mj = box_mean(f, window)
+    vj = (box_mean(f * f, window) - mj * mj).clamp_min(0)
     return f, mj, vj
 
 
@@ -147,7 +149,7 @@ def lncc(warped: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None = 
     window : int
         Odd box width in voxels (``>= 3``).
     fixed_stats : tuple, optional
-        ``_fixed_stats(fixed, window)`` computed once (the fixed image does not change during an optimisation).
+        ``fixed_statistics(fixed, window)`` computed once (the fixed image does not change during an optimisation).
     """
     _check_pair(warped, fixed, mask)
     if not isinstance(window, int) or window < 3 or window % 2 == 0:
@@ -157,11 +159,11 @@ def lncc(warped: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None = 
     # local statistics by direct box sums (separable pooling) in the inputs' dtype: the variances are
     # differences of nearly equal local means, accurate to ~1e-7 in float32 for [0, 1] intensities (running sums
     # in float32 were not: their rounding noise made the loss random in flat regions)
-    fixed, mj, vj = _fixed_stats(fixed, window) if fixed_stats is None else fixed_stats
+    fixed, mj, vj = fixed_statistics(fixed, window) if fixed_stats is None else fixed_stats
     if not (fixed.requires_grad or mj.requires_grad or vj.requires_grad
             or (mask is not None and mask.requires_grad)):  # the usual case: the warped image alone is optimised
         return _LNCCLoss.apply(warped, fixed, mj, vj, mask, window)
-    mi, mwf, mww = _box_pool(torch.stack([warped, warped * fixed, warped * warped]), window, fixed.dim())
+    mi, mwf, mww = box_mean(torch.stack([warped, warped * fixed, warped * warped]), window, fixed.dim())
     cross = mwf - mi * mj
     vi = (mww - mi * mi).clamp_min(0)
     cc2 = cross * cross / (vi * vj + _EPS ** 2)
@@ -171,23 +173,45 @@ def lncc(warped: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None = 
 METRICS = {"ssd": ssd, "ncc": ncc, "lncc": lncc}
 
 
-def get_metric(name: str, *, window: int = 5):
-    """The loss function for ``name`` in ``METRICS`` (``window`` applies to ``lncc``)."""
+@dataclass(frozen=True)
+class Metric:
+    """A similarity loss by name, with its options (``window`` for LNCC).
+
+    ``metric(warped, fixed, mask)`` evaluates it; ``metric.bind(fixed, mask)`` returns ``warped ↦ loss`` with
+    everything that depends on the fixed image alone computed once (LNCC's local statistics): an optimisation
+    against one fixed image calls the bound loss.
+    """
+
+    name: str
+    window: int = 5
+
+    def __call__(self, warped: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None = None):
+        if self.name == "lncc":
+            return lncc(warped, fixed, mask, window=self.window)
+        return METRICS[self.name](warped, fixed, mask)
+
+    def bind(self, fixed: torch.Tensor, mask: torch.Tensor | None = None):
+        """``warped ↦ loss(warped, fixed, mask)`` with the fixed image's statistics precomputed (no gradient flows
+        to them unless ``fixed`` requires one)."""
+        if self.name != "lncc":
+            return lambda warped: METRICS[self.name](warped, fixed, mask)
+        stats = None
+        if not fixed.requires_grad:
+            with torch.no_grad():
+                stats = fixed_statistics(fixed, self.window)
+        return lambda warped: lncc(warped, fixed, mask, window=self.window, fixed_stats=stats)
+
+
+def get_metric(name: str, *, window: int = 5) -> Metric:
+    """The ``Metric`` for ``name`` in ``METRICS`` (``window`` applies to ``lncc``).
+
+    Raises
+    ------
+    ValueError
+        An unknown name, or an LNCC window that is not an odd integer >= 3.
+    """
     if name not in METRICS:
         raise ValueError(f"metric: expected one of {sorted(METRICS)}, got {name!r}")
-    if name == "lncc":
-        if not isinstance(window, int) or window < 3 or window % 2 == 0:
-            raise ValueError(f"window: expected an odd integer >= 3 (voxels), got {window!r}")
-        cache = {}
-
-        def loss(w, f, mask=None):
-            # the fixed image's local statistics are computed once per fixed tensor (one per pyramid level);
-            # the cache holds the tensor itself, so an identity match cannot be a recycled id
-            if cache.get("fixed") is not f or cache.get("version") != f._version:
-                with torch.no_grad():
-                    cache.update(fixed=f, version=f._version, stats=_fixed_stats(f.detach(), window))
-            stats = cache["stats"] if not f.requires_grad else None
-            return lncc(w, f, mask, window=window, fixed_stats=stats)
-
-        return loss
-    return METRICS[name]
+    if name == "lncc" and (isinstance(window, bool) or not isinstance(window, int) or window < 3 or window % 2 == 0):
+        raise ValueError(f"window: expected an odd integer >= 3 (voxels), got {window!r}")
+    return Metric(name, int(window))

@@ -16,8 +16,10 @@ import numpy as np
 import torch
 
 from lddmm_nets.fields import interpolate, jacobian_determinant
+from lddmm_nets.grid import Grid
 
-from .io import Image, load_displacement, load_image, resample_image, save_displacement, voxel_spacing
+from .io import Image, load_displacement, load_image, resample_image, save_displacement
+from .io.images import slab_world, slabs
 
 __all__ = ["DisplacementTransform", "ndv_percent", "sdlogj"]
 
@@ -34,12 +36,6 @@ def sdlogj(jac: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Standard deviation of ``log det`` (non-positive determinants clipped to 1e-9), inside ``mask`` if given."""
     j = jac if mask is None else jac[mask > 0]
     return float(np.std(np.log(np.clip(j, 1e-9, None)))) if j.size else 0.0
-
-
-def _grid_world(affine: np.ndarray, shape) -> np.ndarray:
-    d = len(shape)
-    idx = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"))
-    return np.tensordot(affine[:d, :d], idx, axes=1) + affine[:d, 3].reshape((d,) + (1,) * d)
 
 
 @dataclass
@@ -68,9 +64,14 @@ class DisplacementTransform:
     def ndim(self) -> int:
         return self.displacement.shape[0]
 
+    @property
+    def grid(self) -> Grid:
+        """The fixed grid the displacement is sampled on."""
+        return Grid.from_affine(self.affine, self.shape)
+
     def world_map(self) -> np.ndarray:
         """``x + u(x)`` at every fixed voxel: ``(d, *shape)`` mm."""
-        return _grid_world(self.affine, self.shape) + self.displacement
+        return self.grid.world().numpy() + self.displacement
 
     def apply(self, image, *, interp: str = "linear", fill: float = 0.0) -> Image:
         """Warp an image (any grid, with its own affine) into the fixed space.
@@ -97,7 +98,52 @@ class DisplacementTransform:
         if img.ndim != self.ndim:
             raise ValueError(f"image: expected a {self.ndim}-D image (the transform's), got {img.ndim}-D "
                              f"shape {img.shape}")
-        return resample_image(img, self.affine, self.shape, interp=interp, world_map=self.world_map(), fill=fill)
+        grid = self.grid
+
+        def world_map(a, b):  # x + u(x) for a slab of fixed voxels
+            return slab_world(grid, a, b) + self.displacement[:, a:b]
+
+        return resample_image(img, self.affine, self.shape, interp=interp, world_map=world_map, fill=fill)
+
+    def apply_inverse(self, image, reference, *, interp: str = "linear", fill: float = 0.0) -> Image:
+        """Warp a fixed-space image (labels too) into the moving space, on a reference grid of the moving space.
+
+        Each reference voxel ``y`` (world) takes the image's value at ``y + w(y)``, the inverse displacement ``w``
+        being interpolated from the fixed grid (its border value outside it).
+
+        Parameters
+        ----------
+        image : Image, path, nibabel image or array
+            Fixed-space image (an array is taken on the fixed grid).
+        reference : Image, path or ``(affine, shape)``
+            The moving-space grid to resample onto (e.g. the moving image).
+        interp, fill
+            As in ``apply``.
+
+        Returns
+        -------
+        Image
+            On the reference grid.
+        """
+        if interp not in _INTERPS:
+            raise ValueError(f"interp: expected one of {_INTERPS}, got {interp!r}")
+        if self.inverse_displacement is None:
+            raise ValueError("inverse_displacement: this transform has none")
+        if isinstance(image, np.ndarray):
+            image = Image(image, self.affine.copy())
+        img = load_image(image)
+        if isinstance(reference, tuple) and len(reference) == 2:
+            ref_affine, ref_shape = np.asarray(reference[0], float), tuple(int(n) for n in reference[1])
+        else:
+            ref = load_image(reference, name="reference")
+            ref_affine, ref_shape = ref.affine, ref.shape
+        if img.ndim != self.ndim or len(ref_shape) != self.ndim:
+            raise ValueError(f"image: expected {self.ndim}-D image and reference (the transform's), got "
+                             f"{img.ndim}-D and {len(ref_shape)}-D")
+        y = Grid.from_affine(ref_affine, ref_shape).world().numpy()
+        pts = y.reshape(self.ndim, -1).T
+        x = (pts + self._sample(self.inverse_displacement, pts)).T.reshape(y.shape)
+        return resample_image(img, ref_affine, ref_shape, interp=interp, world_map=x, fill=fill)
 
     def transform_points(self, points: np.ndarray) -> np.ndarray:
         """Map fixed-space world points ``(N, d)`` (mm) to the moving space: ``x + u(x)`` (linear interpolation)."""
@@ -114,25 +160,29 @@ class DisplacementTransform:
         d = self.ndim
         if points.ndim != 2 or points.shape[1] != d:
             raise ValueError(f"points: expected shape (N, {d}), got {points.shape}")
-        inv = np.linalg.inv(self.affine)
-        vox = points @ inv[:d, :d].T + inv[:d, 3]
-        out = interpolate(torch.as_tensor(field), torch.as_tensor(vox.T.copy()), (1.0,) * d, padding="border")
+        vox = self.grid.world_to_voxel(points.T)
+        out = interpolate(torch.as_tensor(field), torch.as_tensor(np.ascontiguousarray(vox)), Grid(self.shape),
+                          padding="border")
         return out.numpy().T
 
-    def _grid_displacement(self, field: np.ndarray) -> tuple[np.ndarray, tuple[float, ...]]:
-        """Displacement in grid axes (mm along the voxel axes) and the voxel spacing."""
-        d = self.ndim
-        spacing = voxel_spacing(self.affine, d)
-        rot = self.affine[:d, :d] / np.asarray(spacing)[None, :]
-        return np.tensordot(rot.T, field, axes=1), spacing
-
     def jacobian_determinant(self, *, inverse: bool = False) -> np.ndarray:
-        """``det(I + Du)`` at every voxel, ``(*shape)``; positive everywhere for a diffeomorphism."""
+        """``det(I + Du)`` at every voxel, ``(*shape)``; positive everywhere for a diffeomorphism.
+
+        Computed slab by slab along the first axis (with a one-voxel halo, so the values are those of the whole
+        field): bounded memory on large grids.
+        """
         field = self.inverse_displacement if inverse else self.displacement
         if field is None:
             raise ValueError("inverse_displacement: this transform has none")
-        u, spacing = self._grid_displacement(field)
-        return jacobian_determinant(torch.as_tensor(u), spacing, displacement=True).numpy()
+        grid = self.grid
+        out = np.empty(self.shape, dtype=np.float32 if field.dtype == np.float32 else np.float64)
+        for a, b in slabs(self.shape):
+            lo, hi = max(a - 1, 0), min(b + 1, self.shape[0])
+            u = grid.to_frame_vectors(np.asarray(field[:, lo:hi]))  # components along the grid's axes
+            part = Grid((hi - lo,) + self.shape[1:], grid.spacing)
+            det = jacobian_determinant(torch.as_tensor(u), part, displacement=True).numpy()
+            out[a:b] = det[a - lo: a - lo + (b - a)]
+        return out
 
     def save(self, directory) -> None:
         """Write ``displacement.nii.gz`` (and ``inverse_displacement.nii.gz``) into ``directory`` (ITK readable)."""

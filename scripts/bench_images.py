@@ -1,89 +1,115 @@
 """Side-by-side image registration benchmark: lddmm-nets vs ANTs SyN, dipy SyN and SimpleITK diffeomorphic demons.
 
-Cases (all data bundled with installed packages; nothing is downloaded):
+Two modes. Without ``--suite`` / ``--quick`` the two historical cases run (``circle``: dipy's circle -> C;
+``mni``: MNI152 at 2 mm warped by the project's random diffeomorphism of ``--max-displacement`` mm). With
+``--suite`` every case of the image-registration suite runs (``scripts/_bench_cases.py``: MNI152 at 2 mm and 1 mm,
+dipy's T1 slice, MNI axial / coronal / sagittal slices, circle -> C; three warp families with known truth both
+ways, three seeds each; bias, noise and contrast perturbations of the moving image); ``--quick`` is a 4-case
+smoke subset. ``--cases`` selects by names or ``fnmatch`` patterns (``'mni2/*'``, ``'*/svf-*/*'``), and takes any
+case name ``IMAGE/FAMILY-SEED/PERTURBATION``, also seeds outside the suite.
 
-(a) ``circle``: dipy's circle -> C (2-D, 256², large deformation). Label = the shape itself.
-(b) ``mni``: nilearn's MNI152 T1 at 2 mm (fixed) and the same T1 warped by a random smooth diffeomorphism with a
-    known ground truth (moving); GM / WM masks warped by the same known warp are the moving-space labels.
+Every method registers moving onto fixed with its defaults, then warps with its own transform (i) the moving
+labels (nearest neighbour): Dice against the fixed labels; (ii) the moving space's world-coordinate images
+(linear, exact for linear functions): the method's map ``x -> y(x)``, hence the map error against the truth (mean
+and 95th percentile inside the fixed image's foreground, mm), and the Jacobian determinant of the map (central
+differences, voxels 3 or more from the border where the map stays inside the moving field of view, since a map
+out of it reads the fill value): NDV % (det <= 0) and SDlogJ. Each (case, method, threads) runs in
+its own freshly started process (spawn, so that the thread settings and the memory are its own): wall and CPU
+time of the registration alone, and the peak resident memory above the level reached once the method's libraries
+are imported ("peak MB"; the imports' own growth is "lib MB"), measured from a clean mark (free heap returned to
+the system, the kernel's peak counter reset; Linux).
 
-Every method registers moving onto fixed and then warps, with its own transform, (i) the moving labels
-(nearest neighbour) and (ii) the moving space's world-coordinate images (linear, exact for linear functions).
-From (i): Dice against the fixed labels. From (ii), the method's map ``x -> y(x)``: the Jacobian determinant
-(NDV %, SDlogJ; voxels 3 or more from the border) and, for (b), the mean distance to the known map inside the
-brain (mm). Each method runs in its own forked process: wall time of the registration alone, and the peak
-resident memory of that process above its level once the method's libraries are imported ("peak MB"; the
-imports' own growth is "lib MB": torch, ITK and ANTs weigh 100-200 MB before any work). Both are measured
-from a clean mark (free heap returned to the system, the kernel's peak counter reset; Linux): a forked child
-otherwise reuses the parent's free but resident heap, and the same run read anywhere from 4 to 280 MB.
+Threads: ``--threads 1,default`` runs every method twice: with 1 thread (torch, OpenMP, ITK, ANTs) and with
+each library's own default (nothing set). Default: ``1,default`` for the suite, ``1`` otherwise.
 
-Threads: ``--threads`` (default 1) is applied to every method (torch, ITK, OpenMP), a fair single-core
-comparison that is also robust to a shared machine.
+Peers (settings recorded per run in results.json): ``dipy`` SymmetricDiffeomorphicRegistration with CCMetric
+(3-D: its defaults, level_iters [20, 10, 5]; 2-D T1 slices: sigma_diff 3, radius 4, level_iters [100, 50, 25],
+as in dipy's 2-D example) and SSDMetric with [200, 100, 50, 25] on circle -> C (dipy's circle -> C example);
+``ants`` ants.registration(type_of_transform="SyN") (affine + SyN, its defaults, seeded); ``ants_long`` the same
+with reg_iterations (100, 70, 50, 20); ``sitk`` SimpleITK diffeomorphic demons, histogram matching, shrink
+4, 2, 1 with 100, 50, 25 iterations, field smoothing 1.5 voxels.
+
+Results accumulate in ``OUT/results.json`` (one record per case, method and threads, written after each run), so
+a long run can be split (``--cases``) and resumed (``--skip-done``); ``--report`` only re-renders
+``OUT/results.md`` (the per-case table, the per-peer summary and the goals of issue 12) from it. ``--ours-options``
+passes candidate settings to ``register_images`` (tuning the defaults): copy a finished ``OUT/results.json`` into a
+new ``--out`` and run ``--methods ours --ours-options ...`` there; ours' records are replaced, the peers' kept.
 
 Usage::
 
-    python scripts/bench_images.py [--cases circle,mni] [--methods ours,ants,ants_long,dipy,sitk]
-                                   [--threads 1] [--max-displacement 8] [--out bench_images_out]
+    python scripts/bench_images.py                                  # the two historical cases, 1 thread
+    python scripts/bench_images.py --quick --out bench_quick        # smoke subset, threads 1 and default
+    python scripts/bench_images.py --suite --out bench_suite --skip-done [--cases 'mni2/*'] [--methods ours,dipy]
+    python scripts/bench_images.py --suite --out bench_suite --report
+    python scripts/bench_images.py --suite --methods ours --ours-options '{"iterations": [100, 40]}' --out bench_it100  # a copy of results.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
+import queue
 import resource
+import subprocess
 import sys
 import time
 
-# threads must be fixed before numpy / torch / ITK start their pools
-_pre = argparse.ArgumentParser(add_help=False)
-_pre.add_argument("--threads", type=int, default=1)
-_THREADS = _pre.parse_known_args()[0].threads
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"):
-    os.environ[_var] = str(_THREADS)
+import numpy as np
 
-import multiprocessing as mp  # noqa: E402
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(_HERE), _HERE]
 
-import numpy as np  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from registration.evaluation import dice, world_coordinates  # noqa: E402
-from registration.io import Image, sitk_geometry  # noqa: E402
+import _bench_cases as cases  # noqa: E402
+import _bench_report as report  # noqa: E402
 
 METHODS = ("ours", "ours_ssd", "ants", "ants_long", "dipy", "sitk")
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
 
 
 # --------------------------------------------------------------------------------------------------- methods
-# Each returns (seconds, warp) where warp(array_on_moving_grid, interp) -> array on the fixed grid.
+# Each returns (seconds, warp, settings): warp(array_on_moving_grid, interp) -> array on the fixed grid.
 
-def _ours(fixed: Image, moving: Image, case: str, metric: str | None = None):
-    import torch
+def _ours(fixed, moving, kind, threads, metric=None, options=None):
+    from registration import Image, register_images
 
-    from registration.images import register_images
-
-    torch.set_num_threads(_THREADS)
+    kw = dict(options or {})  # --ours-options: candidate settings, e.g. while tuning the defaults
+    if metric is not None:
+        kw["metric"] = metric
+    if threads is not None:
+        kw["threads"] = threads
     t0 = time.perf_counter()
-    res = register_images(fixed, moving, **({} if metric is None else {"metric": metric}))
+    res = register_images(fixed, moving, **kw)
     sec = time.perf_counter() - t0
 
     def warp(arr, interp):
         return res.apply(Image(arr, moving.affine), interp=interp).data
 
-    return sec, warp, {"stop_reason": res.stop_reason, "iterations": [lv.iterations for lv in res.levels]}
+    info = {"call": f"register_images(fixed, moving{''.join(f', {k}={v!r}' for k, v in kw.items())})",
+            "stop_reason": getattr(res, "stop_reason", None)}
+    try:
+        info["config"] = res.report().get("config")
+    except Exception as exc:  # the settings are a record, not a measure
+        info["config"] = f"unavailable: {exc}"
+    return sec, warp, info
 
 
-def _to_sitk(img: Image):
+def _to_sitk(img):
     import SimpleITK as sitk
 
-    data = img.data.astype(np.float32)
-    s = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose()))
+    from registration.io import sitk_geometry
+
+    s = sitk.GetImageFromArray(np.ascontiguousarray(img.data.astype(np.float32).transpose()))
     origin, spacing, direction = sitk_geometry(img.affine, img.ndim)
     s.SetOrigin(origin), s.SetSpacing(spacing), s.SetDirection(direction)
     return s
 
 
-def _to_ants(img: Image):
+def _to_ants(img):
     import ants
+
+    from registration.io import sitk_geometry
 
     origin, spacing, direction = sitk_geometry(img.affine, img.ndim)
     d = img.ndim
@@ -91,9 +117,14 @@ def _to_ants(img: Image):
                            direction=np.asarray(direction).reshape(d, d))
 
 
-def _ants(fixed: Image, moving: Image, case: str, long: bool = False):
+def _ants(fixed, moving, kind, threads, long=False):
     import ants
+    import ants.config
 
+    from registration.io import Image
+
+    ants.config.set_ants_deterministic(True, seed_value=1)  # the affine stage samples at random
+    _thread_env(threads)  # set_ants_deterministic forces one ITK thread; keep the run's setting
     f, m = _to_ants(fixed), _to_ants(moving)
     kw = {"reg_iterations": (100, 70, 50, 20)} if long else {}
     t0 = time.perf_counter()
@@ -106,33 +137,40 @@ def _ants(fixed: Image, moving: Image, case: str, long: bool = False):
                                     interpolator="nearestNeighbor" if interp == "nearest" else "linear")
         return out.numpy()
 
-    return sec, warp, {"reg_iterations": kw.get("reg_iterations", "default (40, 20, 0)")}
+    return sec, warp, {"call": "ants.registration(type_of_transform='SyN'"
+                               + (", reg_iterations=(100, 70, 50, 20))" if long else ")"),
+                       "reg_iterations": list(kw.get("reg_iterations", (40, 20, 0))), "random_seed": 1}
 
 
-def _dipy(fixed: Image, moving: Image, case: str):
+def _dipy(fixed, moving, kind, threads):
+    import logging
+
     from dipy.align.imwarp import SymmetricDiffeomorphicRegistration
     from dipy.align.metrics import CCMetric, SSDMetric
 
+    logging.getLogger("dipy").setLevel(logging.WARNING)  # its per-level progress lines
+
     d = fixed.ndim
-    if case == "circle":
-        metric, iters = SSDMetric(d), [200, 100, 50, 25]
+    if kind == "circle":
+        metric, iters, mkw = SSDMetric(d), [200, 100, 50, 25], {}
+    elif kind == "2d":
+        mkw = {"sigma_diff": 3.0, "radius": 4}
+        metric, iters = CCMetric(d, **mkw), [100, 50, 25]
     else:
-        metric, iters = CCMetric(d), [20, 10, 5]
+        metric, iters, mkw = CCMetric(d), [20, 10, 5], {"sigma_diff": 2.0, "radius": 4}
     sdr = SymmetricDiffeomorphicRegistration(metric, level_iters=iters)
-    aff_f = _affine_d(fixed.affine, d)
-    aff_m = _affine_d(moving.affine, d)
     t0 = time.perf_counter()
     mapping = sdr.optimize(fixed.data.astype(np.float64), moving.data.astype(np.float64),
-                           static_grid2world=aff_f, moving_grid2world=aff_m)
+                           static_grid2world=_affine_d(fixed.affine, d), moving_grid2world=_affine_d(moving.affine, d))
     sec = time.perf_counter() - t0
 
     def warp(arr, interp):
         return mapping.transform(arr.astype(np.float64), interpolation=interp)
 
-    return sec, warp, {"metric": type(metric).__name__, "level_iters": iters}
+    return sec, warp, {"metric": type(metric).__name__, "metric_kwargs": mkw, "level_iters": iters}
 
 
-def _affine_d(affine: np.ndarray, d: int) -> np.ndarray:
+def _affine_d(affine, d):
     if d == 3:
         return affine
     out = np.eye(3)
@@ -141,21 +179,24 @@ def _affine_d(affine: np.ndarray, d: int) -> np.ndarray:
     return out
 
 
-def _sitk(fixed: Image, moving: Image, case: str):
+def _sitk(fixed, moving, kind, threads):
     """Multi-resolution diffeomorphic demons (shrink 4, 2, 1), after histogram matching."""
     import SimpleITK as sitk
 
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(_THREADS)
+    from registration.io import Image
+
+    if threads is not None:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     f, m = _to_sitk(fixed), _to_sitk(moving)
     t0 = time.perf_counter()
     m_matched = sitk.HistogramMatching(m, f, numberOfHistogramLevels=256, numberOfMatchPoints=15,
                                        thresholdAtMeanIntensity=True)
     disp = None
     for shrink, iters in ((4, 100), (2, 50), (1, 25)):
-        fs = sitk.Shrink(sitk.SmoothingRecursiveGaussian(f, 0.5 * shrink * min(f.GetSpacing())),
-                         [shrink] * f.GetDimension()) if shrink > 1 else f
-        ms = sitk.Shrink(sitk.SmoothingRecursiveGaussian(m_matched, 0.5 * shrink * min(f.GetSpacing())),
-                         [shrink] * f.GetDimension()) if shrink > 1 else m_matched
+        fs, ms = f, m_matched
+        if shrink > 1:
+            fs, ms = (sitk.Shrink(sitk.SmoothingRecursiveGaussian(x, 0.5 * shrink * min(f.GetSpacing())),
+                                  [shrink] * f.GetDimension()) for x in (f, m_matched))
         demons = sitk.DiffeomorphicDemonsRegistrationFilter()
         demons.SetNumberOfIterations(iters)
         demons.SetStandardDeviations(1.5)
@@ -173,65 +214,71 @@ def _sitk(fixed: Image, moving: Image, case: str):
         out = sitk.Resample(img, f, tx, sitk.sitkNearestNeighbor if interp == "nearest" else sitk.sitkLinear, 0.0)
         return sitk.GetArrayFromImage(out).transpose()
 
-    return sec, warp, {"shrink": [4, 2, 1], "iterations": [100, 50, 25], "std": 1.5}
+    return sec, warp, {"histogram_matching": True, "shrink": [4, 2, 1], "iterations": [100, 50, 25], "std": 1.5}
 
 
 RUNNERS = {
     "ours": _ours,
-    "ours_ssd": lambda f, m, c: _ours(f, m, c, metric="ssd"),
+    "ours_ssd": lambda f, m, k, t, **kw: _ours(f, m, k, t, metric="ssd", **kw),
     "ants": _ants,
-    "ants_long": lambda f, m, c: _ants(f, m, c, long=True),
+    "ants_long": lambda f, m, k, t: _ants(f, m, k, t, long=True),
     "dipy": _dipy,
     "sitk": _sitk,
 }
+_OURS_IMPORTS = ("torch", "scipy.ndimage", "registration")
+_IMPORTS = {"ours": _OURS_IMPORTS, "ours_ssd": _OURS_IMPORTS, "ants": ("ants",), "ants_long": ("ants",),
+            "dipy": ("dipy.align.imwarp", "dipy.align.metrics"), "sitk": ("SimpleITK",)}
 
 
-# --------------------------------------------------------------------------------------------------- cases
+# --------------------------------------------------------------------------------------------------- measures
 
-def make_case(name: str, max_displacement: float):
-    from registration.data import load_circle_c, load_mni152, warped_pair
+def evaluate(case, warped_labels: dict, warped_coords: np.ndarray, inside=None) -> dict:
+    """Dice per label, map error against the truth, NDV % and SDlogJ of the map ``warped_coords`` (d, *shape).
 
-    if name == "circle":
-        circle, c = load_circle_c()
-        return {"fixed": c, "moving": circle, "labels_moving": {"shape": (circle.data > 0.5).astype(np.uint8)},
-                "labels_fixed": {"shape": (c.data > 0.5).astype(np.uint8)}, "truth": None, "roi": None}
-    mni = load_mni152(2)
-    pair = warped_pair(mni.t1, {"gm": mni.gm, "wm": mni.wm}, max_displacement=max_displacement, smoothness=12.0,
-                       seed=0)
-    roi = mni.t1.data > 0.1 * mni.t1.data.max()
-    return {"fixed": mni.t1, "moving": pair.moving, "labels_moving": pair.labels_moving,
-            "labels_fixed": pair.labels_fixed, "truth": pair.true_map(),  # fixed x -> moving-space point
-            "roi": roi, "warp_max_mm": pair.warp.max_displacement}
+    ``inside`` (bool, fixed grid): where the method's map stays inside the moving image's field of view (a warped
+    image of ones is 1 there); the Jacobian is judged on those voxels 3 or more from the border whose central
+    differences use no voxel outside, since a map warped out of the field of view reads the fill value.
+    """
+    from scipy import ndimage
 
+    from registration.evaluation import dice, map_error, world_coordinates
 
-def _evaluate(case, warped_labels, warped_coords) -> dict:
-    from lddmm_nets.fields import jacobian_determinant
-    import torch
-
-    fixed = case["fixed"]
+    fixed = case.fixed
     d = fixed.ndim
-    out = {f"dice_{k}": dice(warped_labels[k], case["labels_fixed"][k]) for k in warped_labels}
-    spacing = tuple(float(np.linalg.norm(fixed.affine[:d, i])) for i in range(d))
-    rot = fixed.affine[:d, :d] / np.asarray(spacing)[None, :]
-    y = np.tensordot(rot.T, warped_coords, axes=1)  # the map in grid-aligned mm
-    jac = jacobian_determinant(torch.as_tensor(y), spacing).numpy()
-    inner = (slice(3, -3),) * d
-    j = jac[inner]
-    out["ndv_percent"] = float(100 * np.mean(j <= 0))
-    out["sdlogj"] = float(np.std(np.log(np.clip(j, 1e-9, None))))
-    if case["truth"] is not None:
-        err = np.linalg.norm(warped_coords - case["truth"], axis=0)
-        out["mean_error_mm"] = float(err[case["roi"]].mean())
-        out["mean_error_before_mm"] = float(np.linalg.norm(world_coordinates(fixed) - case["truth"],
-                                                           axis=0)[case["roi"]].mean())
+    out = {f"dice_{k}": dice(warped_labels[k], case.labels_fixed[k]) for k in warped_labels}
+    keep = np.zeros(fixed.shape, bool)
+    keep[(slice(3, -3),) * d] = True
+    if inside is not None:
+        keep &= ndimage.binary_erosion(inside, np.ones((3,) * d, bool), border_value=1)
+        out["outside_fov_percent"] = float(100 * np.mean(~inside))
+    det = map_jacobian(warped_coords, fixed)[keep]
+    out["ndv_percent"] = float(100 * np.mean(det <= 0))
+    out["sdlogj"] = float(np.std(np.log(np.clip(det, 1e-9, None))))
+    if case.truth is not None:
+        world = world_coordinates(fixed)
+        out["mean_error_mm"] = map_error(warped_coords - world, case.truth, fixed, case.roi)
+        err = np.linalg.norm(warped_coords - case.truth, axis=0)[case.roi]
+        out["p95_error_mm"] = float(np.percentile(err, 95))
     return out
 
 
-_OURS_IMPORTS = ("torch", "scipy.ndimage", "registration.images", "lddmm_nets.grid", "lddmm_nets.kernels")
-_IMPORTS = {"ours": _OURS_IMPORTS, "ours_ssd": _OURS_IMPORTS,
-            "ants": ("ants",), "ants_long": ("ants",), "dipy": ("dipy.align.imwarp", "dipy.align.metrics"),
-            "sitk": ("SimpleITK",)}
+def map_jacobian(world_map: np.ndarray, image) -> np.ndarray:
+    """``det D y`` of a map ``y`` (d, *shape) in world mm on ``image``'s grid: the library's Jacobian of the
+    displacement (``registration.transforms``, central differences along the grid's axes)."""
+    from registration.evaluation import world_coordinates
+    from registration.transforms import DisplacementTransform
 
+    return DisplacementTransform(world_map - world_coordinates(image), image.affine).jacobian_determinant()
+
+
+def before(case) -> dict:
+    """The measures of the identity map (no registration), for the table's ``before`` row."""
+    from registration.evaluation import world_coordinates
+
+    return evaluate(case, dict(case.labels_moving), world_coordinates(case.fixed))
+
+
+# --------------------------------------------------------------------------------------------------- children
 
 def _status_kb(field: str):
     """``VmRSS`` / ``VmHWM`` of this process in kB (Linux), or None."""
@@ -248,11 +295,9 @@ def _status_kb(field: str):
 def _memory_mark() -> int:
     """Start a peak-memory measurement; returns the resident size (kB) it is measured from.
 
-    A forked child inherits the parent's heap, including memory that is free but still resident, and its
-    ``ru_maxrss`` starts from the parent's: measured naively, its growth depended on what the parent had done
-    before (the same registration read 44-283 MB). So: return free heap memory to the system (glibc
-    ``malloc_trim``) and reset the kernel's peak counter to the current size (``/proc/self/clear_refs``), then
-    measure from there. Elsewhere, ``ru_maxrss``.
+    Free heap memory is returned to the system (glibc ``malloc_trim``) and the kernel's peak counter reset to the
+    current size (``/proc/self/clear_refs``), then the peak is measured from there (a process otherwise keeps
+    free but resident heap, and the same registration read 44-283 MB). Elsewhere, ``ru_maxrss``.
     """
     import ctypes
     import gc
@@ -277,105 +322,175 @@ def _memory_peak() -> int:
     return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def _child(method, case, queue):
+def _thread_env(threads):
+    """Set (an int) or clear (None: each library's default) the thread variables of this process."""
+    for var in THREAD_VARS:
+        if threads is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = str(threads)
+
+
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _child(method, case_dir, threads, options, out_queue):
     try:
         import importlib
 
-        # the libraries' own import footprint is reported apart ("lib MB"): "peak MB" is the registration's
-        before = _memory_mark()
+        case = cases.load_case(case_dir)
+        before_kb = _memory_mark()
         for mod in _IMPORTS.get(method, ()):
             importlib.import_module(mod)
-        lib = _memory_peak() - before
+        lib = _memory_peak() - before_kb
         base = _memory_mark()
-        sec, warp, info = RUNNERS[method](case["fixed"], case["moving"], case["name"])
+        cpu0 = _cpu_seconds()
+        extra = {"options": options} if options and method.startswith("ours") else {}
+        sec, warp, info = RUNNERS[method](case.fixed, case.moving, case.kind, threads, **extra)
+        cpu = _cpu_seconds() - cpu0
         peak = _memory_peak()
-        labels = {k: warp(v.astype(np.float32), "nearest") for k, v in case["labels_moving"].items()}
-        coords = world_coordinates(case["moving"])
-        wc = np.stack([warp(c.astype(np.float64), "linear") for c in coords])
-        res = _evaluate(case, labels, wc)
-        res.update(seconds=sec, peak_mb=max(peak - base, 0) / 1024.0, lib_mb=max(lib, 0) / 1024.0,
-                   info=info)
-        queue.put(res)
-    except Exception as exc:  # report the failure in the table instead of crashing the benchmark
-        queue.put({"error": f"{type(exc).__name__}: {exc}"})
+        from registration.evaluation import world_coordinates
+
+        labels = {k: warp(v.astype(np.float32), "nearest") for k, v in case.labels_moving.items()}
+        coords = np.stack([warp(c, "linear") for c in world_coordinates(case.moving)])
+        inside = warp(np.ones(case.moving.shape, np.float32), "linear") > 1 - 1e-4
+        res = evaluate(case, labels, coords, inside)
+        res.update(seconds=sec, cpu_seconds=cpu, peak_mb=max(peak - base, 0) / 1024.0,
+                   lib_mb=max(lib, 0) / 1024.0, settings=info)
+        out_queue.put(res)
+    except Exception as exc:  # the failure goes into the table instead of stopping the benchmark
+        out_queue.put({"error": f"{type(exc).__name__}: {exc}"})
 
 
-def run_method(method, case):
-    ctx = mp.get_context("fork")
+def run_method(method: str, case_dir: str, threads, timeout: float, options: dict | None = None) -> dict:
+    """Run one method in a fresh process with its thread setting; returns its measures or ``{"error": ...}``."""
+    ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_child, args=(method, case, q))
-    p.start()
-    res = q.get()
+    saved = {v: os.environ.get(v) for v in THREAD_VARS}
+    _thread_env(threads)
+    try:
+        p = ctx.Process(target=_child, args=(method, case_dir, threads, options, q))
+        p.start()
+    finally:
+        for var, val in saved.items():
+            os.environ.pop(var, None) if val is None else os.environ.__setitem__(var, val)
+    t0 = time.monotonic()
+    while True:
+        try:
+            res = q.get(timeout=2.0)
+            break
+        except queue.Empty:
+            if not p.is_alive():
+                res = {"error": f"the process ended with code {p.exitcode} (killed: out of memory?)"}
+                break
+            if time.monotonic() - t0 > timeout:
+                p.terminate()
+                res = {"error": f"timeout after {timeout:.0f} s"}
+                break
     p.join()
     return res
 
 
-def _fmt(v, f="{:.3f}"):
-    return "-" if v is None else (f.format(v) if isinstance(v, (int, float)) else str(v))
+# --------------------------------------------------------------------------------------------------- main
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "-C", os.path.dirname(_HERE), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _parse_threads(text: str) -> list:
+    out = []
+    for tok in [t.strip() for t in text.split(",") if t.strip()]:
+        if tok == "default":
+            out.append(None)
+        elif tok.isdigit() and int(tok) > 0:
+            out.append(int(tok))
+        else:
+            raise ValueError(f"--threads: expected positive integers or 'default', comma-separated, got {tok!r}")
+    return out
+
+
+def _args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--suite", action="store_true", help="every case of the suite (see _bench_cases.py)")
+    mode.add_argument("--quick", action="store_true", help="a 4-case smoke subset of the suite")
+    ap.add_argument("--cases", default=None, help="comma-separated names or fnmatch patterns (within the mode)")
+    ap.add_argument("--methods", default=None, help=f"comma-separated, from {', '.join(METHODS)}")
+    ap.add_argument("--threads", default=None, help="comma-separated: integers and/or 'default'")
+    ap.add_argument("--max-displacement", type=float, default=8.0, help="max of the warp (mm), legacy case mni")
+    ap.add_argument("--out", default="bench_images_out")
+    ap.add_argument("--skip-done", action="store_true", help="skip runs already in OUT/results.json")
+    ap.add_argument("--report", action="store_true", help="only re-render OUT/results.md from OUT/results.json")
+    ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per run before it is stopped")
+    ap.add_argument("--list", action="store_true", help="print the selected case names and exit")
+    ap.add_argument("--ours-options", type=json.loads, default=None, metavar="JSON",
+                    help="extra keyword arguments of register_images for ours, e.g. '{\"iterations\": [100, 40]}' "
+                         "(a 'threads' entry applies to the default-threads run); use another --out per variant")
+    args = ap.parse_args(argv)
+    if args.ours_options is not None and not isinstance(args.ours_options, dict):
+        ap.error(f"--ours-options: expected a JSON object, got {args.ours_options!r}")
+    return ap, args
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", default="circle,mni")
-    ap.add_argument("--methods", default="ours,ours_ssd,ants,ants_long,dipy,sitk")
-    ap.add_argument("--threads", type=int, default=1, help="threads for every method (default 1)")
-    ap.add_argument("--max-displacement", type=float, default=8.0, help="max of the random warp (mm), case mni")
-    ap.add_argument("--out", default="bench_images_out")
-    args = ap.parse_args(argv)
-    methods = [m for m in args.methods.split(",") if m]
+    ap, args = _args(argv)
+    universe = cases.suite_names() if args.suite else cases.quick_names() if args.quick else list(cases.LEGACY)
+    try:
+        names = cases.select(args.cases, universe) if args.cases else universe
+        threads = _parse_threads(args.threads or ("1,default" if args.suite or args.quick else "1"))
+    except ValueError as exc:
+        ap.error(str(exc))
+    default_methods = "ours,dipy,ants,ants_long,sitk" if args.suite or args.quick else \
+        "ours,ours_ssd,ants,ants_long,dipy,sitk"
+    methods = [m for m in (args.methods or default_methods).split(",") if m]
     for m in methods:
         if m not in RUNNERS:
-            ap.error(f"--methods: unknown {m!r}; choose from {sorted(RUNNERS)}")
-    os.makedirs(args.out, exist_ok=True)
-    results = {}
-    for name in [c for c in args.cases.split(",") if c]:
-        case = make_case(name, args.max_displacement)
-        case["name"] = name
-        for m in methods:
-            if name == "mni" and m == "ours_ssd":
-                continue
-            print(f"[{name}] {m} ...", file=sys.stderr, flush=True)
-            results[(name, m)] = run_method(m, case)
-    rows = []
-    header = ["case", "method", "time s", "peak MB", "lib MB", "Dice shape/GM", "Dice WM", "NDV %", "SDlogJ",
-              "err mm"]
-    for (name, m), r in results.items():
-        if "error" in r:
-            rows.append([name, m, "failed: " + r["error"][:60]] + [""] * 7)
-            continue
-        rows.append([name, m, _fmt(r["seconds"], "{:.1f}"), _fmt(r["peak_mb"], "{:.0f}"), _fmt(r["lib_mb"], "{:.0f}"),
-                     _fmt(r.get("dice_shape", r.get("dice_gm"))), _fmt(r.get("dice_wm")),
-                     _fmt(r["ndv_percent"]), _fmt(r["sdlogj"]), _fmt(r.get("mean_error_mm"), "{:.2f}")])
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    lines = ["| " + " | ".join(str(x).ljust(w) for x, w in zip(row, widths)) + " |" for row in [header] + rows]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    table = "\n".join(lines)
-    print(table)
-    with open(os.path.join(args.out, "results.md"), "w") as fh:
-        fh.write(f"threads per method: {args.threads}\n\n{table}\n")
-    with open(os.path.join(args.out, "results.json"), "w") as fh:
-        json.dump({f"{k[0]}/{k[1]}": v for k, v in results.items()}, fh, indent=2, default=str)
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        ok = [(k, v) for k, v in results.items() if "error" not in v]
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-        labels = [f"{k[0]}\n{k[1]}" for k, _ in ok]
-        axes[0].bar(labels, [v.get("dice_shape", v.get("dice_gm", 0)) for _, v in ok])
-        axes[0].set_ylim(0.5, 1.0)
-        axes[0].set_title("Dice (shape / GM)")
-        axes[1].bar(labels, [v["seconds"] for _, v in ok])
-        axes[1].set_title("wall time (s)")
-        for ax in axes:
-            ax.tick_params(axis="x", labelsize=7)
-        fig.tight_layout()
-        fig.savefig(os.path.join(args.out, "results.png"), dpi=90)
-    except Exception as exc:  # the table is the product; the plot is a convenience
-        print(f"plot skipped: {exc}", file=sys.stderr)
+            ap.error(f"--methods: unknown {m!r}; choose from {', '.join(METHODS)}")
+    if args.list:
+        print("\n".join(names))
+        return 0
+    store = report.Store(args.out)
+    if not args.report:
+        store.add_run({"argv": sys.argv[1:] if argv is None else list(argv), "commit": _git_commit(),
+                       "started": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(),
+                       "loadavg": os.getloadavg()})
+        _run_all(store, names, methods, threads, args)
+    text = report.render(store.data, names, methods, [report.Store.threads_label(t) for t in threads])
+    print(text)
+    store.write_text("results.md", text)
+    report.plot(store.data, names, os.path.join(args.out, "results.png"))
     return 0
+
+
+def _run_all(store, names, methods, threads, args):
+    import torch
+
+    torch.set_num_threads(1)  # building the cases (deterministic whatever the thread count)
+    for name in names:
+        todo = [(m, t) for m in methods for t in threads
+                if not (name == "mni" and m == "ours_ssd") and not (args.skip_done and store.done(name, m, t))]
+        if not todo:
+            continue
+        print(f"[{name}] building the case ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        case = cases.build(name, args.max_displacement)
+        meta = dict(case.meta, build_seconds=time.perf_counter() - t0, kind=case.kind)
+        meta["before"] = before(case)
+        store.set_case(name, meta)
+        case_dir = cases.save_case(case, store.work_dir(name))
+        for m, t in todo:
+            print(f"[{name}] {m} threads={report.Store.threads_label(t)} ...", file=sys.stderr, flush=True)
+            load = os.getloadavg()[0]
+            res = run_method(m, case_dir, t, args.timeout, args.ours_options)
+            res.update(loadavg_before=load, finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+            store.set_result(name, m, t, res)
+        store.drop_work(name)
 
 
 if __name__ == "__main__":

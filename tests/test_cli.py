@@ -10,7 +10,7 @@ import pytest
 
 from registration.cli import main
 
-SECTION_KEYS = ("landmarks", "circle_c", "t1_slice", "mni152", "spirals", "resnet", "meanfield")
+SECTION_KEYS = ("landmarks", "circle_c", "t1_slice", "mni152", "atlas", "spirals", "resnet", "gp", "meanfield")
 
 
 def test_demo_quick_writes_a_complete_report(tmp_path):
@@ -79,3 +79,33 @@ def test_a_file_in_a_wrong_format_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("lddmm: error:") and "fixed" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bug_is_not_dressed_up_as_a_user_error(monkeypatch, tmp_path, capsys):
+    # an exception that no user input explains (here a TypeError raised inside the command) is reported as an
+    # internal error with where it happened, status 1, and --verbose gives its traceback
+    from registration.cli import register
+
+    def broken(args):
+        raise TypeError("unsupported operand type(s) for +: 'NoneType' and 'int'")
+
+    monkeypatch.setattr(register, "run_register", broken)
+    argv = ["register", "a.nii", "b.nii", "--out", str(tmp_path / "o")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lddmm: internal error") and "TypeError" in err[0]
+    assert "test_cli.py" in err[0] and "--verbose" in err[0]
+    with pytest.raises(TypeError):
+        main(["--verbose"] + argv)
+
+
+def test_out_of_memory_says_so(monkeypatch, tmp_path, capsys):
+    from registration.cli import register
+
+    def oom(args):
+        raise MemoryError("Unable to allocate 12.0 GiB for an array")
+
+    monkeypatch.setattr(register, "run_register", oom)
+    assert main(["register", "a.nii", "b.nii", "--out", str(tmp_path / "o")]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lddmm: out of memory")

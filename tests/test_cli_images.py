@@ -11,6 +11,7 @@ import pytest
 from registration.cli.register import add_parsers as add_register
 from registration.cli.apply import add_parsers as add_apply
 from registration.io import Image, load_image, save_image
+from registration.transforms import DisplacementTransform
 
 FILES = ["warped.nii.gz", "displacement.nii.gz", "inverse_displacement.nii.gz", "jacobian.nii.gz",
          "momentum.nii.gz", "report.json", "overview.png"]
@@ -163,3 +164,139 @@ def test_apply_on_a_directory_without_result(tmp_path):
     with pytest.raises(FileNotFoundError, match="displacement"):
         _run(["apply", str(tmp_path), str(tmp_path / "f.nii.gz"), "--out", str(tmp_path / "w.nii.gz")])
     assert not (tmp_path / "w.nii.gz").exists()
+
+
+def test_apply_goes_both_ways_for_images_and_points(result_3d, tmp_path):
+    # fixed -> moving (--inverse) then moving -> fixed brings a smooth image back to itself inside the grid, and
+    # points make the same round trip to a fraction of a voxel
+    tmp, out, aff = result_3d
+    fixed = load_image(tmp / "fixed.nii.gz")
+    _run(["apply", str(out), str(tmp / "fixed.nii.gz"), "--out", str(tmp_path / "f_in_m.nii.gz"), "--inverse"])
+    in_moving = load_image(tmp_path / "f_in_m.nii.gz")
+    assert in_moving.shape == fixed.shape
+    np.testing.assert_allclose(in_moving.affine, aff, atol=1e-4)  # the moving grid recorded in report.json
+    _run(["apply", str(out), str(tmp_path / "f_in_m.nii.gz"), "--out", str(tmp_path / "back.nii.gz")])
+    back = load_image(tmp_path / "back.nii.gz").data
+    inner = (slice(3, -3),) * 3
+    span = fixed.data.max() - fixed.data.min()
+    # two linear interpolations of the blobs (a few voxels wide) on a coarse grid: 2 % of the range on average,
+    # while the images before the round trip differ by several times that (the deformation)
+    err = np.abs(back - fixed.data)[inner].mean()
+    assert err < 0.02 * span
+    assert np.abs(in_moving.data - fixed.data)[inner].mean() > 3 * err
+    grid = fixed.grid
+    pts = grid.voxel_to_world(np.array([[5.0, 6.0, 4.0], [9.0, 10.0, 8.0], [12.0, 8.0, 9.0]]).T).T
+    rows = "\n".join(f"{x},{y},{z},p{i}" for i, (x, y, z) in enumerate(pts))
+    (tmp_path / "pts.csv").write_text("x,y,z,label\n" + rows + "\n")
+    _run(["apply", str(out), str(tmp_path / "pts.csv"), "--out", str(tmp_path / "pts_m.csv"), "--inverse"])
+    _run(["apply", str(out), str(tmp_path / "pts_m.csv"), "--out", str(tmp_path / "pts_back.csv")])
+    from registration.io.points import load_points_csv
+
+    moved = load_points_csv(tmp_path / "pts_m.csv", 3)
+    again = load_points_csv(tmp_path / "pts_back.csv", 3)
+    assert [r[3] for r in again.rows] == ["p0", "p1", "p2"]  # other columns are kept
+    assert np.abs(moved.points - pts).max() > 0.3  # the points did move (about the 1-2 mm shift)
+    assert np.abs(again.points - pts).max() < 0.3  # and came back (a fifth of a 1.2-2 mm voxel)
+    # LPS coordinates (ANTs): the same points with x and y negated give the same points, negated
+    lps = "\n".join(f"{-x},{-y},{z},p{i}" for i, (x, y, z) in enumerate(pts))
+    (tmp_path / "lps.csv").write_text("x,y,z,label\n" + lps + "\n")
+    _run(["apply", str(out), str(tmp_path / "lps.csv"), "--out", str(tmp_path / "lps_m.csv"), "--inverse", "--lps"])
+    np.testing.assert_allclose(load_points_csv(tmp_path / "lps_m.csv", 3, lps=True).points, moved.points,
+                               atol=1e-9)
+
+
+@pytest.mark.parametrize("content, needle", [("x,y\n1,2\n", "columns x, y, z"), ("x,y,z\n1,2\n", "line 2"),
+                                             ("x,y,z\n1,two,3\n", "line 2"), ("", "empty")])
+def test_a_malformed_points_csv_is_a_one_line_error(result_3d, tmp_path, content, needle):
+    _, out, _ = result_3d
+    (tmp_path / "p.csv").write_text(content)
+    with pytest.raises(ValueError, match=needle) as info:
+        _run(["apply", str(out), str(tmp_path / "p.csv"), "--out", str(tmp_path / "o.csv")])
+    assert len(str(info.value).splitlines()) == 1
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_initial_affine_from_an_itk_file_is_composed_into_the_result(tmp_path):
+    # the moving image is the fixed one seen through a known affine A, written as an ITK transform (LPS inside).
+    # With no iterations the result is A itself; with iterations it is A composed with the registration of the
+    # moving image resampled through A by hand (the same single interpolation), so the composition is tested exactly
+    from registration import register_images
+    from registration.io.affine import save_affine
+
+    fixed, _ = _blob_pair((40, 36), (0.0, 0.0))
+    aff = np.diag([1.5, 1.0, 1.0, 1.0])
+    aff[:2, 3] = (-20.0, 8.0)
+    th = np.deg2rad(5.0)
+    A = np.eye(3)
+    A[:2, :2] = 1.03 * np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+    centre = np.array([-20.0 + 1.5 * 19.5, 8.0 + 17.5])
+    A[:2, 2] = centre + np.array([2.0, -1.5]) - A[:2, :2] @ centre
+    x = Image(fixed, aff).grid.world().numpy()
+    Ainv = np.linalg.inv(A)
+    pull = np.tensordot(Ainv[:2, :2], x, axes=1) + Ainv[:2, 2].reshape(2, 1, 1) - x
+    # moving(A x) = fixed(x), its background (50) outside the fixed image too
+    moving = DisplacementTransform(pull, aff).apply(Image(fixed, aff), fill=float(fixed.min()))
+    Ax = np.tensordot(A[:2, :2], x, axes=1) + A[:2, 2].reshape(2, 1, 1)
+    save_image(tmp_path / "f.nii.gz", Image(fixed, aff))
+    save_image(tmp_path / "m.nii.gz", moving)
+    save_affine(tmp_path / "init.txt", A)
+    out = tmp_path / "o"
+    assert _run(["register", str(tmp_path / "f.nii.gz"), str(tmp_path / "m.nii.gz"), "--out", str(out),
+                 "--initial-affine", str(tmp_path / "init.txt"), "--metric", "ssd", "--shrink-factors", "2,1",
+                 "--iterations", "0,0", "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    np.testing.assert_allclose(report["initial_affine"], A, atol=1e-12)
+    np.testing.assert_allclose(DisplacementTransform.load(out).world_map(), Ax, atol=1e-4)  # float32 fields
+    # with iterations: the deformable part refines the affine (it is small where the image has content) and the
+    # warped image is the moving image through the whole composed transform
+    res = register_images(Image(fixed, aff), moving, initial_affine=A, metric="ssd", shrink_factors=(2, 1),
+                          iterations=(15, 8), threads=1)
+    content = fixed > fixed.min() + 0.2 * (fixed.max() - fixed.min())
+    assert np.linalg.norm(Ax - x, axis=0)[content].mean() > 1.5  # the affine moves the content by mm
+    assert np.linalg.norm(res.transform.world_map() - Ax, axis=0)[content].mean() < 0.5
+    np.testing.assert_allclose(res.warped.data, res.apply(moving).data, atol=1e-3 * (fixed.max() - fixed.min()))
+    assert res.similarity_after < res.similarity_before
+
+
+@pytest.mark.parametrize("content, needle", [(b"\x00\x01garbage", "cannot read"),
+                                             (b"1 0 0\n0 0 0\n0 0 1\n", "not invertible"),
+                                             (b"1 0 0\n0 1 0\n", r"expected a \(3, 3\)")])
+def test_a_bad_initial_affine_is_a_one_line_error_and_no_output(tmp_path, content, needle):
+    fixed, moving = _blob_pair((16, 16), (1.0, 0.0))
+    save_image(tmp_path / "f.nii.gz", Image(fixed, np.eye(4)))
+    save_image(tmp_path / "m.nii.gz", Image(moving, np.eye(4)))
+    (tmp_path / "a.txt").write_bytes(content)
+    with pytest.raises(ValueError, match=needle) as info:
+        _run(["register", str(tmp_path / "f.nii.gz"), str(tmp_path / "m.nii.gz"), "--out", str(tmp_path / "o"),
+              "--initial-affine", str(tmp_path / "a.txt")] + FAST)
+    assert len(str(info.value).splitlines()) == 1 and "initial_affine" in str(info.value)
+    assert not (tmp_path / "o").exists()
+
+
+def test_same_inputs_give_bit_identical_outputs(tmp_path):
+    # determinism without a seed: two runs on the same machine write the same bytes of every field
+    fixed, moving = _blob_pair((30, 26), (1.5, -1.0))
+    np.save(tmp_path / "f.npy", fixed)
+    np.save(tmp_path / "m.npy", moving)
+    for name in ("a", "b"):
+        assert _run(["register", str(tmp_path / "f.npy"), str(tmp_path / "m.npy"), "--out", str(tmp_path / name),
+                     "--no-overview"] + FAST) == 0
+    import nibabel as nib
+
+    for f in ("warped.nii.gz", "jacobian.nii.gz", "displacement.nii.gz", "inverse_displacement.nii.gz",
+              "momentum.nii.gz"):
+        a, b = (np.asanyarray(nib.load(tmp_path / r / f).dataobj) for r in ("a", "b"))
+        assert a.shape == b.shape and np.array_equal(a, b), f
+
+
+def test_outputs_choose_the_files_and_reject_unknown_names(tmp_path):
+    fixed, moving = _blob_pair((24, 22), (1.0, -1.0))
+    np.save(tmp_path / "f.npy", fixed)
+    np.save(tmp_path / "m.npy", moving)
+    assert _run(["register", str(tmp_path / "f.npy"), str(tmp_path / "m.npy"), "--out", str(tmp_path / "o"),
+                 "--outputs", "displacement,jacobian"] + FAST) == 0
+    assert sorted(os.listdir(tmp_path / "o")) == ["displacement.nii.gz", "jacobian.nii.gz", "report.json"]
+    with pytest.raises(ValueError, match="outputs: expected names among"):
+        _run(["register", str(tmp_path / "f.npy"), str(tmp_path / "m.npy"), "--out", str(tmp_path / "p"),
+              "--outputs", "displacment"] + FAST)
+    assert not (tmp_path / "p").exists()

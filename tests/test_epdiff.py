@@ -7,21 +7,22 @@ import pytest
 import torch
 
 from lddmm_nets.epdiff import grid_energy, image_momentum, shoot_image, shoot_vector_momentum
-from lddmm_nets.fields import compose, identity_map, interpolate, jacobian_determinant
+from lddmm_nets.fields import compose, interpolate, jacobian_determinant
 from lddmm_nets.grid import Grid
 from lddmm_nets.kernels import GaussianKernel
 
 
-def _bump(shape, spacing, width):
-    d = len(shape)
-    x = identity_map(shape, spacing, dtype=torch.float64)
-    c = torch.tensor([(n - 1) * h / 2 for n, h in zip(shape, spacing)], dtype=torch.float64)
+def _bump(grid, width):
+    d = grid.ndim
+    x = grid.identity_map(dtype=torch.float64)
+    c = torch.tensor([o + e / 2 for o, e in zip(grid.frame_origin, grid.extent)], dtype=torch.float64)
     return x, torch.exp(-((x - c.reshape((d,) + (1,) * d)) ** 2).sum(0) / (2 * width ** 2))
 
 
 def _setup(shape=(48, 40), spacing=(1.0, 1.25), sigma=4.0, amp=0.03):
-    op = GaussianKernel(sigma=sigma).on_grid(Grid(shape, spacing), boundary="zero")
-    x, bump = _bump(shape, spacing, 5.0)
+    grid = Grid(shape, spacing, origin=(-10.0, 3.0))
+    op = GaussianKernel(sigma=sigma).on_grid(grid, boundary="zero")
+    x, bump = _bump(grid, 5.0)
     m0 = torch.zeros((len(shape),) + shape, dtype=torch.float64)
     m0[0] = amp * bump
     m0[-1] = -0.5 * amp * bump
@@ -30,7 +31,7 @@ def _setup(shape=(48, 40), spacing=(1.0, 1.25), sigma=4.0, amp=0.03):
 
 def test_zero_momentum_is_identity():
     op, x, bump, m0 = _setup()
-    res = shoot_vector_momentum(torch.zeros_like(m0), op, (1.0, 1.25), n_steps=4, forward_map=True)
+    res = shoot_vector_momentum(torch.zeros_like(m0), op, n_steps=4, forward_map=True)
     torch.testing.assert_close(res.inverse_map, x)
     torch.testing.assert_close(res.forward_map, x)
     assert float(res.energy.abs().max()) == 0.0
@@ -39,22 +40,22 @@ def test_zero_momentum_is_identity():
 def test_energy_conserved_and_map_invertible_2d():
     spacing = (1.0, 1.25)
     op, x, bump, m0 = _setup()
-    res = shoot_vector_momentum(m0, op, spacing, n_steps=20, forward_map=True)
+    res = shoot_vector_momentum(m0, op, n_steps=20, forward_map=True)
     disp = (res.inverse_map - x).norm(dim=0).max()
     assert disp > 1.0  # a real deformation (voxels)
     e = res.energy
     assert float((e.max() - e.min()) / e[0]) < 0.02
-    det = jacobian_determinant(res.inverse_map, spacing)
+    det = jacobian_determinant(res.inverse_map, op.grid)
     assert float(det.min()) > 0
-    back = compose(res.inverse_map, res.forward_map, spacing) - x
+    back = compose(res.inverse_map, res.forward_map, op.grid) - x
     assert float(back[:, 5:-5, 5:-5].abs().max()) < 0.05 * float(disp)
 
 
 def test_first_order_convergence_in_time():
     spacing = (1.0, 1.25)
     op, x, bump, m0 = _setup()
-    ref = shoot_vector_momentum(m0, op, spacing, n_steps=64).inverse_map
-    errs = [float((shoot_vector_momentum(m0, op, spacing, n_steps=n).inverse_map - ref).abs().max()) for n in (4, 8)]
+    ref = shoot_vector_momentum(m0, op, n_steps=64).inverse_map
+    errs = [float((shoot_vector_momentum(m0, op, n_steps=n).inverse_map - ref).abs().max()) for n in (4, 8)]
     rate = math.log2(errs[0] / errs[1])
     assert 0.7 < rate < 1.6, errs
 
@@ -63,18 +64,18 @@ def test_scalar_momentum_equals_vector_momentum():
     spacing = (1.0, 1.25)
     op, x, bump, _ = _setup()
     P = 0.5 * torch.sin(x[0] / 4.0) * bump
-    r1 = shoot_image(bump, P, op, spacing, n_steps=10, final_momentum=True)
-    r2 = shoot_vector_momentum(image_momentum(bump, P, spacing), op, spacing, n_steps=10, final_momentum=True)
+    r1 = shoot_image(bump, P, op, n_steps=10, final_momentum=True)
+    r2 = shoot_vector_momentum(image_momentum(bump, P, op.grid), op, n_steps=10, final_momentum=True)
     scale = float(r2.momentum.abs().max())
     assert float((r1.momentum - r2.momentum).abs().max()) < 0.1 * scale
     # the final momentum carries the same kinetic energy ½⟨m_1, K m_1⟩ as the initial one
-    e1 = grid_energy(r2.momentum, op(r2.momentum), spacing)
+    e1 = grid_energy(r2.momentum, op(r2.momentum), op.grid)
     assert abs(float(e1 / r2.energy[0]) - 1) < 0.03
     moved = float((r1.inverse_map - x).abs().max())
     assert moved > 0.3
     assert float((r1.inverse_map - r2.inverse_map).abs().max()) < 0.05 * moved
     # the image is the moving image pulled back by the inverse map
-    torch.testing.assert_close(r1.image, interpolate(bump, r1.inverse_map, spacing))
+    torch.testing.assert_close(r1.image, interpolate(bump, r1.inverse_map, op.grid))
 
 
 def test_image_shooting_gradient_matches_finite_differences():
@@ -86,7 +87,7 @@ def test_image_shooting_gradient_matches_finite_differences():
     P = (0.2 * torch.randn(shape, generator=g, dtype=torch.float64)).requires_grad_(True)
 
     def loss(p):
-        res = shoot_image(img, p, op, spacing, n_steps=3)
+        res = shoot_image(img, p, op, n_steps=3)
         return ((res.image - target) ** 2).sum() + res.energy[0]
 
     assert torch.autograd.gradcheck(loss, (P,))
@@ -98,7 +99,7 @@ def test_checkpointing_gives_the_same_gradient():
     grads = []
     for ck in (False, True):
         m = m0.clone().requires_grad_(True)
-        res = shoot_vector_momentum(m, op, spacing, n_steps=5, checkpoint=ck)
+        res = shoot_vector_momentum(m, op, n_steps=5, checkpoint=ck)
         (res.inverse_map ** 2).sum().backward()
         grads.append(m.grad)
     torch.testing.assert_close(grads[0], grads[1])
@@ -108,14 +109,14 @@ def test_checkpointing_gives_the_same_gradient():
 def test_one_implementation_for_1d_and_3d(shape, spacing):
     d = len(shape)
     op = GaussianKernel(sigma=2.0 * max(spacing)).on_grid(Grid(shape, spacing), boundary="zero")
-    x, bump = _bump(shape, spacing, 2.5 * max(spacing))
+    x, bump = _bump(op.grid, 2.5 * max(spacing))
     m0 = torch.zeros((d,) + shape, dtype=torch.float64)
     m0[0] = 0.02 * bump
-    res = shoot_vector_momentum(m0, op, spacing, n_steps=8, forward_map=True)
+    res = shoot_vector_momentum(m0, op, n_steps=8, forward_map=True)
     assert res.inverse_map.shape == (d,) + shape
     moved = res.inverse_map[0] - x[0]
     assert float(moved.min()) < -0.02  # positive momentum pushes forward: the inverse map looks backward
-    assert float(jacobian_determinant(res.inverse_map, spacing).min()) > 0
+    assert float(jacobian_determinant(res.inverse_map, op.grid).min()) > 0
     e = res.energy
     assert float((e.max() - e.min()) / e[0]) < 0.05
 
@@ -123,8 +124,13 @@ def test_one_implementation_for_1d_and_3d(shape, spacing):
 def test_bad_inputs():
     op = GaussianKernel(sigma=2.0).on_grid(Grid((8, 8), (1.0, 1.0)))
     with pytest.raises(ValueError, match="m0"):
-        shoot_vector_momentum(torch.zeros(3, 8, 8), op, (1.0, 1.0))
+        shoot_vector_momentum(torch.zeros(3, 8, 8), op)
     with pytest.raises(ValueError, match="scalar_momentum"):
-        shoot_image(torch.zeros(8, 8), torch.zeros(8, 7), op, (1.0, 1.0))
+        shoot_image(torch.zeros(8, 8), torch.zeros(8, 7), op)
     with pytest.raises(ValueError, match="n_steps"):
-        shoot_vector_momentum(torch.zeros(2, 8, 8), op, (1.0, 1.0), n_steps=0)
+        shoot_vector_momentum(torch.zeros(2, 8, 8), op, n_steps=0)
+    # the grid comes from the operator: a field of another shape is an error, not a silently wrong velocity
+    with pytest.raises(ValueError, match=r"m0: expected shape \(2, 8, 8\)"):
+        shoot_vector_momentum(torch.zeros(2, 8, 9), op)
+    with pytest.raises(TypeError, match="smoother"):
+        shoot_vector_momentum(torch.zeros(2, 8, 8), lambda m: m)

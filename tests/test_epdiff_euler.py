@@ -15,7 +15,7 @@ from lddmm_nets.meanfield import fit_loglog_slope
 def _blob(d, cells, extent=4.0, std=0.35):
     h = extent / cells
     grid = Grid((cells,) * d, spacing=h, origin=-extent / 2 + h / 2)
-    x = grid.coords()
+    x = grid.world()
     rho = torch.exp(-(x**2).sum(0) / (2 * std**2)) / (2 * math.pi * std**2) ** (d / 2)
     P = torch.stack([torch.cos(2 * x[(i + 1) % d] + 0.7 * i) for i in range(d)])
     return grid, P * rho
@@ -72,7 +72,7 @@ def test_single_peakon_travels_at_its_height_on_the_grid():
     speed_err = []
     for n, w in ((512, 0.1), (1024, 0.05)):
         grid = Grid((n,), spacing=L / n, origin=-L / 2)
-        x = grid.coords()[0]
+        x = grid.world()[0]
         m0 = (c * torch.exp(-x**2 / (2 * w * w)) / math.sqrt(2 * math.pi * w * w))[None]
         sol = solve_epdiff(m0, LaplaceKernel(sigma=1.0).on_grid(grid), n_steps=200, t1=2.0, save_every=200)
         crest = []

@@ -50,8 +50,10 @@ def test_recovers_a_known_translation(shape, spacing, shift, momentum):
     sel = gnorm > np.percentile(gnorm, 80)
     normal = grad[:, sel] / gnorm[sel]
     err = np.abs(((res.displacement[:, sel] - np.reshape(shift, (-1, 1))) * normal).sum(0)).mean()
-    before = np.abs((np.reshape(shift, (-1, 1)) * normal).sum(0)).mean()
-    assert err < 0.2 * before, (err, before)
+    # recovered to a fifth of a voxel (measured: 0.08-0.10 voxel; the shift is 1.6-1.8 voxels along the normals):
+    # the blobs' smooth profile and the kernel's regularisation leave a small under-shoot, a real failure leaves
+    # most of the shift
+    assert err < 0.2 * spacing[0], (err, spacing)
     assert res.ndv_percent == 0.0
     assert res.similarity_after < 0.2 * res.similarity_before
 
@@ -159,22 +161,29 @@ def test_moving_on_another_grid_is_resampled_through_the_affines():
 
 
 def test_affine_prealignment_recovers_a_rotation_and_scaling():
+    # the pre-alignment is reported in world coordinates: a grid with an origin away from 0 must not change it
     import torch
 
-    from lddmm_nets.fields import identity_map, interpolate
+    from lddmm_nets.fields import interpolate
+    from lddmm_nets.grid import Grid
 
     shape = (48, 48)
     img = _blobs(shape, seed=7, n=8, width=5.0)
     c, s = np.cos(np.deg2rad(8.0)), np.sin(np.deg2rad(8.0))
     B = 1.06 * np.array([[c, -s], [s, c]])
     t = np.array([1.5, -1.0])
-    centre = np.array([23.5, 23.5])
-    x = identity_map(shape, (1.0, 1.0), dtype=torch.float64).numpy()
+    origin = np.array([-30.0, 20.0])
+    grid = Grid(shape, 1.0, origin=origin)
+    centre = origin + 23.5
+    x = grid.identity_map(dtype=torch.float64).numpy()
     inv_pts = np.tensordot(np.linalg.inv(B), x - (centre + t).reshape(2, 1, 1), axes=1) + centre.reshape(2, 1, 1)
-    moving = interpolate(torch.as_tensor(img, dtype=torch.float64), torch.as_tensor(inv_pts), (1.0, 1.0)).numpy()
-    res = register_images(img, moving.astype(np.float32), metric="ssd", affine=True, shrink_factors=(2,),
-                          iterations=(5,))
+    moving = interpolate(torch.as_tensor(img, dtype=torch.float64), torch.as_tensor(inv_pts), grid).numpy()
+    aff = grid.affine
+    res = register_images(Image(img, aff), Image(moving.astype(np.float32), aff), metric="ssd", affine=True,
+                          shrink_factors=(2,), iterations=(5,))
     A = res.affine_matrix
+    # 0.03 in the linear part (a 1.5 % scale or 1.7° error) and 0.6 mm in the offset: the affine stage runs on a
+    # 4x shrunk copy (4 mm voxels), so a sixth of its voxel is what it can resolve
     np.testing.assert_allclose(A[:2, :2], B, atol=0.03)
     np.testing.assert_allclose(A[:2, 2], centre + t - B @ centre, atol=0.6)
 
@@ -232,10 +241,11 @@ def test_defaults_register_circle_to_c(circle_c):
 def test_tapered_kernel_operator_is_symmetric_and_vanishes_on_the_border():
     import torch
 
-    from registration.images import _make_kernel, _Smoother
+    from lddmm_nets.grid import Grid
+    from registration.images.geodesic import make_kernel
 
-    kern, reach = _make_kernel("sum", 3.0, 2)
-    op = _Smoother(kern, (30, 24), (1.0, 1.5), reach, taper=6.0)
+    kern, reach = make_kernel("sum", 3.0, 2)
+    op = kern.on_grid(Grid((30, 24), (1.0, 1.5)), boundary="zero", reach=reach, taper=6.0, unit_mass=True)
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(2, 30, 24, generator=g, dtype=torch.float64), torch.randn(2, 30, 24, generator=g,
                                                                               dtype=torch.float64)
@@ -244,7 +254,7 @@ def test_tapered_kernel_operator_is_symmetric_and_vanishes_on_the_border():
     assert (a * va).sum() > 0
     for edge in (va[:, 0], va[:, -1], va[:, :, 0], va[:, :, -1]):
         assert edge.abs().max() == 0
-    inner = op.weight[6:-6, 4:-4]  # farther than the taper from every border: weight 1
+    inner = op.weight(torch.float64)[6:-6, 4:-4]  # farther than the taper from every border: weight 1
     assert torch.all(inner == 1.0)
 
 
@@ -269,17 +279,18 @@ def test_single_geodesic_is_the_geodesic_of_its_momentum():
     import torch
 
     from lddmm_nets.epdiff import shoot_vector_momentum
-    from registration.images import _make_kernel, _Smoother
+    from lddmm_nets.grid import Grid
+    from registration.images.geodesic import make_kernel
 
     img = _blobs((32, 30), seed=3)
     moving = _shifted(img, (1.5, -1.0), (1.0, 1.0))[1]
     res = register_images(img, moving, metric="ssd", geodesics="single", shrink_factors=(1,), iterations=(15,),
                           threads=1, dtype="float64")
     assert res.momenta == [] and res.segment_energies == []
-    kern, reach = _make_kernel("sum", res.config.sigma, 2)
+    kern, reach = make_kernel("sum", res.config.sigma, 2)
     m0 = torch.as_tensor(np.moveaxis(res.momentum.data, -1, 0), dtype=torch.float64)
-    shot = shoot_vector_momentum(m0, _Smoother(kern, (32, 30), (1.0, 1.0), reach), (1.0, 1.0),
-                                 n_steps=res.config.n_steps)
+    op = kern.on_grid(Grid((32, 30)), boundary="zero", reach=reach, unit_mass=True)
+    shot = shoot_vector_momentum(m0, op, n_steps=res.config.n_steps)
     np.testing.assert_allclose(res.displacement, shot.inverse_displacement.numpy(), atol=1e-3)
 
 
@@ -309,8 +320,9 @@ def test_similarity_on_the_foreground_box_equals_the_full_grid_lncc(shape, with_
     """The LNCC computed on the fixed foreground's box (plus margin) is the full-grid loss, value and gradient."""
     import torch
 
-    from lddmm_nets.fields import identity_map, interpolate
-    from registration.images import _BoxSimilarity, _shrunk, _shrunk_spacing, _upsample_map
+    from lddmm_nets.fields import interpolate, resample_map
+    from lddmm_nets.grid import Grid
+    from registration.images.similarity import BoxSimilarity
     from registration.metrics import get_metric
 
     d = len(shape)
@@ -320,17 +332,16 @@ def test_similarity_on_the_foreground_box_equals_the_full_grid_lncc(shape, with_
     fixed = torch.as_tensor(f, dtype=torch.float64)
     moving = torch.roll(fixed, (2,) * d, tuple(range(d)))
     mask = (fixed > 0.2 * float(fixed.max())).double() if with_mask else None
-    spacing = (2.0,) * d
-    def_shape = _shrunk(shape, 2)
-    def_spacing = _shrunk_spacing(spacing, shape, def_shape)
+    grid = Grid(shape, 2.0, origin=(-10.0,) * d)
+    def_grid = grid.shrunk(2)
     gen = torch.Generator().manual_seed(0)
-    psi0 = identity_map(def_shape, def_spacing, dtype=torch.float64) \
-        + 2.0 * torch.randn((d,) + def_shape, generator=gen, dtype=torch.float64)
+    psi0 = def_grid.identity_map(dtype=torch.float64) \
+        + 2.0 * torch.randn((d,) + def_grid.shape, generator=gen, dtype=torch.float64)
     loss = get_metric("lncc", window=5)
-    box = _BoxSimilarity(loss, "lncc", 5, moving, fixed, mask, spacing, def_shape, def_spacing)
+    box = BoxSimilarity(loss, moving, fixed, mask, grid, def_grid)
     assert not box.full  # the box is smaller than the grid
     p = psi0.clone().requires_grad_(True)
-    ref = loss(interpolate(moving, _upsample_map(p, def_spacing, shape, spacing), spacing), fixed, mask)
+    ref = loss(interpolate(moving, resample_map(p, def_grid, grid), grid), fixed, mask)
     (g_ref,) = torch.autograd.grad(ref, p)
     p = psi0.clone().requires_grad_(True)
     val = box(p)
@@ -383,3 +394,41 @@ def test_shooting_the_result_momentum_reproduces_its_transform():
     assert 0.3 < np.abs(half.displacement).max() / np.abs(res.displacement).max() < 0.7
     with pytest.raises(ValueError, match="momentum"):
         res.shoot(np.zeros((3, 3, 2)))
+
+
+def test_the_finest_level_of_composed_geodesics_makes_progress():
+    # A fresh segment starts from the identity map. Scored on a moving image resampled by the previous segments, it
+    # sat exactly on the nodes of linear interpolation, where any step blurs the image and raises the loss to first
+    # order while the autograd gradient is one-sided: the finest level (no smoothing) spent 50 evaluations for a
+    # relative decrease of 1e-6. Scored through the composed map, it must decrease like the other levels.
+    from scipy.ndimage import zoom
+
+    from registration.data import load_t1_slice, warped_pair
+
+    t1 = load_t1_slice()
+    small = Image(zoom(t1.data, 0.5, order=1).astype(np.float32), np.diag([2.0, 2.0, 1.0, 1.0]))
+    pair = warped_pair(small, max_displacement=6.0, smoothness=16.0, seed=3)
+    res = register_images(pair.fixed, pair.moving, metric="ssd", shrink_factors=(4, 2, 1), iterations=(15, 10, 6),
+                          segments=(2, 1, 1), threads=1)
+    finest = res.levels[-1]
+    assert finest.shrink == 1 and finest.iterations == 6
+    assert finest.objective[-1] < 0.9  # measured 0.77 (0.99999 with the resampled image)
+    assert finest.evaluations <= 2 * finest.iterations  # the line search accepts its first or second trial
+
+
+def test_warm_start_and_public_shooting_share_the_registration_metric():
+    # geodesic_transform(fixed, m, **options) is the registration's own geodesic; starting a registration from its
+    # own momentum with no iterations gives back its transform
+    from registration.data import load_t1_slice, warped_pair
+    from registration.images import geodesic_transform
+
+    pair = warped_pair(load_t1_slice(), max_displacement=4.0, smoothness=12.0, seed=1)
+    options = dict(geodesics="single", iterations=(10, 5, 5, 3), threads=1)
+    res = register_images(pair.fixed, pair.moving, **options)
+    tr = geodesic_transform(pair.fixed, res.momentum, geodesics="single")
+    assert np.abs(tr.displacement - res.displacement).max() < 1e-5
+    again = register_images(pair.fixed, pair.moving, initial_momentum=res.momentum, geodesics="single",
+                            iterations=(0, 0, 0, 0), threads=1)
+    assert np.abs(again.displacement - res.displacement).max() < 1e-4
+    with pytest.raises(ValueError, match="initial_momentum"):
+        register_images(pair.fixed, pair.moving, initial_momentum=np.zeros((4, 4, 2)), geodesics="single")

@@ -56,39 +56,37 @@ def test_bad_options():
         ssd(a[:5], b)
 
 
-def test_lncc_reuses_the_fixed_statistics_only_for_the_same_fixed_image():
+def test_bound_lncc_equals_the_stateless_loss_value_and_gradient():
     g = torch.Generator().manual_seed(3)
     fixed, warped = torch.rand(12, 14, generator=g), torch.rand(12, 14, generator=g)
-    loss = get_metric("lncc", window=5)
-    first = loss(warped, fixed)
-    assert torch.equal(first, lncc(warped, fixed, window=5))
-    assert torch.equal(loss(warped, fixed), first)  # cached statistics give the same value
-    other = torch.rand(12, 14, generator=g)
-    assert torch.equal(loss(warped, other), lncc(warped, other, window=5))
-    fixed.mul_(0.5).add_(torch.rand(12, 14, generator=g))  # changed in place: recomputed
-    assert torch.equal(loss(warped, fixed), lncc(warped, fixed, window=5))
+    metric = get_metric("lncc", window=5)
+    bound = metric.bind(fixed)
+    assert torch.equal(bound(warped), lncc(warped, fixed, window=5))
+    assert torch.equal(metric(warped, fixed), lncc(warped, fixed, window=5))
     w = warped.clone().requires_grad_(True)
-    (gw,) = torch.autograd.grad(loss(w, fixed), w)
+    (gw,) = torch.autograd.grad(bound(w), w)
     (gr,) = torch.autograd.grad(lncc(w, fixed, window=5), w)
     assert torch.allclose(gw, gr)
+    mask = (torch.rand(12, 14, generator=g) > 0.3).float()
+    assert torch.equal(get_metric("ssd").bind(fixed, mask)(warped), ssd(warped, fixed, mask))
 
 
 @pytest.mark.parametrize("shape", [(31,), (17, 12), (9, 11, 10)])
 def test_direct_sum_box_filter_equals_the_cropped_box_mean(shape):
     import torch.nn.functional as F
 
-    from registration.metrics import _box_pool
+    from registration.metrics import box_mean
 
     pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[len(shape) - 1]
     for seed, windows in ((4, (3, 5, 7)), (5, (3, 5, 9))):
         x = torch.rand(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         for window in windows:
             ref = pool(x[None, None], window, 1, window // 2, count_include_pad=False)[0, 0]
-            torch.testing.assert_close(_box_pool(x, window), ref, atol=1e-12, rtol=0)
+            torch.testing.assert_close(box_mean(x, window), ref, atol=1e-12, rtol=0)
     # float32: local variances of a flat region stay ~0 (direct sums, no cancellation of large partial sums)
     flat = torch.full(shape, 0.7, dtype=torch.float32)
-    m = _box_pool(flat, 5)
-    assert float((_box_pool(flat * flat, 5) - m * m).abs().max()) < 1e-6
+    m = box_mean(flat, 5)
+    assert float((box_mean(flat * flat, 5) - m * m).abs().max()) < 1e-6
 
 
 @pytest.mark.parametrize("shape", [(9, 8, 7), (12, 10), (20,)])

@@ -156,3 +156,32 @@ def test_an_extra_dimension_lets_a_linear_readout_separate_nested_circles():
     # the symmetry z -> -z is broken by the seeded start: the flow lifts one circle out of the plane
     assert np.abs(Z[:, 2]).max() > 0.1
     assert clf.score(X[te], y[te]) >= 0.95
+
+
+def test_the_linear_readouts_error_bars_are_bayesian_linear_regression_on_the_warped_points():
+    # readout="linear" is kernel ridge regression with the kernel z·z' + 1, so its warped GP is Bayesian linear
+    # regression of y on [z, 1] (z = φ(x)): weights ~ N(0, s² I), noise N(0, s² λ). Checked in weight space,
+    # with s² the leave-one-out estimate written with the hat matrix H: s² = (1/N) Σ r_i² / (λ (1 - H_ii)).
+    rng = np.random.default_rng(0)
+    X, _ = make_moons(120, noise=0.2, random_state=3)
+    y = 5.0 * X[:, 0] - 2.0 * X[:, 1] + 3.0 + 0.5 * rng.normal(size=120)
+    Xt = rng.uniform(-2.0, 3.0, size=(30, 2))
+    reg = KernelWarpingRegressor(readout="linear", nu=1e-2, lam=0.1, random_state=0).fit(X, y)
+    assert reg.displacement_ > 1e-3  # a real warp
+    A = np.c_[reg.readout_.centers.numpy(), np.ones(120)]  # warped training points (the fit's, nugget included)
+    At = np.c_[reg.warp(Xt), np.ones(30)]
+    lam, yc = reg.lam_, y - y.mean()
+    P = np.linalg.inv(A.T @ A + lam * np.eye(A.shape[1]))
+    w = P @ A.T @ yc
+    r, h = yc - A @ w, np.einsum("ij,jk,ik->i", A, P, A)
+    s2 = np.mean(r**2 / (lam * (1.0 - h)))
+    np.testing.assert_allclose(reg.signal_variance_, [s2], rtol=1e-9)
+    np.testing.assert_allclose(reg.noise_variance_, [s2 * lam], rtol=1e-9)
+    mean, std = reg.predict(Xt, return_std=True)
+    np.testing.assert_allclose(mean, At @ w + y.mean(), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(std, np.sqrt(s2 * lam * (np.einsum("ij,jk,ik->i", At, P, At) + 1.0)), rtol=1e-8)
+    # the classifier's probabilities: a temperature on the linear scores, argmax kept
+    clf = KernelWarpingClassifier(readout="linear", nu=1e-2, random_state=0).fit(X, (y > 3).astype(int))
+    proba = clf.predict_proba(Xt)
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-12)
+    assert (clf.classes_[proba.argmax(1)] == clf.predict(Xt)).all() and clf.temperature_ > 0

@@ -112,11 +112,12 @@ def test_dense_and_keops_shootings_agree_with_gradients(rng):
     torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-10, atol=1e-12)
 
 
-def test_device_and_dtype_follow_the_inputs(rng):
-    q0, p0, _, x = _problem(rng)
+def test_device_and_dtype_follow_the_inputs(rng, device):
+    q0, p0, _, x = (t.to(device) for t in _problem(rng))
     traj = shoot(GaussianKernel(sigma=1.0), q0.float(), p0.float(), n_steps=3)
-    assert traj.q.dtype == torch.float32 and traj.q.device == q0.device
-    assert traj.flow(x.float()).dtype == torch.float32
+    assert traj.q.dtype == torch.float32 and traj.q.device == device
+    y = traj.flow(x.float())
+    assert y.dtype == torch.float32 and y.device == device
 
 
 def test_time_rescaling_of_momenta(rng):

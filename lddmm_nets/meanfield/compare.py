@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .._checks import check_choice, check_int, check_positive
+from ..checks import check_choice, check_int, check_positive
 from ..epdiff import EPDiffSolution, solve_epdiff
 from ..grid import Grid
 from ..kernels import GaussianKernel, Kernel, RadialKernel

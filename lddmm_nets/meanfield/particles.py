@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._checks import check_choice, check_int, check_points, check_positive
+from ..checks import check_choice, check_int, check_points, check_positive
 
 __all__ = ["GaussianDensity", "Sample", "SAMPLING_METHODS", "sample", "initial_momenta"]
 

@@ -28,7 +28,7 @@ from typing import Sequence
 
 import torch
 
-from .._checks import check_positive
+from ..checks import check_positive
 from .report import make_row
 
 __all__ = ["peakon_velocity", "single_peakon", "two_peakon", "peakon_antipeakon", "peakon_convergence",
@@ -234,7 +234,7 @@ def grid_peakon_speed(cells: Sequence[int] = (256, 512, 1024), *, height: float 
         h = extent / n
         w = 2.56 * h
         grid = Grid((n,), spacing=h, origin=-extent / 2)
-        x = grid.coords()[0]
+        x = grid.world()[0]
         m0 = (c * torch.exp(-x**2 / (2 * w * w)) / math.sqrt(2 * math.pi * w * w))[None]
         sol = solve_epdiff(m0, LaplaceKernel(sigma=1.0).on_grid(grid), n_steps=n_steps, t1=t1, save_every=n_steps)
         crest = []

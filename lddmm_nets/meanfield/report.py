@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .._checks import check_choice
+from ..checks import check_choice
 
 __all__ = ["ROW_COLUMNS", "CURVE_KEYS", "StudyResult", "make_row", "curves", "fitted_slopes", "fit_loglog_slope", "write_csv",
            "plot_convergence"]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from lddmm_nets import FeatureMapKernel, shoot
-from lddmm_nets._checks import check_choice, check_int
+from lddmm_nets.checks import check_choice, check_int
 from lddmm_nets.nets import WeightPath, as_weight_path, fit_flow_network, shoot_weights, weight_distance
 
 from .particles import GaussianDensity, initial_momenta, sample

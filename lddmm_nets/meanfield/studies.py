@@ -6,7 +6,7 @@ names of ``STUDIES``; ``demo_comparison`` is the small 2-D particle-vs-grid stud
 
 from __future__ import annotations
 
-from .._checks import check_choice
+from ..checks import check_choice
 from .compare import convergence_in_n, convergence_in_steps, default_problem, energy_convergence
 from .peakons import grid_peakon_speed, peakon_convergence
 from .report import StudyResult, fitted_slopes

@@ -38,3 +38,13 @@ __all__ = [
     "LayerDiagnostics", "layer_diagnostics", "min_jacobian_determinant", "depth_consistency",
     "WeightPath", "as_weight_path", "weight_distance", "make_spirals",
 ]
+
+# issue 15, section 2: error bars of the warped GP
+from .gp import (GP_MAX_POINTS, WarpedGPClassifierMixin, WarpedGPPosterior, WarpedGPRegressorMixin,  # noqa: E402
+                 fit_temperature, signal_variance, warped_gp_posterior)
+__all__ += ["WarpedGPPosterior", "warped_gp_posterior", "signal_variance", "fit_temperature", "GP_MAX_POINTS",
+            "WarpedGPRegressorMixin", "WarpedGPClassifierMixin"]
+
+# issue 15, section 3: equivariant multichannel kernels on images
+from .equivariant import EquivariantKernelWarpingClassifier, EquivariantPatchKernel  # noqa: E402
+__all__ += ["EquivariantKernelWarpingClassifier", "EquivariantPatchKernel"]

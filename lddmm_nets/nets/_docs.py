@@ -113,3 +113,17 @@ ATTR_DOC = """
     fit_time_ : float
         Seconds.
 """
+
+REGRESSOR_ATTR_DOC = """    signal_variance_, noise_variance_ : ndarray of shape (k,)
+        Scales of the warped GP (``predict(return_std=True)``, ``sample_y``; lddmm_nets.nets.gp), in squared units
+        of y. With ``readout="linear"`` the GP's kernel is ``z·z' + 1`` on the warped points z: Bayesian linear
+        regression of y on ``[z, 1]`` with the prior ``N(0, signal_variance_ I)`` on ``(coef_, intercept_ - mean y)``
+        and the noise variance ``noise_variance_``, whose posterior mean is the ridge readout.
+"""
+
+CLASSIFIER_ATTR_DOC = """    classes_ : ndarray
+        Class labels.
+    temperature_ : float
+        ``predict_proba`` is ``softmax(temperature_ * scores)``, the temperature fitted on exact leave-one-out scores
+        (lddmm_nets.nets.gp; the same for both readouts).
+"""

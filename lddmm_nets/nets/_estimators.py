@@ -30,11 +30,12 @@ import lddmm_nets as engine
 from lddmm_nets import FeatureMapKernel
 from lddmm_nets.optim import STOP_REASONS, ConvergenceWarning
 
-from ._docs import ATTR_DOC, PARAM_DOC
+from ._docs import ATTR_DOC, CLASSIFIER_ATTR_DOC, PARAM_DOC, REGRESSOR_ATTR_DOC
 from ._kernels import KERNELS
 from ._momenta import WarpProblem, fit_momenta, warp_trajectory
 from ._readout import RidgeReadout, loo_select, ridge_solve
 from ._selection import LAM_GRID, LOO_MAX_POINTS, NU_GRID, SIGMA_FACTORS, median_distance, select_nu, subsample
+from .gp import WarpedGPClassifierMixin, WarpedGPRegressorMixin
 
 __all__ = ["KernelWarpingClassifier", "KernelWarpingRegressor"]
 
@@ -275,6 +276,9 @@ class _KernelWarpingBase(BaseEstimator):
         if self.readout == "linear":  # f(z) = Σ_i (z·q_i + 1) α_i + offset = coef_ z + intercept_
             self.coef_ = (qL.T @ alpha).T.cpu().numpy()
             self.intercept_ = (alpha.sum(0) + self.offset_).cpu().numpy()
+        # the warped GP's scales (gp.py: error bars, predict_proba); with the linear readout its kernel z·z' + 1
+        # makes it Bayesian linear regression on the warped coordinates
+        self._store_gp(Yc)
         self.displacement_ = float((qL - q0).norm(dim=1).mean())
 
     # ------------------------------------------------------------------ prediction
@@ -330,9 +334,9 @@ class _KernelWarpingBase(BaseEstimator):
             return self.readout_(self._warp(self._to_tensor(X, torch.float64)), backend=self.backend_)
 
 
-class KernelWarpingRegressor(RegressorMixin, _KernelWarpingBase):
+class KernelWarpingRegressor(WarpedGPRegressorMixin, RegressorMixin, _KernelWarpingBase):
     __doc__ = ("Idea-registration regressor: a learned flow of the inputs followed by kernel ridge regression.\n"
-               + PARAM_DOC + ATTR_DOC)
+               + PARAM_DOC + ATTR_DOC + REGRESSOR_ATTR_DOC)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -353,16 +357,13 @@ class KernelWarpingRegressor(RegressorMixin, _KernelWarpingBase):
                 self.coef_, self.intercept_ = self.coef_[0], float(self.intercept_[0])
         return self
 
-    def predict(self, X):
-        """Predictions (M,) or (M, k)."""
-        out = self._raw_predict(X).cpu().numpy() * self.y_scale_
-        return out[:, 0] if self._y_1d else out
+    # predict(X, return_std=False, return_cov=False) and sample_y: WarpedGPRegressorMixin (gp.py)
 
 
-class KernelWarpingClassifier(ClassifierMixin, _KernelWarpingBase):
+class KernelWarpingClassifier(WarpedGPClassifierMixin, ClassifierMixin, _KernelWarpingBase):
     __doc__ = ("Idea-registration classifier: a learned flow of the inputs followed by kernel ridge regression of\n"
                "the one-hot labels; the predicted class is the largest score.\n" + PARAM_DOC + ATTR_DOC
-               + "    classes_ : ndarray\n        Class labels.\n")
+               + CLASSIFIER_ATTR_DOC)
 
     _classification = True
 

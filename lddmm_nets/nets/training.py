@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lddmm_nets._checks import check_choice, check_int, check_points, check_positive
+from lddmm_nets.checks import check_choice, check_int, check_points, check_positive
 from lddmm_nets.optim import OptimResult, minimize
 
 from ._minibatch import SCHEDULES, STOCHASTIC_OPTIMIZERS, full_gradient_max, minibatch_train

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lddmm_nets._checks import check_choice
+from lddmm_nets.checks import check_choice
 
 from .identities import ShotWeights
 from .resnet import ResNetFlow

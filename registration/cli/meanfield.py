@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
+
+from ..io.output import atomic_directory
 
 __all__ = ["add_parsers", "run_meanfield", "CASES"]
 
@@ -44,10 +44,6 @@ def run_meanfield(args) -> int:
         if c not in CASES:
             raise ValueError(f"--case: expected one of {list(CASES) + ['all']}, got {c!r}")
     out = os.path.abspath(args.out)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise NotADirectoryError(f"--out: expected a directory, got the file {out}")
-    parent = os.path.dirname(out) or "."
-    os.makedirs(parent, exist_ok=True)
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads: expected an integer >= 1, got {args.threads}")
     import torch
@@ -55,16 +51,12 @@ def run_meanfield(args) -> int:
     threads = torch.get_num_threads()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    tmp = tempfile.mkdtemp(prefix=".meanfield-", dir=parent)
     try:
-        for case in cases:
-            _write_case(tmp, case, args.quick)
-        os.makedirs(out, exist_ok=True)
-        for name in sorted(os.listdir(tmp)):
-            os.replace(os.path.join(tmp, name), os.path.join(out, name))
+        with atomic_directory(out, prefix=".meanfield-") as tmp:
+            for case in cases:
+                _write_case(tmp, case, args.quick)
     finally:
         torch.set_num_threads(threads)
-        shutil.rmtree(tmp, ignore_errors=True)
     print(f"meanfield results written to {out}")
     return 0
 

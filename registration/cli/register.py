@@ -31,6 +31,18 @@ def _float_list(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 2,1,0, got {text!r}")
 
 
+def _threads(text: str):
+    if text in ("auto", "all"):
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, 'auto' or 'all', got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, 'auto' or 'all', got {n}")
+    return n
+
+
 def add_parsers(subparsers) -> None:
     """Add the ``register`` sub-command to an ``argparse`` subparsers object."""
     p = subparsers.add_parser(
@@ -40,11 +52,11 @@ def add_parsers(subparsers) -> None:
     p.add_argument("fixed", help="fixed (reference) image")
     p.add_argument("moving", help="moving image, warped onto the fixed grid")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--metric", default=None, choices=["lncc", "ncc", "ssd"],
-                   help="similarity (default: lncc for 3-D, ssd for 2-D)")
-    p.add_argument("--window", type=int, default=5, help="LNCC window in voxels (odd, default 5)")
+    p.add_argument("--metric", default=None, choices=["auto", "lncc", "ncc", "ssd"],
+                   help="similarity (default auto: lncc, or ssd for a piecewise-constant fixed image)")
+    p.add_argument("--window", type=int, default=None, help="LNCC window in voxels (odd, default 5)")
     p.add_argument("--sigma", type=float, default=None, help="kernel width in mm (default: 2 voxels)")
-    p.add_argument("--kernel", default="sum", choices=["sum", "gaussian", "matern"],
+    p.add_argument("--kernel", default=None, choices=["sum", "gaussian", "matern"],
                    help="kernel: multi-scale Gaussian sum (default), Gaussian, Matern 5/2")
     p.add_argument("--regularization", type=float, default=None, help="weight of the kernel norm (mm^-2)")
     p.add_argument("--shrink-factors", type=_int_list, default=None, help="pyramid shrink factors, e.g. 4,2,1")
@@ -52,7 +64,7 @@ def add_parsers(subparsers) -> None:
                    help="pyramid smoothing in voxels, e.g. 2,1,0")
     p.add_argument("--iterations", type=_int_list, default=None, help="iterations per level, e.g. 50,10")
     p.add_argument("--n-steps", type=int, default=None, help="time steps of the shooting")
-    p.add_argument("--momentum", default="vector", choices=["vector", "scalar"],
+    p.add_argument("--momentum", default=None, choices=["vector", "scalar"],
                    help="vector momentum (EPDiff, default) or scalar image momentum")
     p.add_argument("--geodesics", default=None, choices=["single", "composed"],
                    help="one geodesic (default for 3-D) or composed geodesic segments (default for 2-D)")
@@ -61,9 +73,17 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--affine", action="store_true", help="affine pre-alignment with the same metric")
     p.add_argument("--fixed-mask", default=None, help="mask of the fixed image (restricts the similarity)")
     p.add_argument("--moving-mask", default=None, help="mask of the moving image")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--initial-affine", default=None, metavar="FILE",
+                   help="fixed -> moving affine from another tool to start from: an ITK / ANTs transform (.txt, .tfm, "
+                        ".mat) or a (d+1)x(d+1) RAS matrix (.npy or text); the result is the composition")
+    p.add_argument("--device", default=None, help="torch device (cpu, cuda, ...; default cpu)")
+    p.add_argument("--threads", type=_threads, default="auto",
+                   help="torch CPU threads: a number, 'auto' (default: the cores other processes leave free) or "
+                        "'all'")
     p.add_argument("--no-overview", action="store_true", help="skip overview.png")
+    p.add_argument("--outputs", default="all", metavar="NAMES",
+                   help="comma-separated files to write among warped, displacement, inverse, jacobian, momentum, "
+                        "overview (default all; report.json is always written)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_register)
 
@@ -92,9 +112,8 @@ def run_register(args) -> int:
     """Run ``lddmm register``; returns the exit code (0 on success)."""
     from ..images import register_images
     from ..io import load_image
+    from ..io.affine import load_affine
 
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads: expected a positive integer, got {args.threads}")
     for name, path in (("fixed", args.fixed), ("moving", args.moving)):
         if not os.path.exists(path):
             raise FileNotFoundError(f"{name}: no such file: {path}")
@@ -107,10 +126,17 @@ def run_register(args) -> int:
         smoothing_sigmas=args.smoothing_sigmas, iterations=args.iterations, n_steps=args.n_steps,
         momentum=args.momentum, geodesics=args.geodesics,
         segments=None if args.segments is None else (args.segments[0] if len(args.segments) == 1 else args.segments),
-        affine=args.affine, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
+        affine=args.affine or None, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
         device=args.device, threads=args.threads).items() if v is not None}
-    # read both inputs before the progress bar starts, so that a bad file is one clean error line
+    outputs = None if args.outputs == "all" else [n.strip() for n in args.outputs.split(",") if n.strip()]
+    if outputs is not None:
+        from ..images.result import check_outputs
+
+        check_outputs(outputs)  # before the work: a typo is an error now, not after the registration
+    # read every input before the progress bar starts, so that a bad file is one clean error line
     fixed, moving = load_image(args.fixed, name="fixed"), load_image(args.moving, name="moving")
+    if args.initial_affine is not None:
+        kwargs["initial_affine"] = load_affine(args.initial_affine, fixed.ndim)
     bar = progress = None
     if not args.quiet:
         from tqdm.auto import tqdm
@@ -122,7 +148,7 @@ def run_register(args) -> int:
     finally:
         if bar is not None:
             bar.close()
-    res.save(args.out, overview=not args.no_overview)
+    res.save(args.out, overview=not args.no_overview, outputs=outputs)
     if not args.quiet:
         print(f"{res.config.metric}: {res.similarity_before:.4f} -> {res.similarity_after:.4f}   "
               f"NDV {res.ndv_percent:.3f} %   SDlogJ {res.sdlogj:.3f}   {res.seconds:.1f} s   -> {args.out}")

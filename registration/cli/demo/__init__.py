@@ -1,8 +1,8 @@
 """``lddmm demo``: the three jobs of the product on bundled data, written as pictures, a JSON report and a page.
 
 Sections: landmarks (circle onto a C), images (circle -> C, a 2-D T1 slice and the 3-D MNI152 template warped by
-known random diffeomorphisms), ideas (a kernel warping classifier on two spirals, the weight profile of a
-ResNetFlow) and the mean-field limit (particles against the grid EPDiff solution). Every section returns a
+known random diffeomorphisms), an atlas of a population of 2-D slices on a 2-worker Dask cluster, ideas (a kernel
+warping classifier on two spirals, the weight profile of a ResNetFlow) and the mean-field limit (particles against the grid EPDiff solution). Every section returns a
 ``Section`` with its pictures, numbers and threshold checks; ``run_demo`` writes them into one directory
 atomically.
 """
@@ -10,10 +10,11 @@ atomically.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 
+from ...io.output import atomic_directory
+from ._atlas import atlas_sections
+from ._gp import gp_sections
 from ._ideas import idea_sections
 from ._images import image_sections
 from ._landmarks import circle_to_c, landmark_section
@@ -24,7 +25,8 @@ __all__ = ["run_demo", "add_parsers", "circle_to_c", "Section", "Check", "SECTIO
 
 
 def _sections():
-    return [("landmarks", landmark_section), *image_sections(), *idea_sections(), *meanfield_sections()]
+    return [("landmarks", landmark_section), *image_sections(), *atlas_sections(), *idea_sections(),
+            *gp_sections(), *meanfield_sections()]
 
 
 SECTIONS = tuple(name for name, _ in _sections())
@@ -66,9 +68,6 @@ def run_demo(out: str, *, quick: bool = False, only=None, progress=None, threads
         if unknown:
             raise ValueError(f"only: expected names among {list(SECTIONS)}, got {unknown}")
         todo = [(n, f) for n, f in todo if n in set(only)]
-    parent = os.path.dirname(os.path.abspath(out)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".lddmm-demo-", dir=parent)
     bar = None
     previous_threads = torch.get_num_threads()
     try:
@@ -78,25 +77,22 @@ def run_demo(out: str, *, quick: bool = False, only=None, progress=None, threads
             bar = tqdm(total=len(todo), desc="lddmm demo", unit="section", leave=True, disable=None,
                        bar_format="{desc}: {n_fmt}/{total_fmt} sections [{elapsed}] {postfix}")
             progress = lambda message: bar.set_postfix_str(message[:70], refresh=True)  # noqa: E731
-        start = time.perf_counter()
-        sections = []
-        for name, run in todo:
-            progress(name)
-            t0 = time.perf_counter()
-            section = run(tmp, quick, progress)
-            section.seconds = time.perf_counter() - t0
-            sections.append(section)
-            if bar is not None:
-                bar.update(1)
-        write_report(tmp, sections, quick=quick, seconds=time.perf_counter() - start)
-        os.makedirs(out, exist_ok=True)
-        for name in os.listdir(tmp):
-            os.replace(os.path.join(tmp, name), os.path.join(out, name))
+        with atomic_directory(out, prefix=".lddmm-demo-") as tmp:
+            start = time.perf_counter()
+            sections = []
+            for name, run in todo:
+                progress(name)
+                t0 = time.perf_counter()
+                section = run(tmp, quick, progress)
+                section.seconds = time.perf_counter() - t0
+                sections.append(section)
+                if bar is not None:
+                    bar.update(1)
+            write_report(tmp, sections, quick=quick, seconds=time.perf_counter() - start)
     finally:
         torch.set_num_threads(previous_threads)
         if bar is not None:
             bar.close()
-        shutil.rmtree(tmp, ignore_errors=True)
     return os.path.join(out, "index.html")
 
 
@@ -111,8 +107,8 @@ def add_parsers(subparsers) -> None:
     demo.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
     demo.add_argument("--quick", action="store_true", help="smaller problems, for a check in under a minute")
     demo.add_argument("--only", default=None, metavar="NAMES",
-                      help="comma-separated sections to run, among landmarks, circle_c, t1_slice, mni152, spirals, "
-                           "resnet, meanfield (default: all)")
+                      help="comma-separated sections to run, among landmarks, circle_c, t1_slice, mni152, atlas, "
+                           "spirals, resnet, gp, meanfield (default: all)")
     demo.add_argument("--threads", type=int, default=1,
                       help="torch CPU threads (default 1: the fastest for the demo's small problems)")
     demo.set_defaults(func=_run)

@@ -7,65 +7,13 @@ import os
 import numpy as np
 
 from ...data import load_circle_c, load_mni152, load_t1_slice, warped_pair
-from ...images import normalize_intensity, register_images
+from ...images import overview_figure, register_images
 from ...io import Image
 from ...transforms import ndv_percent, sdlogj
 from ...evaluation import dice, map_error
-from ._report import Check, Section, use_agg
+from ._report import Check, Section
 
 __all__ = ["image_sections"]
-
-
-def _mid(a: np.ndarray) -> np.ndarray:
-    """The displayed 2-D slice (axial middle slice in 3-D), rotated for display."""
-    return np.rot90(a if a.ndim == 2 else a[:, :, a.shape[2] // 2])
-
-
-def _voxel_map(res) -> np.ndarray:
-    """``(d, *shape)`` voxel coordinates (moving grid) of ``x + u(x)`` for every fixed voxel."""
-    d = res.fixed.ndim
-    world = res.transform.world_map()
-    inv = np.linalg.inv(res.moving.affine[:d, :d])
-    return np.tensordot(inv, world - res.moving.affine[:d, 3].reshape((d,) + (1,) * d), axes=1)
-
-
-def _figure(res, jac: np.ndarray, path: str, title: str, *, grid_step: int) -> None:
-    """Fixed, moving, warped, |difference| before / after, deformed grid, det Jacobian, initial momentum."""
-    plt = use_agg()
-    fixed = normalize_intensity(res.fixed.data.astype(np.float32), name="fixed")
-    moving = normalize_intensity(res.moving.data.astype(np.float32), name="moving")
-    warped = normalize_intensity(res.warped.data.astype(np.float32), name="warped", allow_constant=True)
-    vox = _voxel_map(res)
-    panels = [("fixed", fixed, "gray", (0, 1)), ("moving", moving, "gray", (0, 1)),
-              ("warped moving", warped, "gray", (0, 1)),
-              ("|fixed - moving|", np.abs(fixed - moving), "magma", (0, 1)),
-              ("|fixed - warped|", np.abs(fixed - warped), "magma", (0, 1))]
-    fig, axes = plt.subplots(2, 4, figsize=(13, 6.8))
-    axes = axes.ravel()
-    for ax, (name, img, cmap, lim) in zip(axes, panels):
-        ax.imshow(_mid(img), cmap=cmap, vmin=lim[0], vmax=lim[1])
-        ax.set_title(name, fontsize=9)
-    ax = axes[5]
-    ax.imshow(_mid(warped), cmap="gray", vmin=0, vmax=1, alpha=0.5)
-    for comp in (0, 1):
-        c = _mid(vox[comp])
-        lo, hi = np.floor(c.min() / grid_step) * grid_step, np.ceil(c.max() / grid_step) * grid_step
-        ax.contour(c, levels=np.arange(lo, hi + 1, grid_step), colors="tab:blue", linewidths=0.5)
-    ax.set_title("deformed grid (moving voxels)", fontsize=9)
-    ax = axes[6]
-    im = ax.imshow(_mid(jac), cmap="coolwarm", vmin=0, vmax=2)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    ax.set_title("det Jacobian", fontsize=9)
-    mom = np.asarray(res.momentum.data, dtype=np.float32)
-    mom = np.linalg.norm(mom, axis=-1) if mom.ndim == res.fixed.ndim + 1 else np.abs(mom)
-    axes[7].imshow(_mid(mom), cmap="viridis")
-    axes[7].set_title("initial momentum |m0|", fontsize=9)
-    for ax in axes:
-        ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=75)
-    plt.close(fig)
 
 
 def _callback(progress, name):
@@ -89,7 +37,8 @@ def _circle_c(out: str, quick: bool, progress) -> Section:
     shape_dice = dice(res.apply(Image((circle.data > 0.5).astype(np.uint8), circle.affine), interp="nearest").data,
                       c.data > 0.5)
     jac = res.jacobian_determinant()
-    _figure(res, jac, os.path.join(out, "circle_c.png"), "circle -> C (dipy's reg_o onto reg_c)", grid_step=8)
+    overview_figure(res, os.path.join(out, "circle_c.png"), title="circle -> C (dipy's reg_o onto reg_c)",
+                    grid_step=8, jacobian=jac)
     numbers = {"Dice (shape)": shape_dice, "Dice before": dice(circle.data > 0.5, c.data > 0.5),
                **_common_numbers(res, jac)}
     return Section(
@@ -114,8 +63,8 @@ def _t1_slice(out: str, quick: bool, progress) -> Section:
     err = map_error(res.displacement, pair.true_map(), res.fixed, roi)
     before = float(np.linalg.norm(pair.warp.inverse_displacement, axis=0)[roi].mean())
     jac = res.jacobian_determinant()
-    _figure(res, jac, os.path.join(out, "t1_slice.png"), "T1 slice warped by a random diffeomorphism (6 mm)",
-            grid_step=8)
+    overview_figure(res, os.path.join(out, "t1_slice.png"),
+                    title="T1 slice warped by a random diffeomorphism (6 mm)", grid_step=8, jacobian=jac)
     numbers = {"mean error vs true map (mm)": err, "mean true displacement (mm)": before,
                **_common_numbers(res, jac)}
     return Section(
@@ -140,8 +89,9 @@ def _mni(out: str, quick: bool, progress) -> Section:
     roi = mni.t1.data > 0.1 * mni.t1.data.max()
     err = map_error(res.displacement, pair.true_map(), res.fixed, roi)
     jac = res.jacobian_determinant()
-    _figure(res, jac, os.path.join(out, "mni152.png"),
-            "MNI152 T1 2 mm warped by a random diffeomorphism (8 mm), axial middle slice", grid_step=6)
+    overview_figure(res, os.path.join(out, "mni152.png"),
+                    title="MNI152 T1 2 mm warped by a random diffeomorphism (8 mm), axial middle slice", grid_step=6,
+                    jacobian=jac)
     numbers = {"Dice GM": dice_after["gm"], "Dice WM": dice_after["wm"], "Dice GM before": dice_before["gm"],
                "Dice WM before": dice_before["wm"], "mean error vs true map (mm)": err,
                "grid": "x".join(map(str, mni.t1.shape)), **_common_numbers(res, jac)}

@@ -1,0 +1,253 @@
+"""Images as a data kind of the atlas (see ``_kinds``): registration of each subject onto the template with
+``register_images``, the Jacobian-weighted template update and the unbiasing shot (THEORY §9).
+
+Conventions. The template is the *fixed* image and each subject the *moving* one, so that every subject's
+result lives on the template grid: ``res.warped`` is the subject pulled back into template space,
+``J_s ∘ ψ_s`` with ``ψ_s(x) = x + u_s(x)`` the template -> subject map, and ``res.jacobian_determinant()`` is
+``|Dψ_s|``. For the sum of squared differences the template that minimises ``Σ_s ∫ |I ∘ ψ_s^{-1} - J_s|²``
+(measured in subject space) is the Jacobian-weighted mean ``I = Σ_s |Dψ_s| J_s ∘ ψ_s / Σ_s |Dψ_s|``. The
+registration's geodesic starts at the subject; its momentum is transported to the template end and negated
+(``template_momentum``), which gives ``p_s``, the initial momentum of the geodesic from the template to the
+subject: an unbiased template has ``Σ_s p_s ≈ 0``, and a biased one moves towards the subjects along
+``mean(p_s)``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..evaluation import world_coordinates
+from ..images import geodesic_transform, normalize_intensity, register_images
+from ..io import Image, load_image, save_image
+from ..transforms import DisplacementTransform, ndv_percent, sdlogj
+
+__all__ = ["ImageKind", "IMAGE_FILES"]
+
+#: the files of a subject's folder that ``AtlasResult.save`` delivers (the transforms only in the last round)
+IMAGE_FILES = ("displacement.nii.gz", "inverse_displacement.nii.gz", "warped.nii.gz", "jacobian.nii.gz")
+INITIAL = ("affine", "mean")
+
+
+def _registration_options(options: dict) -> dict:
+    reg = dict(options.get("register", {}))
+    reg["geodesics"] = "single"  # one geodesic per subject: one initial momentum, which .shoot can shoot
+    return reg
+
+
+class ImageKind:
+    """2-D or 3-D scalar images (paths, ``Image`` s, nibabel images, arrays)."""
+
+    name = "images"
+    template_suffix = ".nii.gz"
+    subject_suffix = ".nii"
+    subject_files = IMAGE_FILES
+
+    # ---- reading ----
+    def read(self, source, *, name: str = "image") -> Image:
+        img = load_image(source, name=name)
+        return Image(np.asarray(img.data, dtype=np.float32), img.affine, img.path)
+
+    def digest(self, subject: Image) -> bytes:
+        return np.ascontiguousarray(subject.data).tobytes() + np.asarray(subject.affine, np.float64).tobytes()
+
+    def size_hint(self, what) -> int:
+        """Voxels of a template or of a subject spec, from the file's header where there is one (0: unknown);
+        sizes the default cluster by memory."""
+        if isinstance(what, Image):
+            return int(np.prod(what.shape))
+        if what.data is not None:
+            return int(np.prod(what.data.shape))
+        try:
+            import nibabel as nib
+
+            return int(np.prod(nib.load(what.source).shape[:3]))  # reads the header only
+        except Exception:  # not NIfTI, unreadable (the probe will say why): no hint
+            return 0
+
+    def probe(self, subject: Image) -> dict:
+        return {"ndim": subject.ndim, "shape": list(subject.shape), "affine": np.asarray(subject.affine).tolist()}
+
+    def check_probe(self, info: dict, reference: dict) -> None:
+        if info["ndim"] != reference["ndim"]:
+            raise ValueError(f"expected a {reference['ndim']}-D image (the template's), got a {info['ndim']}-D image "
+                             f"of shape {tuple(info['shape'])}")
+
+    # ---- templates ----
+    def read_template(self, source) -> Image:
+        return self.read(source, name="template")
+
+    def save_template(self, template: Image, path: str) -> None:
+        save_image(path, Image(np.asarray(template.data, dtype=np.float32), template.affine))
+
+    def save_subject(self, subject: Image, path: str) -> None:
+        save_image(path, subject)
+
+    def momentum_shape(self, template: Image) -> tuple:
+        return tuple(template.shape) + (template.ndim,)
+
+    def template_change(self, old: Image, new: Image) -> float:
+        """``‖new - old‖ / ‖old‖`` over the grid."""
+        a, b = np.asarray(old.data, np.float64), np.asarray(new.data, np.float64)
+        return float(np.linalg.norm(b - a) / max(np.linalg.norm(a), 1e-30))
+
+    def probe_template(self, template: Image) -> dict:
+        return self.probe(template)
+
+    def initial_template(self, run, initial) -> Image:
+        """``"mean"``: the mean of the subjects resampled on the reference grid (the first subject's);
+        ``"affine"``: the mean of the subjects affinely aligned (same metric as the registrations) to that mean."""
+        if initial not in INITIAL:
+            raise ValueError(f"initial: expected one of {INITIAL}, a path or an image, got {initial!r}")
+        ref = run.reference
+        grid = Image(np.zeros(tuple(ref["shape"]), np.float32), np.asarray(ref["affine"], float))
+        mean = self._average_round(run, grid, "resample")
+        if initial == "affine":
+            mean = self._average_round(run, mean, "affine")
+        return mean
+
+    def _average_round(self, run, reference: Image, mode: str) -> Image:
+        from ._tasks import prepare_task
+
+        done = run.map_subjects(prepare_task, reference, run.options, mode, stage=f"initial-{mode}")
+        return run.run_one(_average_task, self, [o.folder for _, o in done], reference.affine,
+                           key=f"initial-{mode}-mean")
+
+    def prepare(self, reference: Image, subject: Image, options: dict, folder: str, mode: str) -> dict:
+        """The subject on the reference grid (``"resample"``) or affinely aligned to ``reference`` (``"affine"``),
+        written as ``folder/image.nii.gz``."""
+        if options.get("normalize", True):
+            subject = subject.with_data(normalize_intensity(subject.data, name="subject"))
+        if mode == "resample":
+            world, summary = world_coordinates(reference), {}
+        else:
+            reg = _registration_options(options)
+            reg.update(affine=True, shrink_factors=(1,), smoothing_sigmas=(0.0,), iterations=(0,))
+            res = register_images(reference, subject, **reg)
+            world = res.transform.world_map()
+            summary = {"similarity_before": res.similarity_before, "similarity_after": res.similarity_after}
+        save_image(os.path.join(folder, "image.nii.gz"),
+                   Image(spline_resample(subject, world, fill=0.0), reference.affine))
+        return summary
+
+    # ---- one subject ----
+    def register(self, template: Image, subject: Image, options: dict, folder: str, write_transform: bool):
+        if options.get("normalize", True):
+            subject = subject.with_data(normalize_intensity(subject.data, name="subject"))
+        res = register_images(template, subject, **_registration_options(options))
+        jac = res.jacobian_determinant()
+        world = res.transform.world_map()
+        warped = spline_resample(subject, world, fill=0.0)
+        save_image(os.path.join(folder, "warped.nii.gz"), Image(warped, template.affine))
+        save_image(os.path.join(folder, "jacobian.nii.gz"), Image(jac.astype(np.float32), template.affine))
+        if write_transform:
+            res.transform.save(folder)
+        summary = {"similarity_before": res.similarity_before, "similarity_after": res.similarity_after,
+                   "energy": res.energy, "regularization": res.config.regularization, "metric": res.config.metric,
+                   "deformation": float(np.linalg.norm(res.displacement, axis=0)[support(template)].mean()),
+                   "ndv_percent": ndv_percent(jac), "sdlogj": sdlogj(jac), "jacobian_min": float(jac.min()),
+                   "iterations": [lv.iterations for lv in res.levels], "stop_reason": res.stop_reason,
+                   "registration_seconds": res.seconds}
+        return template_momentum(res, world), summary
+
+    # ---- the reduction ----
+    def update(self, template: Image, folders: list, options: dict) -> Image:
+        """The Jacobian-weighted mean of the pulled-back subjects (streamed in subject order)."""
+        num = den = None
+        for folder in folders:
+            w = np.clip(load_image(os.path.join(folder, "jacobian.nii.gz")).data.astype(np.float64), 0.0, None)
+            j = load_image(os.path.join(folder, "warped.nii.gz")).data.astype(np.float64)
+            num = w * j if num is None else num + w * j
+            den = w if den is None else den + w
+        return Image((num / np.maximum(den, 1e-12)).astype(np.float32), template.affine.copy())
+
+    def unbias(self, template: Image, momentum: np.ndarray, options: dict):
+        """Shoot ``template`` along ``momentum`` (the mean of the subjects' template momenta) with the registrations'
+        metric (``registration.images.geodesic_transform``: the same kernel, deformation grid and time steps as the
+        subjects' registrations, which all share the template grid)."""
+        metric_options = ("sigma", "kernel", "n_steps", "deformation_shrink", "dtype", "device", "sigma_voxels",
+                          "max_deformation_nodes")
+        reg = {k: v for k, v in _registration_options(options).items() if k in metric_options}
+        rho = geodesic_transform(template, momentum, **reg)
+        shifted = spline_resample(template, rho.world_map(), fill=None)
+        length = np.linalg.norm(rho.displacement, axis=0)[support(template)]
+        bias = {"bias_mean": float(length.mean()), "bias_max": float(length.max())}
+        return Image(shifted, template.affine.copy()), bias
+
+    # ---- results ----
+    def load_transform(self, folder: str) -> DisplacementTransform:
+        return DisplacementTransform.load(folder)
+
+
+def support(template: Image) -> np.ndarray:
+    """Voxels where the template has signal (above 5 % of its 99.5th percentile): displacements are measured there
+    (in the background they move nothing)."""
+    a = np.asarray(template.data, np.float64)
+    return a > 0.05 * np.percentile(a, 99.5)
+
+
+def _voxels(affine: np.ndarray, world: np.ndarray) -> np.ndarray:
+    """Voxel coordinates ``(d, *shape)`` of the world points ``world`` (mm) on the grid of ``affine``."""
+    d = world.shape[0]
+    inv = np.linalg.inv(np.asarray(affine, np.float64))
+    return np.tensordot(inv[:d, :d], np.asarray(world, np.float64), axes=1) + inv[:d, 3].reshape((d,) + (1,) * d)
+
+
+def template_momentum(res, world: np.ndarray | None = None) -> np.ndarray:
+    """The initial momentum at the template of the geodesic from the template to the subject, ``(*shape, d)``.
+
+    ``register_images(template, subject)`` shoots from the subject: its ``m_0`` sits on the subject's features
+    (expressed on the template grid). Along an EPDiff geodesic the momentum is transported as a one-form density,
+    so at the template end (time 1) it is ``m_1(y) = det Dψ(y) Dψ(y)^T m_0(ψ(y))`` with ``ψ = φ_1^{-1}`` the
+    template -> subject map (``res.transform``); the geodesic from the template to the subject starts with
+    ``p = -m_1``. Shooting the template along ``p`` gives the subject back (to the accuracy of the discretisation),
+    and the momenta of all subjects sit on the template's features, so their mean is zero for a template at the
+    centre of the population, which is not true of the subject-end ``m_0``.
+    Components along the template's voxel axes, density per mm^d (as ``res.momentum``). ``world``: the transform's
+    ``world_map()`` if the caller has it already.
+    """
+    from scipy.ndimage import map_coordinates
+
+    fixed, tr = res.fixed, res.transform
+    d, spacing = fixed.ndim, np.asarray(fixed.spacing)
+    m0 = np.asarray(res.momentum.data, np.float64)
+    vox = _voxels(fixed.affine, tr.world_map() if world is None else world)
+    m0_at_psi = np.stack([map_coordinates(m0[..., j], vox, order=1, mode="constant") for j in range(d)])
+    rot = fixed.affine[:d, :d] / spacing[None, :]  # world components -> voxel-axis components: rot^T
+    u = np.tensordot(rot.T, tr.displacement, axes=1)
+    jac = np.stack([np.stack(np.gradient(u[i], *spacing)) for i in range(d)]) \
+        + np.eye(d).reshape((d, d) + (1,) * d)  # jac[i, j] = ∂ψ_i / ∂x_j
+    det = np.linalg.det(np.moveaxis(jac, (0, 1), (-2, -1)))
+    m1 = det * np.einsum("ji...,j...->i...", jac, m0_at_psi)
+    return np.moveaxis(-m1, 0, -1).astype(np.float32)
+
+
+def spline_resample(image: Image, world: np.ndarray, *, fill: float | None) -> np.ndarray:
+    """``image`` sampled at the world points ``world`` ``(d, *shape)`` (mm) by cubic B-spline interpolation, float32.
+
+    The template update samples each subject once, and the unbiasing samples the template once more: linear
+    interpolation blurs by a fraction of a voxel each time, which on a 2-D MNI slice at 4 mm cost 0.03 of the
+    template's correlation with the true template (0.932 against 0.965 with cubic splines, 4 subjects, 3
+    iterations). ``fill``: the value outside the image, or ``None`` for the nearest edge value. The result is
+    clipped to the image's range (and ``fill``): splines overshoot at sharp edges, e.g. below 0 in the background.
+    """
+    from scipy.ndimage import map_coordinates
+
+    vox = _voxels(image.affine, world)
+    mode, cval = ("nearest", 0.0) if fill is None else ("constant", float(fill))
+    data = np.asarray(image.data, np.float64)
+    out = map_coordinates(data, vox, order=3, mode=mode, cval=cval)
+    lo, hi = float(data.min()), float(data.max())
+    if fill is not None:
+        lo, hi = min(lo, fill), max(hi, fill)
+    return np.clip(out, lo, hi).astype(np.float32)
+
+
+def _average_task(kind, folders: list, affine) -> Image:
+    """The plain mean of ``folder/image.nii.gz`` over ``folders`` (in order)."""
+    total = None
+    for folder in folders:
+        a = load_image(os.path.join(folder, "image.nii.gz")).data.astype(np.float64)
+        total = a if total is None else total + a
+    return Image((total / len(folders)).astype(np.float32), np.asarray(affine, float).copy())

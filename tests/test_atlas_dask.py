@@ -1,0 +1,78 @@
+"""The atlas on a real Dask cluster (2 worker processes started and closed here, no fixed port): the same template as
+the synchronous executor, and the same again when a worker is killed in the middle of a round."""
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from registration.atlas import build_template
+from registration.atlas.population import mni152_slice, synthetic_population
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def population():
+    t1, _ = mni152_slice(6)
+    return synthetic_population(t1, n=4, seed=4).subjects
+
+
+@pytest.fixture(scope="module")
+def reference(population):
+    return build_template(population, iterations=1, client="synchronous", threads=1)
+
+
+def _same(a, b):
+    np.testing.assert_array_equal(a.template.data, b.template.data)
+    np.testing.assert_array_equal(a.momenta, b.momenta)
+    assert a.names == b.names
+
+
+def test_dask_gives_the_synchronous_template(client, population, reference):
+    """Registrations are deterministic (same inputs, same threads) and every reduction reads the subjects in their
+    order, so which worker ran which task does not change a single bit."""
+    events = []
+    res = build_template(population, iterations=1, client=client, callback=events.append)
+    _same(res, reference)
+    start = events[0]
+    assert start["event"] == "start" and start["workers"].startswith("Dask: 2 workers")
+    assert sum(e["event"] == "task" and e["stage"].startswith("round") for e in events) == 8
+    assert {s.host for s in res.subjects} and res.workers.startswith("Dask")
+
+
+def test_a_killed_worker_costs_only_its_task(client, population, reference):
+    """Kill a worker process while it runs a registration of the first round: the scheduler reruns the lost task
+    elsewhere (its nanny restarts the worker) and the template is bit for bit the one without the fault."""
+    out = {}
+
+    def run():
+        out["result"] = build_template(population, iterations=1, client=client)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    killed, deadline = None, time.monotonic() + 120
+    while killed is None and thread.is_alive() and time.monotonic() < deadline:
+        for address, keys in client.processing().items():
+            if any(str(k).startswith("atlas-round-0") for k in keys):
+                pid = client.run(os.getpid, workers=[address])[address]
+                os.kill(pid, signal.SIGKILL)
+                killed = pid
+                break
+        time.sleep(0.02)
+    thread.join(timeout=300)
+    assert killed is not None, "no round-0 task was seen running: nothing was killed"
+    assert killed not in client.run(os.getpid).values()  # the process is gone (its nanny started a new one)
+    _same(out["result"], reference)
