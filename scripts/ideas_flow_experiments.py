@@ -11,7 +11,7 @@
    identity ``W_k = Σ_i p_ki φ(q_ki)ᵀ`` (its residual is exactly ``∇_W J / (ν Δt)``), the identification of the
    layers from p_0 (``shoot_weights``), the spread of ``‖W_k‖² + ‖b_k‖²`` across layers, and the time per epoch.
 
-Usage: ``python scripts/ideas_flow_experiments.py [--part linear|minibatch|all] [--quick] [--out DIR]``
+Usage: ``python scripts/ideas_flow_experiments.py [--part linear|minibatch|all] [--quick] [--cases LIST] [--out DIR]``
 (``--threads 1`` by default: fastest on a small shared machine).
 """
 
@@ -186,6 +186,9 @@ def main(argv=None):
     ap.add_argument("--out", default="ideas_flow_results", help="output folder (created)")
     ap.add_argument("--quick", action="store_true", help="the benchmark's three data sets; fewer epochs")
     ap.add_argument("--points", type=int, default=20_000, help="training points of the minibatch part")
+    ap.add_argument("--cases", default=None,
+                    help="linear part: comma-separated name:noise:seed (e.g. spirals:0.1:0,circles:0.1:0), instead "
+                         "of the built-in list")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
@@ -194,7 +197,10 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if args.part in ("linear", "all"):
-        linear_readout(LINEAR_CASES[:3] if args.quick else LINEAR_CASES, out)
+        cases = LINEAR_CASES[:3] if args.quick else LINEAR_CASES
+        if args.cases:
+            cases = [(n, float(v), int(s)) for n, v, s in (c.split(":") for c in args.cases.split(","))]
+        linear_readout(cases, out)
     if args.part in ("minibatch", "all"):
         minibatch(args.points, 20 if args.quick else 40, out, args.device)
     print(f"done in {time.perf_counter() - t0:.0f} s; results in {out}/", flush=True)

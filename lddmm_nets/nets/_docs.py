@@ -53,8 +53,8 @@ PARAM_DOC = """
         (kernel readout), 1 (linear). The kernels are invariant under reflections of the extra coordinates, so a flow
         started at p = 0 would never leave the plane; their momenta start at small seeded random values instead.
     max_iter : int or "auto", default="auto"
-        L-BFGS iterations ("auto": 30) (``lddmm_nets.optim.minimize``, strong Wolfe line search; at most 1.25 max_iter + 1
-        objective evaluations).
+        L-BFGS iterations ("auto": 30) (``lddmm_nets.optim.minimize``, strong Wolfe line search; at most
+        1.25 max_iter + 1 objective evaluations).
     tol : float, default=1e-5
         L-BFGS stops when the largest gradient entry of the normalised objective is below tol (or its relative
         decrease in one iteration below 1e-4 tol).
