@@ -14,8 +14,8 @@ A level stops when its budget is spent, when the objective decreased by less tha
 ``patience`` iterations, or when the line search makes no progress even from steepest descent; the level report
 records which.
 
-Geodesics: one geodesic carries the whole pyramid by default in 3-D (each level starts from the previous level's
-momentum; the result is the geodesic of the final ``m_0``); with ``geodesics="composed"`` (the 2-D default) each
+Geodesics: with ``geodesics="single"`` one geodesic carries the whole pyramid (each level starts from the previous
+level's momentum; the result is the geodesic of the final ``m_0``); with ``geodesics="composed"`` (the default) each
 level shoots segments, fresh geodesics from the moving image warped by all previous ones, with a kernel as wide in
 that level's voxels at every level and tapered on the border; the transform is their composition (diffeomorphic since
 every piece is, and checked on the composed map).
