@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -26,17 +27,33 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 import lddmm_nets as engine
+from lddmm_nets import FeatureMapKernel
+from lddmm_nets.optim import STOP_REASONS, ConvergenceWarning
 
+from ._docs import ATTR_DOC, CLASSIFIER_ATTR_DOC, PARAM_DOC, REGRESSOR_ATTR_DOC
 from ._kernels import KERNELS
 from ._momenta import WarpProblem, fit_momenta, warp_trajectory
 from ._readout import RidgeReadout, loo_select, ridge_solve
+from ._selection import LAM_GRID, LOO_MAX_POINTS, NU_GRID, SIGMA_FACTORS, median_distance, select_nu, subsample
 from .gp import WarpedGPClassifierMixin, WarpedGPRegressorMixin
-from ._selection import LAM_GRID, LOO_MAX_POINTS, SIGMA_FACTORS, median_distance, select_nu, subsample
 
 __all__ = ["KernelWarpingClassifier", "KernelWarpingRegressor"]
 
 _KERNEL_NAMES = ("gaussian", "laplace", "matern", "cauchy")
 _MODES = ("shooting", "layers")
+_READOUTS = ("kernel", "linear")
+# Stop reasons of the final fit that warn. Spending max_iter is the estimator's deliberate budget (early stopping is
+# part of the defaults: the default fits rarely meet tol in 30 iterations), reported in converged_ and stop_reason_.
+_FAILURES = ("line_search", "non_finite", "infeasible_start")
+# readout="linear": the ridge regression on the warped features with an intercept, i.e. kernel ridge regression with
+# the kernel x·y + 1 (closed form and leave-one-out as for the kernel readout).
+_LINEAR_KERNEL = FeatureMapKernel("identity", c=1.0)
+# readout="linear": ν candidates of the inner cross-validation, warp width in median distances, extra dimensions
+LINEAR_NU_GRID = (0.01, 0.001)
+LINEAR_WARP_FACTOR = 0.5
+LINEAR_AUGMENT = 1
+LINEAR_MAX_ITER = 30
+LINEAR_N_LAYERS = 10
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # backend="auto" of the estimators: dense kernel matrices up to this many pairs (64 MiB per float32 matrix, a
 # few dozen alive under autograd), KeOps beyond. Fitting differentiates through every layer, where dense BLAS is
@@ -74,10 +91,11 @@ class _KernelWarpingBase(BaseEstimator):
 
     _classification = False
 
-    def __init__(self, *, mode="layers", n_layers=5, integrator="rk2", warp_kernel="gaussian", warp_sigma="auto",
-                 readout_kernel="gaussian", readout_sigma="auto", nu="auto", lam="auto", nugget=1e-3, augment=0,
-                 max_iter=30, tol=1e-5, refit_lam=False, backend="auto", dtype="float32", device="cpu",
-                 random_state=None):
+    def __init__(self, *, readout="kernel", mode="layers", n_layers="auto", integrator="rk2", warp_kernel="gaussian",
+                 warp_sigma="auto", readout_kernel="gaussian", readout_sigma="auto", nu="auto", lam="auto", nugget=1e-3,
+                 augment="auto", max_iter="auto", tol=1e-5, refit_lam=False, backend="auto", dtype="float32",
+                 device="cpu", random_state=None):
+        self.readout = readout
         self.mode = mode
         self.n_layers = n_layers
         self.integrator = integrator
@@ -99,14 +117,19 @@ class _KernelWarpingBase(BaseEstimator):
 
     # ------------------------------------------------------------------ validation
     def _check_params(self):
+        if self.readout not in _READOUTS:
+            raise ValueError(f"readout must be one of {_READOUTS}; got {self.readout!r}")
         if self.mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}; got {self.mode!r}")
         for name in ("n_layers", "max_iter"):
             v = getattr(self, name)
+            if v == "auto":
+                continue
             if not isinstance(v, Integral) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer; got {v!r}")
-        if not isinstance(self.augment, Integral) or isinstance(self.augment, bool) or self.augment < 0:
-            raise ValueError(f"augment must be a non-negative integer; got {self.augment!r}")
+                raise ValueError(f"{name} must be 'auto' or a positive integer; got {v!r}")
+        if self.augment != "auto" and (not isinstance(self.augment, Integral) or isinstance(self.augment, bool)
+                                       or self.augment < 0):
+            raise ValueError(f"augment must be 'auto' or a non-negative integer; got {self.augment!r}")
         if not isinstance(self.tol, Real) or isinstance(self.tol, bool) or not self.tol > 0 \
                 or not math.isfinite(self.tol):
             raise ValueError(f"tol must be a positive finite number; got {self.tol!r}")
@@ -128,9 +151,16 @@ class _KernelWarpingBase(BaseEstimator):
         return torch.tensor(np.asarray(X), dtype=dtype or _DTYPES[self.dtype], device=self.device)
 
     def _lift(self, X: torch.Tensor) -> torch.Tensor:
-        if self.augment:
-            X = torch.cat([X, X.new_zeros(X.shape[0], self.augment)], dim=1)
+        if self.augment_:
+            X = torch.cat([X, X.new_zeros(X.shape[0], self.augment_)], dim=1)
         return X
+
+    def _resolve_auto(self):
+        """The readout-dependent defaults: ``augment_``, ``max_iter_``, ``n_layers_``."""
+        linear = self.readout == "linear"
+        self.n_layers_ = (LINEAR_N_LAYERS if linear else 5) if self.n_layers == "auto" else int(self.n_layers)
+        self.augment_ = (LINEAR_AUGMENT if linear else 0) if self.augment == "auto" else int(self.augment)
+        self.max_iter_ = (LINEAR_MAX_ITER if linear else 30) if self.max_iter == "auto" else int(self.max_iter)
 
     # ------------------------------------------------------------------ fitting
     def _select_readout(self, X: np.ndarray, q0: torch.Tensor, Yc: torch.Tensor, rng):
@@ -138,6 +168,8 @@ class _KernelWarpingBase(BaseEstimator):
         n = X.shape[0]
         scale = median_distance(X, rng)
         self.median_distance_ = scale
+        if self.readout == "linear":
+            return self._select_linear_readout(q0, Yc, rng, scale)
         make_readout = lambda s: _make_kernel(self.readout_kernel, s, 0.0, "readout_kernel")  # noqa: E731
         auto_sigma = self.readout_sigma == "auto" and isinstance(self.readout_kernel, str)
         if auto_sigma or self.lam == "auto":
@@ -165,14 +197,31 @@ class _KernelWarpingBase(BaseEstimator):
             self.warp_sigma_ = getattr(warp_kernel, "sigma", None)
         self.warp_kernel_, self.readout_kernel_ = warp_kernel, readout_kernel
 
+    def _select_linear_readout(self, q0: torch.Tensor, Yc: torch.Tensor, rng, scale: float):
+        """The linear readout (kernel x·y + 1): λ by leave-one-out on the unwarped points where "auto"."""
+        self.readout_sigma_ = None
+        if self.lam == "auto":
+            idx = torch.as_tensor(subsample(q0.shape[0], LOO_MAX_POINTS, rng), device=q0.device)
+            sel = loo_select(lambda s: _LINEAR_KERNEL, q0[idx].double(), Yc[idx].double(), [0.0], LAM_GRID,
+                             classification=self._classification)
+            self.lam_, self.loo_initial_ = sel.lam, sel.score
+        else:
+            self.lam_ = float(self.lam)
+        self.warp_sigma_ = LINEAR_WARP_FACTOR * scale if self.warp_sigma == "auto" else float(self.warp_sigma)
+        self.warp_kernel_ = _make_kernel(self.warp_kernel, self.warp_sigma_, self.nugget, "warp_kernel")
+        if not isinstance(self.warp_kernel, str):
+            self.warp_sigma_ = getattr(self.warp_kernel_, "sigma", None)
+        self.readout_kernel_ = _LINEAR_KERNEL
+
     def _problem(self) -> WarpProblem:
         return WarpProblem(warp_kernel=self.warp_kernel_, readout_kernel=self.readout_kernel_, lam=self.lam_,
-                           mode=self.mode, n_layers=self.n_layers, integrator=self.integrator, backend=self.backend_,
-                           max_iter=self.max_iter, tol=self.tol)
+                           mode=self.mode, n_layers=self.n_layers_, integrator=self.integrator, backend=self.backend_,
+                           max_iter=self.max_iter_, tol=self.tol, n_augment=self.augment_)
 
     def _fit(self, X: np.ndarray, Y: np.ndarray):
         """Fit the warp and the readout to X (N, d) and real targets Y (N, k)."""
         self._check_params()
+        self._resolve_auto()
         t0 = time.perf_counter()
         rng = np.random.default_rng(self.random_state)
         n = X.shape[0]
@@ -185,11 +234,16 @@ class _KernelWarpingBase(BaseEstimator):
         self._select_readout(X, q0, Yc, rng)
         problem = self._problem()
         if self.nu == "auto":
-            self.nu_, self.nu_validation_ = select_nu(problem, q0, Yc, rng, classification=self._classification)
+            grid = LINEAR_NU_GRID if self.readout == "linear" else NU_GRID
+            self.nu_, self.nu_validation_ = select_nu(problem, q0, Yc, rng, classification=self._classification,
+                                                      nu_grid=grid)
         else:
             self.nu_, self.nu_validation_ = float(self.nu), None
-        fit = fit_momenta(problem, q0, Yc, self.nu_, warn=True, name=type(self).__name__)
+        fit = fit_momenta(problem, q0, Yc, self.nu_, seed=0)
         self.n_iter_, self.converged_, self.stop_reason_ = fit.n_iter, fit.converged, fit.stop_reason
+        if fit.stop_reason in _FAILURES:
+            warnings.warn(f"{type(self).__name__}: the warp's optimisation stopped after {fit.n_iter} iterations "
+                          f"without converging ({STOP_REASONS[fit.stop_reason][1]})", ConvergenceWarning, stacklevel=3)
         self.loss_curve_ = fit.history
         self.objective_, self.kinetic_energy_, self.data_term_ = fit.objective, fit.energy, fit.data
         self.initial_data_term_ = fit.initial_data
@@ -219,7 +273,12 @@ class _KernelWarpingBase(BaseEstimator):
             self.lam_, self.loo_final_ = sel.lam, sel.score
         alpha = ridge_solve(self.readout_kernel_, qL, Yc, self.lam_, backend=self.backend_)
         self.readout_ = RidgeReadout(self.readout_kernel_, self.lam_, qL, alpha, self.offset_)
-        self._store_gp(Yc)  # the warped GP's scales (gp.py: error bars, predict_proba)
+        if self.readout == "linear":  # f(z) = Σ_i (z·q_i + 1) α_i + offset = coef_ z + intercept_
+            self.coef_ = (qL.T @ alpha).T.cpu().numpy()
+            self.intercept_ = (alpha.sum(0) + self.offset_).cpu().numpy()
+        # the warped GP's scales (gp.py: error bars, predict_proba); with the linear readout its kernel z·z' + 1
+        # makes it Bayesian linear regression on the warped coordinates
+        self._store_gp(Yc)
         self.displacement_ = float((qL - q0).norm(dim=1).mean())
 
     # ------------------------------------------------------------------ prediction
@@ -242,6 +301,29 @@ class _KernelWarpingBase(BaseEstimator):
         with torch.no_grad():
             return self._warp(self._to_tensor(X, torch.float64), return_path=return_path).cpu().numpy()
 
+    def jacobian_determinant(self, X):
+        """``det DΦ`` of the fitted flow at points X (in the lifted space when ``augment_ > 0``).
+
+        Parameters
+        ----------
+        X : array-like of shape (M, d)
+            E.g. a grid over the data; positive everywhere means the flow is orientation-preserving there (a
+            diffeomorphism on that grid, THEORY §4).
+
+        Returns
+        -------
+        ndarray of shape (M,)
+        """
+        check_is_fitted(self, "readout_")
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        x = self._lift(self._to_tensor(X, torch.float64))
+        with torch.enable_grad():
+            xx = x.detach().requires_grad_(True)
+            y = self.trajectory_.flow(xx)
+            J = torch.stack([torch.autograd.grad(y[:, i].sum(), xx, retain_graph=i < y.shape[1] - 1)[0]
+                             for i in range(y.shape[1])], 1)
+        return torch.linalg.det(J).detach().cpu().numpy()
+
     def _warp(self, x: torch.Tensor, return_path: bool = False) -> torch.Tensor:
         return self.trajectory_.flow(self._lift(x), return_path=return_path)
 
@@ -252,106 +334,9 @@ class _KernelWarpingBase(BaseEstimator):
             return self.readout_(self._warp(self._to_tensor(X, torch.float64)), backend=self.backend_)
 
 
-_PARAM_DOC = """
-    Parameters
-    ----------
-    mode : {"layers", "shooting"}, default="layers"
-        "layers" optimises one momentum per layer of ``n_layers`` explicit-Euler steps (a ResNet trained by
-        backpropagation; its optimum satisfies the discrete Hamiltonian system); "shooting" optimises the initial
-        momentum only and warps by the continuous Hamiltonian flow (geodesic). Both reach the same objective
-        within 1e-3 on moons; "layers" is the default because it is 3-4 times cheaper per iteration with equal or
-        better 5-fold accuracy on the benchmark (scripts/ideas_experiments.py).
-    n_layers : int, default=5
-        Time steps of the flow over [0, 1] (layers of the network).
-    integrator : str, default="rk2"
-        Engine integrator of the shooting mode (``lddmm_nets.integrators.available()``).
-    warp_kernel, readout_kernel : {"gaussian", "laplace", "matern", "cauchy"} or engine kernel, default="gaussian"
-        Warping kernel Γ and readout kernel K; names are built with the widths below.
-    warp_sigma : float or "auto", default="auto"
-        Width of Γ in input units; "auto" is twice the readout width.
-    readout_sigma : float or "auto", default="auto"
-        Width of K; "auto" is selected with ``lam`` by exact leave-one-out on the unwarped data (at most 2,000
-        points) among 2^-4.5 ... 8 (steps of 2^(1/4)) times the median pairwise distance (``loo_select``):
-        regressors take the smallest LOO squared error; two-class classifiers a one-standard-error rule on LOO
-        accuracy, then the smallest LOO squared error; classifiers of more than two classes the largest LOO
-        accuracy averaged over each candidate's neighbours in the (width, λ) grid.
-    nu : float or "auto", default="auto"
-        Weight of the kinetic energy relative to the data term ``ℓ / N`` (``math.inf``: no warp, plain kernel ridge
-        regression). "auto" chooses among no warp at all
-        (ν = ∞: plain kernel ridge regression with the selected width and λ), 0.1 and 0.01 by 3-fold
-        cross-validation inside ``fit`` (warps fitted on at most 600 points per inner fold; when N ≤ 1,000 the
-        cross-validation is repeated over 3 shuffles of the folds and each point's held-out loss averaged). The loss
-        is the squared error, or the 0-1 error for more than two classes; the choice is the simplest candidate whose
-        mean loss is within one paired standard error of the smallest, so a warp is taken only when its held-out
-        gain exceeds its noise, and the default falls back to the tuned kernel ridge readout otherwise. The choice
-        is ``nu_``.
-    lam : float or "auto", default="auto"
-        Ridge parameter λ of the readout ("auto": leave-one-out among 1e-4 ... √10, steps of 10^(1/4)).
-    nugget : float, default=1e-3
-        Nugget r added to Γ(q, q) (kernel regularisation, R2's alternative to dropout).
-    augment : int, default=0
-        Extra zero input dimensions (augmented flows can untangle what a homeomorphism of R^d cannot).
-    max_iter : int, default=30
-        L-BFGS iterations (``lddmm_nets.optim.minimize``, strong Wolfe line search; at most 1.25 max_iter + 1
-        objective evaluations).
-    tol : float, default=1e-5
-        L-BFGS stops when the largest gradient entry of the normalised objective is below tol (or its relative
-        decrease in one iteration below 1e-4 tol).
-    refit_lam : bool, default=False
-        With ``lam="auto"``, select λ again by leave-one-out on the warped training points before the final solve.
-    backend : {"auto", "dense", "keops"}, default="auto"
-        Kernel backend for the kernel sums; "auto" is dense up to 2^24 pairs (N ≤ 4096) and the engine's choice
-        (KeOps) beyond. The chosen value is ``backend_``.
-    dtype : {"float32", "float64"}, default="float32"
-        Precision of the optimisation; the leave-one-out selection and the fitted model (final trajectory,
-        readout, predictions) are always float64.
-    device : str, default="cpu"
-    random_state : int, Generator or None
-        Seeds the subsamples (median distance, leave-one-out, inner folds of the ν and readout selections): an int
-        makes ``fit`` reproducible; None draws fresh splits on every fit (scikit-learn's convention).
-"""
-
-_ATTR_DOC = """
-    Attributes
-    ----------
-    trajectory_ : Trajectory or LayerTrajectory
-        The warp of the training points; ``trajectory_.flow(x)`` warps new (lifted) points.
-    energy_ : ndarray
-        H along the trajectory ((n_layers + 1,) for shooting, (n_layers,) for layers).
-    momentum_ : ndarray of shape (N, d + augment)
-        Initial momentum p_0 of the data points.
-    momentum_sparsity_ : float
-        Fraction of points whose momentum is below 1e-3 of the largest (the "support vectors" are the rest).
-    readout_ : RidgeReadout
-        Closed-form ridge readout on the warped training points.
-    readout_sigma_, warp_sigma_, lam_ : float
-        The widths and ridge parameter used.
-    nu_ : float
-        The warp strength used (``math.inf``: no warp, the trajectory is the identity).
-    nu_validation_ : list of tuple or None
-        With ``nu="auto"``: ``(nu, held-out accuracy or nan, held-out mean squared error, mean loss, paired
-        standard error of the loss to the best candidate's)`` per candidate, no warp first (empty below 30
-        training points, where no warp is kept).
-    objective_, kinetic_energy_, data_term_, initial_data_term_ : float
-        Final objective ``ν E + ℓ/N``, its parts, and ℓ/N before warping.
-    displacement_ : float
-        Mean displacement of the training points.
-    n_iter_, converged_, stop_reason_ :
-        L-BFGS iterations of the final fit, whether it met its stopping rule, and why it stopped (a key of
-        ``lddmm_nets.optim.STOP_REASONS``, or "identity" when nothing was optimised: ν = ∞ or the identity warp
-        already optimal). A final fit that stops without converging warns with ``lddmm_nets.optim.ConvergenceWarning``.
-    loss_curve_ : ndarray
-        Objective at the start and after every L-BFGS iteration of the final fit.
-    fit_time_ : float
-        Seconds.
-"""
-
-
 class KernelWarpingRegressor(WarpedGPRegressorMixin, RegressorMixin, _KernelWarpingBase):
     __doc__ = ("Idea-registration regressor: a learned flow of the inputs followed by kernel ridge regression.\n"
-               + _PARAM_DOC + _ATTR_DOC
-               + "    signal_variance_, noise_variance_ : ndarray of shape (k,)\n        Scales of the warped GP "
-                 "(``predict(return_std=True)``, ``sample_y``; lddmm_nets.nets.gp), in squared units of y.\n")
+               + PARAM_DOC + ATTR_DOC + REGRESSOR_ATTR_DOC)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -365,17 +350,20 @@ class KernelWarpingRegressor(WarpedGPRegressorMixin, RegressorMixin, _KernelWarp
         self._y_1d = y.ndim == 1
         Y = y.reshape(len(y), -1)
         self.y_scale_ = np.where(Y.std(0) > 0, Y.std(0), 1.0)
-        return self._fit(X, Y / self.y_scale_)
+        self._fit(X, Y / self.y_scale_)
+        if self.readout == "linear":  # in the targets' units
+            self.coef_, self.intercept_ = self.coef_ * self.y_scale_[:, None], self.intercept_ * self.y_scale_
+            if self._y_1d:
+                self.coef_, self.intercept_ = self.coef_[0], float(self.intercept_[0])
+        return self
 
     # predict(X, return_std=False, return_cov=False) and sample_y: WarpedGPRegressorMixin (gp.py)
 
 
 class KernelWarpingClassifier(WarpedGPClassifierMixin, ClassifierMixin, _KernelWarpingBase):
     __doc__ = ("Idea-registration classifier: a learned flow of the inputs followed by kernel ridge regression of\n"
-               "the one-hot labels; the predicted class is the largest score.\n" + _PARAM_DOC + _ATTR_DOC
-               + "    classes_ : ndarray\n        Class labels.\n"
-               + "    temperature_ : float\n        ``predict_proba`` is ``softmax(temperature_ * scores)``, the "
-                 "temperature fitted on exact leave-one-out scores (lddmm_nets.nets.gp).\n")
+               "the one-hot labels; the predicted class is the largest score.\n" + PARAM_DOC + ATTR_DOC
+               + CLASSIFIER_ATTR_DOC)
 
     _classification = True
 

@@ -53,6 +53,14 @@ class WarpProblem:
         L-BFGS iterations (the evaluation budget is ``1.25 max_iter + 1``).
     tol : float
         L-BFGS stops when the largest gradient entry of the normalised objective is below ``tol``.
+    n_augment : int
+        The last ``n_augment`` coordinates are zero-padding (``augment``). A radial warp kernel and the readouts
+        are invariant under reflections of these coordinates, so the gradient in them vanishes while every point
+        lies on the plane ``z = 0``: a flow started at p = 0 never leaves it. ``fit_momenta`` therefore starts
+        their momenta at random values of size ``augment_init`` (in units of the scaled momenta, see
+        ``fit_momenta``).
+    augment_init : float
+        See ``n_augment``.
     """
 
     warp_kernel: object
@@ -64,6 +72,8 @@ class WarpProblem:
     backend: str = "auto"
     max_iter: int = 30
     tol: float = 1e-5
+    n_augment: int = 0
+    augment_init: float = 0.1
 
 
 @dataclass
@@ -131,8 +141,18 @@ def _identity(problem: WarpProblem, q0, data: float) -> MomentaFit:
     return MomentaFit(p=p, objective=data, energy=0.0, data=data, initial_data=data)
 
 
+def _start(problem: WarpProblem, q0: torch.Tensor, seed: int) -> torch.Tensor:
+    """Starting scaled momenta: zero, except random entries in the augmented coordinates (symmetry breaking)."""
+    P = torch.zeros(_momenta_shape(problem, q0), dtype=q0.dtype, device=q0.device)
+    if problem.n_augment:
+        g = torch.Generator().manual_seed(int(seed))
+        noise = torch.randn(P[..., -problem.n_augment:].shape, generator=g, dtype=torch.float64)
+        P[..., -problem.n_augment:] = problem.augment_init * noise.to(dtype=q0.dtype, device=q0.device)
+    return P
+
+
 def fit_momenta(problem: WarpProblem, q0: torch.Tensor, Yc: torch.Tensor, nu: float, *, warn: bool = False,
-                name: str = "fit_momenta") -> MomentaFit:
+                name: str = "fit_momenta", seed: int = 0) -> MomentaFit:
     """Minimise ``ν E + ℓ(q_L)/N`` over the momenta; ``ν = ∞`` is the identity warp (p = 0).
 
     The variables are scaled so that L-BFGS sees O(1) numbers whatever N, ν and λ (THEORY §7: data term scaled by
@@ -154,6 +174,8 @@ def fit_momenta(problem: WarpProblem, q0: torch.Tensor, Yc: torch.Tensor, nu: fl
         estimator; inner cross-validation fits spend a deliberate budget and report instead).
     name : str
         What the warning calls the caller.
+    seed : int
+        Seed of the starting momenta of the augmented coordinates (``problem.n_augment``).
 
     Returns
     -------
@@ -179,11 +201,14 @@ def fit_momenta(problem: WarpProblem, q0: torch.Tensor, Yc: torch.Tensor, nu: fl
     # When the possible decrease is below round-off (the identity warp is already optimal to working precision,
     # e.g. data the readout interpolates), there is nothing to optimise.
     if not (c > 0 and math.isfinite(j0) and j0 > 1e-10 * max(initial_data, 1e-30)):
-        return _identity(problem, q0, initial_data)
+        if not problem.n_augment:
+            return _identity(problem, q0, initial_data)
+        # nothing to gain in the plane at the start, but the augmented directions may still pay: scale by the data
+        j0 = max(initial_data, 1e-30)
+        c = math.sqrt(j0 / nu)
     # torch.optim.LBFGS's settings of the first version: strong Wolfe, 20 pairs, 1.25 max_iter evaluations, and
     # an objective rule 1e-4 tol on the normalised objective
-    res = minimize(lambda P: _objective(problem, q0, Yc, nu, c * P)[0] / j0,
-                   torch.zeros(_momenta_shape(problem, q0), dtype=q0.dtype, device=q0.device),
+    res = minimize(lambda P: _objective(problem, q0, Yc, nu, c * P)[0] / j0, _start(problem, q0, seed),
                    max_iter=problem.max_iter, max_eval=int(problem.max_iter * 1.25) + 1, gtol=problem.tol,
                    ftol=1e-4 * problem.tol, history_size=20, line_search="wolfe", warn=warn, name=name)
     p = c * res.x

@@ -110,13 +110,13 @@ def inner_folds(labels: np.ndarray, rng: np.random.Generator, *, classification:
     return folds
 
 
-def _held_out_scores(problem: WarpProblem, q0, Yc, nu: float, tr, va):
+def _held_out_scores(problem: WarpProblem, q0, Yc, nu: float, tr, va, seed: int = 0):
     """Fit the warp on points ``tr`` and return the readout's scores (float64) at the held-out points ``va``."""
     tr_t = torch.as_tensor(tr, device=q0.device)
     qt, Yt = q0[tr_t], Yc[tr_t]
     mean = Yt.double().mean(0)
     Ytc = Yt - mean.to(Yt.dtype)
-    fit = fit_momenta(problem, qt, Ytc, nu)
+    fit = fit_momenta(problem, qt, Ytc, nu, seed=seed)
     warp = warp_trajectory(problem, qt.double(), fit.p)
     with torch.no_grad():
         alpha = ridge_solve(problem.readout_kernel, warp.q_final, Ytc.double(), problem.lam, backend=problem.backend)
@@ -125,7 +125,7 @@ def _held_out_scores(problem: WarpProblem, q0, Yc, nu: float, tr, va):
 
 
 def select_nu(problem: WarpProblem, q0: torch.Tensor, Yc: torch.Tensor, rng: np.random.Generator, *,
-              classification: bool, folds: list | None = None):
+              classification: bool, folds: list | None = None, nu_grid=NU_GRID):
     """Choose ν among ``NU_GRID`` and ∞ (no warp) by internal cross-validation on the training set.
 
     Every candidate warp is fitted on the inner training folds (at most ``NU_MAX_POINTS`` points each) with the
@@ -149,6 +149,8 @@ def select_nu(problem: WarpProblem, q0: torch.Tensor, Yc: torch.Tensor, rng: np.
     classification : bool
     folds : list of (train, held-out) index arrays, optional
         The inner folds (default ``inner_folds``); every point is held out the same number of times.
+    nu_grid : sequence of float
+        The candidate warp strengths besides ∞ (default ``NU_GRID``).
 
     Returns
     -------
@@ -159,7 +161,7 @@ def select_nu(problem: WarpProblem, q0: torch.Tensor, Yc: torch.Tensor, rng: np.
         candidate, no warp first (empty below ``NU_MIN_POINTS`` points, where no warp is kept).
     """
     n = q0.shape[0]
-    candidates = (math.inf,) + tuple(sorted(NU_GRID, reverse=True))  # simplest first
+    candidates = (math.inf,) + tuple(sorted(nu_grid, reverse=True))  # simplest first
     if n < NU_MIN_POINTS:
         return math.inf, []
     zero_one = classification and Yc.shape[1] > 2
@@ -168,12 +170,12 @@ def select_nu(problem: WarpProblem, q0: torch.Tensor, Yc: torch.Tensor, rng: np.
     repeats = sum(len(va) for _, va in folds) / n
     sq = {nu: np.zeros(n) for nu in candidates}
     wrong = {nu: np.zeros(n) for nu in candidates}
-    for tr, va in folds:
+    for j, (tr, va) in enumerate(folds):
         if len(tr) > NU_MAX_POINTS:
             tr = np.sort(rng.choice(tr, NU_MAX_POINTS, replace=False))
         Yv = Yc[torch.as_tensor(va, device=q0.device)].double()
         for nu in candidates:
-            pred = _held_out_scores(problem, q0, Yc, nu, tr, va)
+            pred = _held_out_scores(problem, q0, Yc, nu, tr, va, seed=j + 1)
             sq[nu][va] += ((pred - Yv) ** 2).sum(1).cpu().numpy() / repeats
             wrong[nu][va] += (pred.argmax(1) != Yv.argmax(1)).double().cpu().numpy() / repeats
     loss = wrong if zero_one else sq

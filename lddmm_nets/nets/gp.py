@@ -9,6 +9,10 @@ its posterior mean is the ridge readout itself, and a new observation at x has t
 
     σ²_y(x) = s² (K_φ(x, x) - K_φ(x, X) (K_φ(X, X) + λI)^{-1} K_φ(X, x)) + s² λ.
 
+With ``readout="linear"`` K is ``z·z' + 1``, and this GP is Bayesian linear regression of y on ``[φ(x), 1]``
+(weights ~ N(0, s² I), noise N(0, s² λ)): the posterior mean is the linear readout ``coef_ φ(x) + intercept_`` and
+the error bars are that posterior's (``tests/test_nets_readout.py`` checks them in weight space).
+
 The ridge parameter fixes the noise-to-signal ratio; only the signal scale s² is left, estimated per output in
 closed form by one of
 

@@ -20,12 +20,13 @@ from torch import nn
 from lddmm_nets.checks import check_choice, check_int, check_points, check_positive
 from lddmm_nets.optim import OptimResult, minimize
 
+from ._minibatch import SCHEDULES, STOCHASTIC_OPTIMIZERS, full_gradient_max, minibatch_train
 from .resnet import ACTIVATIONS, LOSSES, ResNetFlow
 from .weights import as_weight_path
 
-__all__ = ["TrainResult", "train_resnet", "FlowFit", "fit_flow_network", "OPTIMIZERS"]
+__all__ = ["TrainResult", "train_resnet", "FlowFit", "fit_flow_network", "OPTIMIZERS", "SCHEDULES"]
 
-OPTIMIZERS = ("lbfgs", "adam")
+OPTIMIZERS = ("lbfgs", "adam", "sgd")
 
 
 @dataclass
@@ -35,20 +36,23 @@ class TrainResult:
     Attributes
     ----------
     loss_curve : ndarray
-        Objective at the start, then after every accepted L-BFGS iteration (or every Adam step).
+        Objective at the start, then after every accepted L-BFGS iteration (full-batch Adam/SGD: every step;
+        minibatch: the mean batch objective of every epoch).
     n_iter : int
-        Optimiser iterations (Adam: steps).
+        Optimiser iterations (Adam/SGD: steps).
     grad_norm : float
         Largest gradient entry of the objective at the end (dropout off).
     converged : bool
-        L-BFGS met its stopping rule (``stop_reason`` "gradient" or "objective"); Adam, which runs the requested
-        number of steps, reports False.
+        L-BFGS met its stopping rule (``stop_reason`` "gradient" or "objective"); Adam and SGD, which run the
+        requested number of steps or epochs, report False (judge them by ``grad_norm``).
     stop_reason : str
-        A key of ``lddmm_nets.optim.STOP_REASONS`` (Adam: "max_iter").
+        A key of ``lddmm_nets.optim.STOP_REASONS`` (Adam, SGD: "max_iter").
     n_eval : int
-        Objective evaluations (each with its gradient).
+        Objective evaluations (each with its gradient; minibatch: batches).
     seconds : float
         Wall time of the optimisation.
+    epoch_seconds : ndarray
+        Wall time of every epoch (minibatch training; empty otherwise).
     """
 
     loss_curve: np.ndarray
@@ -58,6 +62,7 @@ class TrainResult:
     stop_reason: str = ""
     n_eval: int = 0
     seconds: float = 0.0
+    epoch_seconds: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 class _Closure(nn.Module):
@@ -123,9 +128,10 @@ def _final_gradient(model: ResNetFlow, fn) -> float:
     return max((float(g.abs().max()) for g in grads if g is not None), default=0.0)
 
 
-def _adam(model: ResNetFlow, fn, *, max_iter: int, lr: float, callback) -> TrainResult:
+def _full_batch_stochastic(model: ResNetFlow, fn, *, optimizer: str, max_iter: int, lr: float,
+                           callback) -> TrainResult:
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = torch.optim.Adam(params, lr=lr) if optimizer == "adam" else torch.optim.SGD(params, lr=lr, momentum=0.9)
     curve = []
     t0 = time.perf_counter()
     for it in range(max_iter):
@@ -141,36 +147,76 @@ def _adam(model: ResNetFlow, fn, *, max_iter: int, lr: float, callback) -> Train
                        stop_reason="max_iter", n_eval=max_iter, seconds=time.perf_counter() - t0)
 
 
+def _check_training(X, Y, *, loss, optimizer, batch_size, epochs, schedule):
+    check_choice("loss", loss, LOSSES)
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_choice("schedule", schedule, SCHEDULES)
+    if X.shape[0] != Y.shape[0]:
+        raise ValueError(f"X and Y must have the same number of rows; got {X.shape[0]} and {Y.shape[0]}")
+    if batch_size is not None:
+        check_int("batch_size", batch_size)
+        check_int("epochs", epochs)
+        if optimizer not in STOCHASTIC_OPTIMIZERS:
+            raise ValueError(f"optimizer: expected one of {list(STOCHASTIC_OPTIMIZERS)} with batch_size (minibatch "
+                             f"training), got {optimizer!r}")
+        if loss == "ridge":
+            raise ValueError("loss: expected 'cross_entropy' or 'mse' with batch_size (the ridge data term does not "
+                             "split over batches), got 'ridge'")
+
+
 def train_resnet(model: ResNetFlow, X: torch.Tensor, Y: torch.Tensor, *, loss: str = "cross_entropy",
                  optimizer: str = "lbfgs", max_iter: int = 500, tol: float = 1e-9, lr: float = 1e-2,
+                 batch_size: int | None = None, epochs: int = 10, schedule: str = "cosine", seed: int = 0,
                  callback=None) -> TrainResult:
-    """Full-batch training of a ``ResNetFlow`` on X (N, d) and targets Y (N, k).
+    """Train a ``ResNetFlow`` on X (N, d) and targets Y (N, k): full batch, or minibatches for large N.
 
     Parameters
     ----------
+    model : ResNetFlow
+        Trained in place on its device (X and Y are moved there; in minibatch mode batch by batch).
+    X, Y : torch.Tensor
+        (N, d) inputs and (N, k) targets (one-hot for classes).
     loss : {"cross_entropy", "mse", "ridge"}
-        "ridge" is the closed-form kernel ridge data term ``ℓ(x_L)/N`` (the head is then fitted at the end).
-    optimizer : {"lbfgs", "adam"}
+        "ridge" is the closed-form kernel ridge data term ``ℓ(x_L)/N`` (the head is then fitted at the end;
+        full batch only).
+    optimizer : {"lbfgs", "adam", "sgd"}
         L-BFGS (``lddmm_nets.optim.minimize``, strong Wolfe line search, 50 correction pairs, at most
-        ``2 max_iter`` evaluations) to converge tightly; Adam (``max_iter`` steps) for a stochastic objective
-        (dropout).
+        ``2 max_iter`` evaluations) to converge tightly (full batch only); Adam, or SGD with momentum 0.9, for a
+        stochastic objective (dropout) or minibatches.
     max_iter, tol, lr :
-        Iterations, gradient tolerance (L-BFGS: stop when the largest gradient entry is below tol), step size (Adam).
-        The default tol, 1e-9, is near the limit of float64 for objectives of order 1e-2 to 1: below about
-        ``sqrt(eps · objective · curvature)`` no step can decrease the objective any more and L-BFGS stops with
-        "line_search" (and a ``ConvergenceWarning``).
+        Full batch: iterations (L-BFGS) or steps (Adam, SGD); gradient tolerance (L-BFGS: stop when the largest
+        gradient entry is below tol); step size (Adam, SGD). The default tol, 1e-9, is near the limit of float64 for
+        objectives of order 1e-2 to 1: below about ``sqrt(eps · objective · curvature)`` no step can decrease the
+        objective any more and L-BFGS stops with "line_search" (and a ``ConvergenceWarning``).
+    batch_size : int, optional
+        Minibatch training (Adam or SGD over a shuffled ``DataLoader``) with batches of this size, for ``epochs``
+        passes over the data; None (default): full batch.
+    epochs : int, default=10
+        Passes over the data (minibatch training).
+    schedule : {"cosine", "constant"}, default="cosine"
+        Step size of minibatch training: cosine decay from ``lr`` to 0 over the run, or constant.
+    seed : int, default=0
+        Seed of the minibatch shuffling.
     callback : callable, optional
-        ``callback(iteration, loss)`` after every L-BFGS iteration or Adam step (progress is the caller's business).
+        ``callback(iteration, loss)`` after every L-BFGS iteration or full-batch step, or ``callback(epoch, mean
+        batch loss)`` after every epoch of minibatch training (progress bars are the caller's business).
 
     Returns
     -------
     TrainResult
-        An L-BFGS run that stops without meeting its rule also warns with ``lddmm_nets.optim.ConvergenceWarning``.
+        With ``grad_norm`` the largest gradient entry of the full objective at the end (accumulated over chunks in
+        minibatch mode) and ``epoch_seconds`` the time per epoch. An L-BFGS run that stops without meeting its rule
+        also warns with ``lddmm_nets.optim.ConvergenceWarning``.
     """
-    check_choice("loss", loss, LOSSES)
-    check_choice("optimizer", optimizer, OPTIMIZERS)
-    if X.shape[0] != Y.shape[0]:
-        raise ValueError(f"X and Y must have the same number of rows; got {X.shape[0]} and {Y.shape[0]}")
+    _check_training(X, Y, loss=loss, optimizer=optimizer, batch_size=batch_size, epochs=epochs, schedule=schedule)
+    if batch_size is not None:
+        out = TrainResult(grad_norm=math.nan, **minibatch_train(
+            model, X, Y, loss=loss, optimizer=optimizer, batch_size=batch_size, epochs=epochs, lr=lr,
+            schedule=schedule, seed=seed, callback=callback))
+        model.eval()
+        out.grad_norm = full_gradient_max(model, X, Y, loss)
+        return out
+    X, Y = X.to(model.device), Y.to(model.device)
     fn = lambda m: m.objective(X, Y, loss)  # noqa: E731
     model.train()
     if optimizer == "lbfgs":
@@ -183,7 +229,7 @@ def train_resnet(model: ResNetFlow, X: torch.Tensor, Y: torch.Tensor, *, loss: s
                           converged=res.converged, stop_reason=res.stop_reason, n_eval=res.n_eval,
                           seconds=res.seconds)
     else:
-        out = _adam(model, fn, max_iter=max_iter, lr=lr, callback=callback)
+        out = _full_batch_stochastic(model, fn, optimizer=optimizer, max_iter=max_iter, lr=lr, callback=callback)
     model.eval()
     out.grad_norm = _final_gradient(model, fn)
     if loss == "ridge" or model.head is None:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..io import output
+
 __all__ = ["Outcome", "DATA_ERRORS", "probe_task", "prepare_task", "register_task", "reduce_task",
            "atomic_directory", "atomic_file", "available_cores"]
 
@@ -112,21 +114,10 @@ def atomic_directory(path: str):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-@contextlib.contextmanager
 def atomic_file(path: str):
-    """Yield a temporary file name beside ``path`` (same suffix); on success it is renamed to ``path``."""
-    parent = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(parent, exist_ok=True)
-    base = os.path.basename(path)
-    suffix = base[base.index("."):] if "." in base else ""
-    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=parent)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """``registration.io.output.atomic_file`` creating the parent directory: yield a temporary file name beside
+    ``path`` (same suffix); on success it is renamed to ``path``."""
+    return output.atomic_file(path, make_parent=True)
 
 
 def _host() -> str:

@@ -51,14 +51,19 @@ def atomic_directory(path, *, prefix: str = ".lddmm-partial-"):
 
 
 @contextlib.contextmanager
-def atomic_file(path):
-    """Context manager: write the yielded temporary path (same directory, same extension); on success it replaces
-    ``path``; on failure it is removed."""
+def atomic_file(path, *, make_parent: bool = False):
+    """Context manager: write the yielded temporary path (same directory, same extension, a unique name); on
+    success it replaces ``path``; on failure it is removed. The parent directory must exist, unless
+    ``make_parent``."""
     path = os.path.abspath(os.fspath(path))
     parent, base = os.path.split(path)
-    if not os.path.isdir(parent):
+    if make_parent:
+        os.makedirs(parent, exist_ok=True)
+    elif not os.path.isdir(parent):
         raise FileNotFoundError(f"--out: the parent directory of {path} does not exist")
-    tmp = os.path.join(parent, f".partial-{os.getpid()}-{base}")
+    suffix = base[base.index("."):] if "." in base else ""
+    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=parent)
+    os.close(fd)
     try:
         yield tmp
         os.replace(tmp, path)
