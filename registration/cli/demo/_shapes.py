@@ -1,6 +1,6 @@
 """Demo section: a cortical surface without correspondence — fsaverage5's left white surface registered onto its
 pial surface (642 vertices) by geodesic shooting with the unoriented varifold. About 10 s with ``--quick`` (12
-iterations), about 60 s in the full demo (coarse-to-fine until convergence) on one core of this CPU."""
+iterations), about 40 s in the full demo (coarse-to-fine until convergence) on one core of this CPU."""
 
 from __future__ import annotations
 
