@@ -199,6 +199,8 @@ def _run_level(deform: _Deformation, level: _Level, z0: torch.Tensor, *, max_ite
         p0 = deform.momenta(z)
         qs, _, x1 = deform.shoot(p0, None if on_control_points else level.vertices)
         x1 = qs[-1] if on_control_points else x1
+        if not bool(torch.isfinite(x1).all()):  # a step so long that the shooting overflowed: infeasible
+            return None
         data, penalty, worst = level.data(x1, barrier, check_flips)
         if check_flips and worst <= FLIP_MARGIN:
             return None
