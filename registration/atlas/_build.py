@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import inspect
 import os
 import shutil
 import tempfile
@@ -25,24 +24,6 @@ __all__ = ["build_template"]
 ON_ERROR = ("exclude", "raise")
 
 
-def _check_register_options(options) -> dict:
-    from ..images import register_images
-
-    options = dict(options or {})
-    allowed = sorted(set(inspect.signature(register_images).parameters)
-                     - {"fixed", "moving", "callback", "threads", "moving_mask"})
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(f"register_options: unknown options {unknown}; expected keys among {allowed}")
-    if options.get("geodesics", "single") != "single":
-        raise ValueError(f"register_options: an atlas needs geodesics='single' (one initial momentum per subject), "
-                         f"got {options['geodesics']!r}")
-    if options.get("momentum", "vector") != "vector":
-        raise ValueError(f"register_options: an atlas averages vector momenta; expected momentum='vector', got "
-                         f"{options['momentum']!r}")
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}
-
-
 def _check_args(iterations, retries, on_error, tol) -> None:
     if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 0:
         raise ValueError(f"iterations: expected an integer >= 0, got {iterations!r}")
@@ -54,7 +35,7 @@ def _check_args(iterations, retries, on_error, tol) -> None:
         raise ValueError(f"tol: expected None or a positive number, got {tol!r}")
 
 
-def build_template(subjects, *, iterations: int = 4, initial="affine", names=None, out=None, resume: bool = False,
+def build_template(subjects, *, iterations: int = 4, initial=None, names=None, out=None, resume: bool = False,
                    client=None, workers: int | None = None, threads: int | None = None, retries: int = 2,
                    on_error: str = "exclude", unbias: bool = True, normalize: bool = True, tol: float | None = None,
                    keep_rounds: bool = False, register_options: dict | None = None,
@@ -134,10 +115,11 @@ def build_template(subjects, *, iterations: int = 4, initial="affine", names=Non
         A task failed after its retries for a reason other than its data (the checkpoint stays: ``resume``).
     """
     _check_args(iterations, retries, on_error, tol)
-    reg = _check_register_options(register_options)
     kind = kind_for(subjects, initial)
+    reg = kind.check_options(register_options)
+    initial = kind.default_initial if initial is None else initial
     specs = as_subjects(subjects, kind, names)
-    given = None if isinstance(initial, str) and initial in ("affine", "mean") else kind.read_template(initial)
+    given = None if isinstance(initial, str) and initial in kind.initial_choices else kind.read_template(initial)
     options = {"kind": kind.name, "iterations": int(iterations), "unbias": bool(unbias), "normalize": bool(normalize),
                "tol": tol, "register": reg,
                "initial": initial if given is None else "given:" + hashlib.sha1(kind.digest(given)).hexdigest()}
