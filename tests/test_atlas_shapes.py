@@ -161,3 +161,24 @@ def test_shape_options_are_checked(population):
         build_template(subjects, iterations=0, register_options={"shrink_factors": (2, 1)}, **SYNC)
     with pytest.raises(ValueError, match="initial"):
         build_template(subjects, iterations=0, initial="affine", register_options=FAST, **SYNC)
+    with pytest.raises(ValueError, match="max_iter"):
+        build_template(subjects, iterations=0, register_options=dict(FAST, max_iter=[10, 20]), **SYNC)
+
+
+def test_atlas_command_on_meshes(population, tmp_path, capsys):
+    """``lddmm atlas`` on curve files: the template mesh, each subject's warped template and transform, the momenta
+    and the report; image-only options are refused in one line."""
+    from registration.cli import main
+
+    _, subjects = population
+    paths = [save_mesh(tmp_path / f"s{k}.vtk", s) for k, s in enumerate(subjects[:3])]
+    out = tmp_path / "atlas"
+    fast = ["--sigma", "10", "--data-sigma", "3", "--level-iterations", "30", "--n-steps", "5"]
+    assert main(["atlas", *paths, "--out", str(out), "--iterations", "1", "--scheduler", "synchronous", *fast]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["kind"] == "shapes" and report["names"] == ["s0", "s1", "s2"] and len(report["history"]) == 2
+    assert np.load(out / "momenta.npy").shape == (3, 64, 2)
+    assert load_mesh(out / "template.vtk").n_vertices == 64
+    assert sorted(os.listdir(out / "subjects" / "s1")) == ["momenta.npz", "warped.vtk"]
+    code = main(["atlas", *paths, "--out", str(tmp_path / "b"), "--scheduler", "synchronous", "--metric", "ssd"])
+    assert code == 2 and "--metric" in capsys.readouterr().err

@@ -73,6 +73,12 @@ def check_options(options) -> dict:
                          f"{sorted(OPTIONS)} (the control points are the template's vertices)")
     if not isinstance(options.get("data_term", "auto"), str):
         raise ValueError("register_options: data_term must be a name for an atlas (it is stored in the checkpoint)")
+    n_levels = len(options.get("levels", (2.0, 1.0)))
+    for key in ("max_iter", "ftol"):  # what the workers would otherwise find out once per subject
+        value = options.get(key)
+        if isinstance(value, (list, tuple)) and len(value) != n_levels:
+            raise ValueError(f"register_options: {key} expected one value or {n_levels} (one per level), got "
+                             f"{len(value)}")
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}
 
 
