@@ -43,8 +43,9 @@ def build_template(subjects, *, iterations: int = 4, initial=None, names=None, o
     """Estimate an unbiased template (atlas) of a population and one geodesic per subject (THEORY §9).
 
     Alternating scheme: from an initial template, ``iterations`` rounds of (i) register every subject onto the
-    template (``register_images``, one task per subject), (ii) update the template to the Jacobian-weighted mean
-    of the subjects pulled back into template space and (iii) unbias it: shoot it along the mean of the subjects'
+    template (``register_images`` or ``register_shapes``, one task per subject), (ii) update the template (images:
+    the Jacobian-weighted mean of the subjects pulled back into template space; shapes: a gradient step of its
+    vertices on the summed data terms) and (iii) unbias it: shoot it along the mean of the subjects'
     initial momenta at the template, so that ``Σ_s m_s ≈ 0`` (the momenta ``m_s`` are those of the geodesics from
     the template to the subjects: the registrations' momenta transported to the template end, see the atlas
     guide; with the registrations' subject -> template momenta this is THEORY §9's "minus the mean"); then a final
@@ -56,13 +57,17 @@ def build_template(subjects, *, iterations: int = 4, initial=None, names=None, o
     subjects : list or tuple
         Images: paths (read by the workers, never shipped from this process), ``Image`` s, nibabel images or
         arrays (written once into ``out/inputs/`` and read from there). 2-D or 3-D, any grids (they are resampled
-        onto the template grid).
+        onto the template grid). Shapes (curves, surfaces, point clouds; ``registration.atlas._shapes``): mesh
+        paths (``registration.io``'s mesh formats), ``Shape`` s or ``(vertices, cells)`` pairs, all of one
+        dimension and cell kind; the template keeps its own cells (the first subject's by default) and its
+        vertices move by a gradient step on the summed data terms (THEORY §9, Deformetrica's deterministic atlas).
     iterations : int
         Template updates (each one a round of registrations); 0 registers the subjects onto the initial template.
-    initial : {"affine", "mean"} or image
-        ``"affine"``: the mean of the subjects affinely aligned (same metric as the registrations) to their plain
-        mean on the first subject's grid; ``"mean"``: that plain mean; a path or image: this template (its grid is
-        the template grid).
+    initial : {"affine", "mean", "first"}, image or shape, optional
+        Images (default ``"affine"``): the mean of the subjects affinely aligned (same metric as the
+        registrations) to their plain mean on the first subject's grid; ``"mean"``: that plain mean; a path or
+        image: this template (its grid is the template grid). Shapes (default ``"first"``): the first usable
+        subject, or a given mesh path / shape (its cells are the template's).
     names : sequence of str, optional
         Subject names (output folders, ``AtlasResult.names``); default: file names, ``subject_<i>`` in memory.
     out : path, optional
@@ -89,8 +94,8 @@ def build_template(subjects, *, iterations: int = 4, initial=None, names=None, o
     unbias : bool
         Shoot the updated template along the mean momentum (step iii).
     normalize : bool
-        Rescale each subject's intensities robustly to [0, 1] (0.5 / 99.5 percentiles) before averaging (the
-        registrations normalise internally either way).
+        Images: rescale each subject's intensities robustly to [0, 1] (0.5 / 99.5 percentiles) before averaging
+        (the registrations normalise internally either way). Shapes: no effect.
     tol : float, optional
         Stop updating once the relative template change is below ``tol`` (then the final round); without it the
         ``iterations`` updates all run. A run that does not reach ``tol`` warns (``ConvergenceWarning``).
@@ -98,6 +103,8 @@ def build_template(subjects, *, iterations: int = 4, initial=None, names=None, o
         Keep every round's fields in ``out`` (default: only the last finished round's).
     register_options : dict, optional
         Options of ``register_images`` for every subject (defaults as for a pair); ``geodesics`` is ``"single"``.
+        Shapes: options of ``register_shapes`` (``sigma``, ``data_sigma``, ``data_term``, ``levels``,
+        ``regularization``, ``n_steps``, ``max_iter``, ...; the control points are the template's vertices).
     callback : callable, optional
         Called with a dict per event: ``{"event": "start" | "task" | "excluded" | "round" | "end", ...}`` (the CLI
         drives its progress bar with it).
