@@ -25,6 +25,12 @@ steps (``ShapeTransform`` from the control vertices): a template at the centre o
 In an updating round ``p̄`` was computed on the control vertices before the update, and it is shot from their
 positions after it (each row carried by its vertex: the update moves them by at most ``STEP_FRACTION`` data widths,
 a fraction of the deformation kernel's width).
+
+Summaries (``SubjectSummary``, ``report.json``), in the images' names: ``similarity_before`` / ``_after`` the
+absolute data term ``D(T, S)`` / ``D(φ(T), S)``; ``energy`` the geodesic's kinetic energy; ``deformation`` the mean
+vertex move of the template; ``ndv_percent`` the percentage of template cells that fold (``register_shapes``'
+``folded``); ``sdlogj`` the standard deviation of the log ratios of the cells' sizes (lengths or areas) after and
+before; ``jacobian_min`` the smallest normal ratio.
 """
 
 from __future__ import annotations
