@@ -182,3 +182,19 @@ def test_atlas_command_on_meshes(population, tmp_path, capsys):
     assert sorted(os.listdir(out / "subjects" / "s1")) == ["momenta.npz", "warped.vtk"]
     code = main(["atlas", *paths, "--out", str(tmp_path / "b"), "--scheduler", "synchronous", "--metric", "ssd"])
     assert code == 2 and "--metric" in capsys.readouterr().err
+
+
+def test_a_shape_run_resumes(population, atlas, tmp_path):
+    """The templates go through ``.vtk`` files in the run directory: a run interrupted after its first round and
+    resumed gives the uninterrupted run's template (to the files' precision)."""
+    _, subjects = population
+
+    def interrupt(event):
+        if event["event"] == "round":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_template(subjects, iterations=2, out=tmp_path, callback=interrupt, register_options=FAST, **SYNC)
+    resumed = build_template(subjects, iterations=2, out=tmp_path, resume=True, register_options=FAST, **SYNC)
+    assert [h.round for h in resumed.history] == [0, 1, 2]
+    np.testing.assert_allclose(resumed.template.vertices.numpy(), atlas.template.vertices.numpy(), atol=1e-3)
