@@ -90,7 +90,8 @@ def check_options(options) -> dict:
 
 def widths(template: Shape, reg: dict) -> tuple[float, float]:
     """The deformation kernel's and the finest data term's widths (``register_shapes``' defaults: 5 % of the
-    template's bounding-box diagonal, and half of that)."""
+    template's bounding-box diagonal, and half of that). The defaults follow the template's size from round to round
+    (and the unbiasing shot of an updated template uses the new size): give ``sigma`` for one metric throughout."""
     sigma = float(reg["sigma"]) if reg.get("sigma") is not None else 0.05 * (template.diameter or 1.0)
     data_sigma = float(reg["data_sigma"]) if reg.get("data_sigma") is not None else 0.5 * sigma
     return sigma, data_sigma
