@@ -76,3 +76,22 @@ def test_a_killed_worker_costs_only_its_task(client, population, reference):
     assert killed is not None, "no round-0 task was seen running: nothing was killed"
     assert killed not in client.run(os.getpid).values()  # the process is gone (its nanny started a new one)
     _same(out["result"], reference)
+
+
+def test_dask_gives_the_synchronous_shape_template(client):
+    """Shapes on the same cluster: 3 curves (the first one is the initial template), one update, the synchronous
+    template and momenta."""
+    import torch
+
+    from registration.shapes import Shape
+
+    t = np.linspace(0, 2 * np.pi, 32, endpoint=False)
+    cells = torch.tensor(np.stack([np.arange(32), (np.arange(32) + 1) % 32], 1))
+    curves = [Shape(torch.tensor(np.stack([(20 + a) * np.cos(t), (20 - a) * np.sin(t) + a], 1)), cells)
+              for a in (0.0, 3.0, -2.0)]
+    fast = {"sigma": 10.0, "data_sigma": 3.0, "levels": [1.0], "max_iter": 20, "n_steps": 5}
+    ref = build_template(curves, iterations=1, client="synchronous", threads=1, register_options=fast)
+    res = build_template(curves, iterations=1, client=client, threads=1, register_options=fast)
+    np.testing.assert_allclose(res.template.vertices.numpy(), ref.template.vertices.numpy(), atol=1e-9)
+    np.testing.assert_allclose(res.momenta, ref.momenta, atol=1e-5)
+    assert res.names == ref.names

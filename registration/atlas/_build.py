@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import inspect
 import os
 import shutil
 import tempfile
@@ -25,24 +24,6 @@ __all__ = ["build_template"]
 ON_ERROR = ("exclude", "raise")
 
 
-def _check_register_options(options) -> dict:
-    from ..images import register_images
-
-    options = dict(options or {})
-    allowed = sorted(set(inspect.signature(register_images).parameters)
-                     - {"fixed", "moving", "callback", "threads", "moving_mask"})
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(f"register_options: unknown options {unknown}; expected keys among {allowed}")
-    if options.get("geodesics", "single") != "single":
-        raise ValueError(f"register_options: an atlas needs geodesics='single' (one initial momentum per subject), "
-                         f"got {options['geodesics']!r}")
-    if options.get("momentum", "vector") != "vector":
-        raise ValueError(f"register_options: an atlas averages vector momenta; expected momentum='vector', got "
-                         f"{options['momentum']!r}")
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}
-
-
 def _check_args(iterations, retries, on_error, tol) -> None:
     if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 0:
         raise ValueError(f"iterations: expected an integer >= 0, got {iterations!r}")
@@ -54,7 +35,7 @@ def _check_args(iterations, retries, on_error, tol) -> None:
         raise ValueError(f"tol: expected None or a positive number, got {tol!r}")
 
 
-def build_template(subjects, *, iterations: int = 4, initial="affine", names=None, out=None, resume: bool = False,
+def build_template(subjects, *, iterations: int = 4, initial=None, names=None, out=None, resume: bool = False,
                    client=None, workers: int | None = None, threads: int | None = None, retries: int = 2,
                    on_error: str = "exclude", unbias: bool = True, normalize: bool = True, tol: float | None = None,
                    keep_rounds: bool = False, register_options: dict | None = None,
@@ -62,8 +43,9 @@ def build_template(subjects, *, iterations: int = 4, initial="affine", names=Non
     """Estimate an unbiased template (atlas) of a population and one geodesic per subject (THEORY §9).
 
     Alternating scheme: from an initial template, ``iterations`` rounds of (i) register every subject onto the
-    template (``register_images``, one task per subject), (ii) update the template to the Jacobian-weighted mean
-    of the subjects pulled back into template space and (iii) unbias it: shoot it along the mean of the subjects'
+    template (``register_images`` or ``register_shapes``, one task per subject), (ii) update the template (images:
+    the Jacobian-weighted mean of the subjects pulled back into template space; shapes: a gradient step of its
+    vertices on the summed data terms) and (iii) unbias it: shoot it along the mean of the subjects'
     initial momenta at the template, so that ``Σ_s m_s ≈ 0`` (the momenta ``m_s`` are those of the geodesics from
     the template to the subjects: the registrations' momenta transported to the template end, see the atlas
     guide; with the registrations' subject -> template momenta this is THEORY §9's "minus the mean"); then a final
@@ -75,13 +57,17 @@ def build_template(subjects, *, iterations: int = 4, initial="affine", names=Non
     subjects : list or tuple
         Images: paths (read by the workers, never shipped from this process), ``Image`` s, nibabel images or
         arrays (written once into ``out/inputs/`` and read from there). 2-D or 3-D, any grids (they are resampled
-        onto the template grid).
+        onto the template grid). Shapes (curves, surfaces, point clouds; ``registration.atlas._shapes``): mesh
+        paths (``registration.io``'s mesh formats), ``Shape`` s or ``(vertices, cells)`` pairs, all of one
+        dimension and cell kind; the template keeps its own cells (the first subject's by default) and its
+        vertices move by a gradient step on the summed data terms (THEORY §9, Deformetrica's deterministic atlas).
     iterations : int
         Template updates (each one a round of registrations); 0 registers the subjects onto the initial template.
-    initial : {"affine", "mean"} or image
-        ``"affine"``: the mean of the subjects affinely aligned (same metric as the registrations) to their plain
-        mean on the first subject's grid; ``"mean"``: that plain mean; a path or image: this template (its grid is
-        the template grid).
+    initial : {"affine", "mean", "first"}, image or shape, optional
+        Images (default ``"affine"``): the mean of the subjects affinely aligned (same metric as the
+        registrations) to their plain mean on the first subject's grid; ``"mean"``: that plain mean; a path or
+        image: this template (its grid is the template grid). Shapes (default ``"first"``): the first usable
+        subject, or a given mesh path / shape (its cells are the template's).
     names : sequence of str, optional
         Subject names (output folders, ``AtlasResult.names``); default: file names, ``subject_<i>`` in memory.
     out : path, optional
@@ -108,8 +94,8 @@ def build_template(subjects, *, iterations: int = 4, initial="affine", names=Non
     unbias : bool
         Shoot the updated template along the mean momentum (step iii).
     normalize : bool
-        Rescale each subject's intensities robustly to [0, 1] (0.5 / 99.5 percentiles) before averaging (the
-        registrations normalise internally either way).
+        Images: rescale each subject's intensities robustly to [0, 1] (0.5 / 99.5 percentiles) before averaging
+        (the registrations normalise internally either way). Shapes: no effect.
     tol : float, optional
         Stop updating once the relative template change is below ``tol`` (then the final round); without it the
         ``iterations`` updates all run. A run that does not reach ``tol`` warns (``ConvergenceWarning``).
@@ -117,6 +103,8 @@ def build_template(subjects, *, iterations: int = 4, initial="affine", names=Non
         Keep every round's fields in ``out`` (default: only the last finished round's).
     register_options : dict, optional
         Options of ``register_images`` for every subject (defaults as for a pair); ``geodesics`` is ``"single"``.
+        Shapes: options of ``register_shapes`` (``sigma``, ``data_sigma``, ``data_term``, ``levels``,
+        ``regularization``, ``n_steps``, ``max_iter``, ...; the control points are the template's vertices).
     callback : callable, optional
         Called with a dict per event: ``{"event": "start" | "task" | "excluded" | "round" | "end", ...}`` (the CLI
         drives its progress bar with it).
@@ -134,10 +122,11 @@ def build_template(subjects, *, iterations: int = 4, initial="affine", names=Non
         A task failed after its retries for a reason other than its data (the checkpoint stays: ``resume``).
     """
     _check_args(iterations, retries, on_error, tol)
-    reg = _check_register_options(register_options)
     kind = kind_for(subjects, initial)
+    reg = kind.check_options(register_options)
+    initial = kind.default_initial if initial is None else initial
     specs = as_subjects(subjects, kind, names)
-    given = None if isinstance(initial, str) and initial in ("affine", "mean") else kind.read_template(initial)
+    given = None if isinstance(initial, str) and initial in kind.initial_choices else kind.read_template(initial)
     options = {"kind": kind.name, "iterations": int(iterations), "unbias": bool(unbias), "normalize": bool(normalize),
                "tol": tol, "register": reg,
                "initial": initial if given is None else "given:" + hashlib.sha1(kind.digest(given)).hexdigest()}

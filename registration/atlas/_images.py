@@ -30,6 +30,25 @@ IMAGE_FILES = ("displacement.nii.gz", "inverse_displacement.nii.gz", "warped.nii
 INITIAL = ("affine", "mean")
 
 
+def check_register_options(options) -> dict:
+    """``register_options`` of an image atlas: ``register_images``' keywords, one geodesic, vector momenta."""
+    import inspect
+
+    options = dict(options or {})
+    allowed = sorted(set(inspect.signature(register_images).parameters)
+                     - {"fixed", "moving", "callback", "threads", "moving_mask"})
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"register_options: unknown options {unknown}; expected keys among {allowed}")
+    if options.get("geodesics", "single") != "single":
+        raise ValueError(f"register_options: an atlas needs geodesics='single' (one initial momentum per subject), "
+                         f"got {options['geodesics']!r}")
+    if options.get("momentum", "vector") != "vector":
+        raise ValueError(f"register_options: an atlas averages vector momenta; expected momentum='vector', got "
+                         f"{options['momentum']!r}")
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}
+
+
 def _registration_options(options: dict) -> dict:
     reg = dict(options.get("register", {}))
     reg["geodesics"] = "single"  # one geodesic per subject: one initial momentum, which .shoot can shoot
@@ -43,6 +62,8 @@ class ImageKind:
     template_suffix = ".nii.gz"
     subject_suffix = ".nii"
     subject_files = IMAGE_FILES
+    initial_choices = INITIAL
+    default_initial = "affine"
 
     # ---- reading ----
     def read(self, source, *, name: str = "image") -> Image:
@@ -73,6 +94,9 @@ class ImageKind:
         if info["ndim"] != reference["ndim"]:
             raise ValueError(f"expected a {reference['ndim']}-D image (the template's), got a {info['ndim']}-D image "
                              f"of shape {tuple(info['shape'])}")
+
+    def check_options(self, options) -> dict:
+        return check_register_options(options)
 
     # ---- templates ----
     def read_template(self, source) -> Image:

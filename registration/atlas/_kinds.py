@@ -1,4 +1,4 @@
-"""The seam between the atlas loop and a kind of data (images now; shapes plug in here).
+"""The seam between the atlas loop and a kind of data (images: ``_images``; shapes: ``_shapes``).
 
 ``build_template`` is one loop for every kind of data: read the subjects (probe), build an initial template, then
 rounds of (i) register the template to every subject (tasks), (ii) update the template from the subjects'
@@ -14,6 +14,9 @@ Reading (workers, and the client for in-memory subjects)
     ``size_hint(template or spec) -> int`` (cells, e.g. voxels, to size the default cluster by memory; 0 unknown);
     ``probe(subject) -> dict`` (JSON scalars, e.g. dimension and grid) and ``check_probe(info, reference)``
     (``ValueError`` when a subject does not fit the population, e.g. a 3-D image among 2-D ones).
+Options (client)
+    ``check_options(register_options) -> dict`` (the registration's options, JSON values, checked before the run);
+    ``initial_choices`` (the named initial templates, e.g. ``("affine", "mean")``) and ``default_initial``.
 Templates (client)
     ``template_suffix`` (file name ending), ``read_template(source)``, ``save_template(template, path)``,
     ``initial_template(run, initial)`` (may run task rounds through ``run.map_subjects`` / ``run.run_one``),
@@ -31,7 +34,7 @@ Results
     ``subject_files`` (the files of a subject's folder that ``AtlasResult.save`` delivers) and
     ``load_transform(folder)``.
 
-What a ``ShapeKind`` needs (``registration.shapes.register_shapes``, another branch): ``read`` = the mesh / curve
+What the ``ShapeKind`` (``_shapes``) does with ``registration.shapes.register_shapes``: ``read`` = the mesh / curve
 readers of ``registration.io``; ``register`` = ``register_shapes(template, subject, ...)`` returning the momentum
 on the template's control points / vertices, writing the warped template mesh and the gradient of the data term
 with respect to the template vertices (pulled back to the template) into ``folder``; ``update`` = a gradient step
@@ -48,7 +51,14 @@ __all__ = ["kind_for"]
 
 
 def kind_for(subjects, initial) -> object:
-    """The data kind of a population (images only for now; shapes will be recognised here)."""
+    """The data kind of a population: shapes when the first subject (or the given initial template) is a
+    ``Shape``, a ``(vertices, cells)`` pair or a mesh path (``registration.io``'s mesh formats but ``.npy``, which
+    images use too); images otherwise."""
     from ._images import ImageKind
+    from ._shapes import ShapeKind, is_shape_source
 
+    first = subjects[0] if isinstance(subjects, (list, tuple)) and len(subjects) else None
+    keyword = isinstance(initial, str) and initial in ("affine", "mean", "first")
+    if is_shape_source(first) or (initial is not None and not keyword and is_shape_source(initial)):
+        return ShapeKind()
     return ImageKind()

@@ -104,15 +104,15 @@ class AtlasResult:
 
     Attributes
     ----------
-    template : Image
+    template : Image or Shape
         The final template.
-    templates : list of Image
+    templates : list of Image or Shape
         The initial template and the template after every update (``templates[-1] is template``).
     names : list of str
         The subjects of the result, in input order (excluded ones left out): the rows of ``momenta``.
     momenta : numpy.ndarray
-        ``(n, *shape, d)`` float32: each subject's initial momentum on the template grid (memory-mapped from the
-        run directory). They are the momenta of the last round: against ``template`` when the run ended with a
+        ``(n, *shape, d)`` float32: each subject's initial momentum on the template grid (shapes: ``(n, K, d)`` on
+        the template's ``K`` control vertices; memory-mapped from the run directory). They are the momenta of the last round: against ``template`` when the run ended with a
         registration round (``final_registration=True``), else against ``templates[-2]``.
     subjects : list of SubjectSummary
         Per-subject scalars of the last round (same order as ``names``).
@@ -157,7 +157,8 @@ class AtlasResult:
         return os.path.join(self.round_directory, "subjects", name)
 
     def transform(self, subject):
-        """The transform of ``subject`` (name or index): template point ``x`` -> subject point ``x + u(x)``."""
+        """The transform of ``subject`` (name or index): template point ``x`` -> subject point ``x + u(x)``
+        (images: ``DisplacementTransform``; shapes: ``ShapeTransform``, whose ``apply`` moves the template)."""
         return self.kind.load_transform(self._folder(subject))
 
     def mean_momentum(self) -> np.ndarray:
@@ -178,8 +179,8 @@ class AtlasResult:
 
         Returns
         -------
-        Image
-            On the template grid (cubic-spline resampling).
+        Image or Shape
+            On the template grid (cubic-spline resampling); shapes: the template's cells on its moved vertices.
         """
         momentum = np.array(momentum, np.float32)  # a writable copy (rows of the memory map are read-only)
         if momentum.shape != tuple(self.momenta.shape[1:]):
@@ -233,7 +234,8 @@ class AtlasResult:
     def save(self, directory) -> list[str]:
         """Write the template, the templates of every iteration, ``momenta.npy`` (subjects × …, the rows in the order
         of ``report.json``'s ``names``), each subject's fields (``subjects/<name>/``: displacement and inverse
-        displacement in the ITK convention, warped subject and Jacobian determinant on the template grid) and
+        displacement in the ITK convention, warped subject and Jacobian determinant on the template grid; shapes: the
+        warped template ``warped.vtk`` and the transform ``momenta.npz``) and
         ``report.json`` into ``directory``.
 
         Everything goes into a temporary folder beside ``directory`` first and is moved into place at the end,

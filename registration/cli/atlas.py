@@ -1,4 +1,4 @@
-"""``lddmm atlas``: an unbiased template of a population of images, on Dask.
+"""``lddmm atlas``: an unbiased template of a population of images or shapes (meshes, curves), on Dask.
 
 ``lddmm atlas SUBJECT... --out DIR [--iterations N] [--workers N | --scheduler ADDRESS] [--resume]`` writes into
 DIR the template (``template.nii.gz``), the template of every iteration (``templates/``), the subjects' initial
@@ -6,6 +6,10 @@ momenta as one array (``momenta.npy``, subjects × grid × d, rows in the order 
 each subject's displacement, inverse displacement, warped image and Jacobian (``subjects/<name>/``) and
 ``report.json`` (options, history, per-subject numbers, excluded subjects). The run's own files (checkpoint,
 rounds) live in the same directory, which is what ``--resume`` continues from.
+
+Mesh subjects (``.vtk``, ``.gii``, FreeSurfer surfaces, ...: ``registration.io``'s mesh formats) make a shape atlas:
+the template is ``template.vtk`` (the first subject's cells), ``momenta.npy`` is subjects × control vertices × d and
+each subject's folder holds its warped template (``warped.vtk``) and transform (``momenta.npz``).
 """
 
 from __future__ import annotations
@@ -32,13 +36,14 @@ def _numbers(cast):
 def add_parsers(subparsers) -> None:
     """Add the ``atlas`` sub-command to an ``argparse`` subparsers object."""
     p = subparsers.add_parser(
-        "atlas", help="build an unbiased template of a population of images (Dask, resumable)",
-        description="Estimate a template of the SUBJECT images and one geodesic per subject: rounds of "
-                    "registration of every subject onto the template (one Dask task each), Jacobian-weighted "
-                    "template update and unbiasing along the mean of the subjects' initial momenta at the template, "
+        "atlas", help="build an unbiased template of a population of images or meshes (Dask, resumable)",
+        description="Estimate a template of the SUBJECT images (or meshes / curves) and one geodesic per subject: "
+                    "rounds of registration of every subject onto the template (one Dask task each), template update "
+                    "(images: Jacobian-weighted mean; shapes: gradient step on the template's vertices) and unbiasing along the mean of the subjects' initial momenta at the template, "
                     "then a final round of registrations onto the final template. Runs on a local cluster of worker "
                     "processes sized to this machine, or on a running Dask scheduler (--scheduler).")
-    p.add_argument("subjects", nargs="+", metavar="SUBJECT", help="subject images (NIfTI, .mha/.nrrd, .npy)")
+    p.add_argument("subjects", nargs="+", metavar="SUBJECT", help="subject images (NIfTI, .mha/.nrrd, .npy) or meshes / curves (.vtk, .gii, .ply, "
+                                                        ".obj, FreeSurfer surfaces, .npz)")
     p.add_argument("--out", required=True, metavar="DIR", help="output (and run) directory")
     p.add_argument("--iterations", type=int, default=4, help="template updates (default 4)")
     where = p.add_mutually_exclusive_group()
@@ -48,10 +53,12 @@ def add_parsers(subparsers) -> None:
                        help="address of a running Dask scheduler (e.g. tcp://10.0.0.1:8786), or 'synchronous' to "
                             "run every task in this process")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished round")
-    p.add_argument("--template", default=None, help="initial template image (default: mean of the aligned subjects)")
-    p.add_argument("--initial", default="affine", choices=["affine", "mean"],
-                   help="initial template without --template: mean of the affinely aligned subjects (default) or the "
-                        "plain mean")
+    p.add_argument("--template", default=None,
+                   help="initial template image or mesh (default: images: mean of the aligned subjects; shapes: the "
+                        "first subject)")
+    p.add_argument("--initial", default=None, choices=["affine", "mean", "first"],
+                   help="initial template without --template: images: mean of the affinely aligned subjects (affine, "
+                        "default) or the plain mean; shapes: the first subject (first, default)")
     p.add_argument("--on-error", default="exclude", choices=["exclude", "raise"],
                    help="a subject whose data fail: leave it out (default) or stop")
     p.add_argument("--retries", type=int, default=2, help="times a failed task is retried (default 2)")
@@ -61,17 +68,38 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--metric", default=None, choices=["lncc", "ncc", "ssd"],
                    help="similarity of the registrations (default: lncc for 3-D, ssd for 2-D)")
     p.add_argument("--regularization", type=float, default=None, help="registration regularisation weight")
-    p.add_argument("--sigma", type=float, default=None, help="kernel width in mm (default: 2 voxels)")
+    p.add_argument("--sigma", type=float, default=None,
+                   help="kernel width in mm (default: images: 2 voxels; shapes: 5%% of the template's size)")
+    p.add_argument("--data-sigma", type=float, default=None,
+                   help="shapes: width of the data term (default: half of --sigma)")
+    p.add_argument("--data-term", default=None, choices=["varifold", "oriented_varifold", "currents", "measure"],
+                   help="shapes: data term (default: varifold; measure for point clouds)")
     p.add_argument("--shrink-factors", type=_numbers(int), default=None, help="registration pyramid, e.g. 2,1")
     p.add_argument("--level-iterations", type=_numbers(int), default=None,
-                   help="registration iterations per pyramid level, e.g. 50,10")
+                   help="registration iterations per pyramid level, e.g. 50,10 (shapes: per data width)")
     p.add_argument("--n-steps", type=int, default=None, help="time steps of the shooting")
     p.add_argument("--affine", action="store_true", help="affine pre-alignment in every registration")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run_atlas)
 
 
+def _one_or_all(values):
+    return values[0] if values is not None and len(values) == 1 else values
+
+
 def _register_options(args) -> dict:
+    from ..atlas._shapes import is_shape_source
+
+    if is_shape_source(args.subjects[0]):
+        images_only = [f for f, v in (("--metric", args.metric), ("--shrink-factors", args.shrink_factors),
+                                      ("--affine", args.affine or None)) if v is not None]
+        if images_only:
+            raise ValueError(f"{images_only[0]}: an option of image atlases; the subjects are meshes")
+        return {k: v for k, v in dict(regularization=args.regularization, sigma=args.sigma,
+                                      data_sigma=args.data_sigma, data_term=args.data_term,
+                                      max_iter=_one_or_all(args.level_iterations), n_steps=args.n_steps).items() if v is not None}
+    if args.data_sigma is not None or args.data_term is not None:
+        raise ValueError("--data-sigma, --data-term: options of shape atlases; the subjects are images")
     return {k: v for k, v in dict(metric=args.metric, regularization=args.regularization, sigma=args.sigma,
                                   shrink_factors=args.shrink_factors, iterations=args.level_iterations,
                                   n_steps=args.n_steps, affine=args.affine or None).items() if v is not None}
