@@ -99,6 +99,20 @@ def check_out_path(path: str, name: str) -> None:
         raise FileNotFoundError(f"{name}: the parent directory of {path} does not exist")
 
 
+def with_progress(call, updater, quiet: bool):
+    """``call(callback)`` with a tqdm bar that ``updater(bar)`` turns into the callback (None if ``quiet``); the bar
+    is closed whatever happens."""
+    if quiet:
+        return call(None)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc="register", unit="it", leave=False, disable=None)
+    try:
+        return call(updater(bar))
+    finally:
+        bar.close()
+
+
 def _progress(bar):
     """A ``register_images`` callback that drives a tqdm bar (level name, loss, similarity)."""
     state = {"level": None}
@@ -144,17 +158,7 @@ def run_register(args) -> int:
     fixed, moving = load_image(args.fixed, name="fixed"), load_image(args.moving, name="moving")
     if args.initial_affine is not None:
         kwargs["initial_affine"] = load_affine(args.initial_affine, fixed.ndim)
-    bar = progress = None
-    if not args.quiet:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(desc="register", unit="it", leave=False, disable=None)
-        progress = _progress(bar)
-    try:
-        res = register_images(fixed, moving, callback=progress, **kwargs)
-    finally:
-        if bar is not None:
-            bar.close()
+    res = with_progress(lambda cb: register_images(fixed, moving, callback=cb, **kwargs), _progress, args.quiet)
     res.save(args.out, overview=not args.no_overview, outputs=outputs)
     if not args.quiet:
         print(f"{res.config.metric}: {res.similarity_before:.4f} -> {res.similarity_after:.4f}   "

@@ -110,7 +110,7 @@ def run_register_shapes(args) -> int:
     from ..io.meshes import load_mesh, mesh_extension
     from ..shapes import register_shapes
     from ..threads import resolve_threads
-    from .register import check_out_path
+    from .register import check_out_path, with_progress
 
     kwargs = _options(args)
     for name, path in (("fixed", args.fixed), ("moving", args.moving)):
@@ -122,17 +122,7 @@ def run_register_shapes(args) -> int:
     target, source = load_mesh(args.fixed, name="fixed"), load_mesh(args.moving, name="moving")
     if args.threads is not None:
         torch.set_num_threads(resolve_threads(args.threads))
-    bar = progress = None
-    if not args.quiet:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(desc="register", unit="it", leave=False, disable=None)
-        progress = _progress(bar)
-    try:
-        res = register_shapes(source, target, callback=progress, **kwargs)
-    finally:
-        if bar is not None:
-            bar.close()
+    res = with_progress(lambda cb: register_shapes(source, target, callback=cb, **kwargs), _progress, args.quiet)
     ext = mesh_extension(args.moving) or ".surf"  # no extension: a FreeSurfer file recognised by its magic number
     res.save(args.out, extension=ext, overview=not args.no_overview)
     if not args.quiet:
