@@ -71,7 +71,7 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--momentum", default=None, choices=["vector", "scalar"],
                    help="vector momentum (EPDiff, default) or scalar image momentum")
     p.add_argument("--geodesics", default=None, choices=["single", "composed"],
-                   help="one geodesic (default for 3-D) or composed geodesic segments (default for 2-D)")
+                   help="composed geodesic segments (default) or one geodesic over the whole pyramid")
     p.add_argument("--segments", type=_int_list, default=None,
                    help="composed geodesics: most segments per level, e.g. 4,2,1,1")
     p.add_argument("--affine", action="store_true", help="affine pre-alignment with the same metric")
