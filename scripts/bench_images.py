@@ -63,6 +63,7 @@ sys.path[:0] = [os.path.dirname(_HERE), _HERE]
 
 import _bench_cases as cases  # noqa: E402
 import _bench_report as report  # noqa: E402
+from _memory import memory_mark, memory_peak_kb  # noqa: E402
 
 METHODS = ("ours", "ours_ssd", "ants", "ants_long", "dipy", "sitk")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
@@ -280,48 +281,6 @@ def before(case) -> dict:
 
 # --------------------------------------------------------------------------------------------------- children
 
-def _status_kb(field: str):
-    """``VmRSS`` / ``VmHWM`` of this process in kB (Linux), or None."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _memory_mark() -> int:
-    """Start a peak-memory measurement; returns the resident size (kB) it is measured from.
-
-    Free heap memory is returned to the system (glibc ``malloc_trim``) and the kernel's peak counter reset to the
-    current size (``/proc/self/clear_refs``), then the peak is measured from there (a process otherwise keeps
-    free but resident heap, and the same registration read 44-283 MB). Elsewhere, ``ru_maxrss``.
-    """
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
-    rss = _status_kb("VmRSS")
-    return rss if rss is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def _memory_peak() -> int:
-    """Peak resident size (kB) since the last :func:`_memory_mark`."""
-    hwm = _status_kb("VmHWM")
-    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
 def _thread_env(threads):
     """Set (an int) or clear (None: each library's default) the thread variables of this process."""
     for var in THREAD_VARS:
@@ -341,16 +300,16 @@ def _child(method, case_dir, threads, options, out_queue):
         import importlib
 
         case = cases.load_case(case_dir)
-        before_kb = _memory_mark()
+        before_kb = memory_mark()
         for mod in _IMPORTS.get(method, ()):
             importlib.import_module(mod)
-        lib = _memory_peak() - before_kb
-        base = _memory_mark()
+        lib = memory_peak_kb() - before_kb
+        base = memory_mark()
         cpu0 = _cpu_seconds()
         extra = {"options": options} if options and method.startswith("ours") else {}
         sec, warp, info = RUNNERS[method](case.fixed, case.moving, case.kind, threads, **extra)
         cpu = _cpu_seconds() - cpu0
-        peak = _memory_peak()
+        peak = memory_peak_kb()
         from registration.evaluation import world_coordinates
 
         labels = {k: warp(v.astype(np.float32), "nearest") for k, v in case.labels_moving.items()}

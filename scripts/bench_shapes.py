@@ -29,8 +29,6 @@ Run (the numbers of docs/guide/shapes.md; on a loaded machine compare ratios and
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import math
 import os
@@ -43,7 +41,9 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path[:0] = [ROOT, os.path.join(ROOT, "scripts", "shape_peers")]
+
+import peer_io  # noqa: E402
 
 CASES = ("wp", "lr", "warp")
 METHODS = ("ours", "deformetrica", "tutorial")
@@ -73,34 +73,7 @@ def _write_npz(path, shape):
              faces=shape.cells.cpu().numpy().astype(np.int64))
 
 
-# --- memory and the runner contract (ours) ---------------------------------------------------------------------------
-def _status_kb(field: str):
-    try:
-        with open("/proc/self/status") as fh:
-            return next((int(line.split()[1]) for line in fh if line.startswith(field + ":")), None)
-    except OSError:
-        return None
-
-
-class PeakMemory:
-    """Peak resident growth (MB) of a block, from a clean mark: free heap returned, the kernel's peak reset."""
-
-    def __enter__(self):
-        gc.collect()
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-            with open("/proc/self/clear_refs", "w") as fh:
-                fh.write("5")
-        except OSError:
-            pass
-        self.mark = _status_kb("VmRSS") or 0
-        return self
-
-    def __exit__(self, *exc):
-        peak = _status_kb("VmHWM") or 0
-        self.mb = max(peak - self.mark, 0) / 1024.0
-
-
+# --- the runner contract (ours), with the peers' reading, memory measurement and result file ---------------------------------------------------------------------------
 def run_ours(argv) -> int:
     """``ours``: the runner contract for ``register_shapes`` with its defaults (widths converted to ours)."""
     p = argparse.ArgumentParser(prog="bench_shapes.py ours")
@@ -117,23 +90,20 @@ def run_ours(argv) -> int:
     from registration.shapes import Shape, register_shapes
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    load = lambda path: Shape(*(np.load(path)[k] for k in ("vertices", "faces")))  # noqa: E731
-    source, target = load(args.source), load(args.target)
+    source, target = Shape(*peer_io.load_mesh(args.source)), Shape(*peer_io.load_mesh(args.target))
     status = "ok"
     register_shapes(source, target, sigma=1.0, data_sigma=1.0, levels=(1,), max_iter=1, backend=args.backend,
                     check_flips=False)  # KeOps formulas compiled (or loaded) outside the timing
-    with PeakMemory() as mem:
-        t0, c0 = time.perf_counter(), time.process_time()
-        res = register_shapes(source, target, sigma=args.sigma_deformation / R2,
-                              data_sigma=args.sigma_varifold / R2, backend=args.backend, **json.loads(args.options))
-        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    mark = peer_io.memory_mark()
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = register_shapes(source, target, sigma=args.sigma_deformation / R2,
+                          data_sigma=args.sigma_varifold / R2, backend=args.backend, **json.loads(args.options))
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    peak_mb = peer_io.memory_peak_mb(mark)
     if not res.converged:
         status = f"ok ({res.stop_reason})"
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=os.path.dirname(os.path.abspath(args.out)))
-    with os.fdopen(fd, "wb") as fh:
-        np.savez(fh, warped=res.warped.vertices.numpy(), seconds=seconds, cpu_seconds=cpu, iterations=res.n_iter,
-                 peak_mb=mem.mb, status=np.str_(status))
-    os.replace(tmp, args.out)
+    peer_io.write_result(args.out, warped=res.warped.vertices.numpy(), seconds=seconds, cpu_seconds=cpu,
+                         iterations=res.n_iter, peak_mb=peak_mb, status=status)
     return 0
 
 

@@ -13,16 +13,17 @@ main one), so it needs numpy and the standard library only. The contract with ``
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import os
-import resource
+import sys
 import tempfile
 import threading
 import time
 import traceback
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/, for _memory
+from _memory import memory_mark, memory_peak_kb  # noqa: E402  (stdlib only; memory_mark is part of this API)
 
 
 def positive_int(text: str) -> int:
@@ -75,43 +76,9 @@ def load_mesh(path: str) -> tuple[np.ndarray, np.ndarray]:
     return vertices, faces.astype(np.int64)
 
 
-def _status_kb(field: str):
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def memory_mark() -> int:
-    """Start a peak-memory measurement; returns the resident size (kB) it is measured from.
-
-    As ``_memory_mark`` in ``scripts/bench_images.py``: give free heap memory back to the system (glibc
-    ``malloc_trim``), reset the kernel's peak counter to the current size (``/proc/self/clear_refs``), and measure
-    from there, so the peak does not depend on what the process did before (imports, reading the meshes).
-    """
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
-    rss = _status_kb("VmRSS")
-    return rss if rss is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
 def memory_peak_mb(mark_kb: int) -> float:
     """Peak resident growth (MB) since :func:`memory_mark` returned ``mark_kb``."""
-    hwm = _status_kb("VmHWM")
-    peak = hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return max(peak - mark_kb, 0) / 1024.0
+    return max(memory_peak_kb() - mark_kb, 0) / 1024.0
 
 
 def write_result(path: str, *, warped, seconds: float, iterations: int, peak_mb: float, status: str,
