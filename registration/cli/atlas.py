@@ -20,17 +20,9 @@ import os
 import sys
 import warnings
 
+from .register import number_list
+
 __all__ = ["add_parsers", "run_atlas"]
-
-
-def _numbers(cast):
-    def parse(text: str) -> tuple:
-        try:
-            return tuple(cast(v) for v in text.replace("x", ",").split(",") if v.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 4,1, got {text!r}")
-
-    return parse
 
 
 def add_parsers(subparsers) -> None:
@@ -74,8 +66,8 @@ def add_parsers(subparsers) -> None:
                    help="shapes: width of the data term (default: half of --sigma)")
     p.add_argument("--data-term", default=None, choices=["varifold", "oriented_varifold", "currents", "measure"],
                    help="shapes: data term (default: varifold; measure for point clouds)")
-    p.add_argument("--shrink-factors", type=_numbers(int), default=None, help="registration pyramid, e.g. 2,1")
-    p.add_argument("--level-iterations", type=_numbers(int), default=None,
+    p.add_argument("--shrink-factors", type=number_list(int), default=None, help="registration pyramid, e.g. 2,1")
+    p.add_argument("--level-iterations", type=number_list(int), default=None,
                    help="registration iterations per pyramid level, e.g. 50,10 (shapes: per data width)")
     p.add_argument("--n-steps", type=int, default=None, help="time steps of the shooting")
     p.add_argument("--affine", action="store_true", help="affine pre-alignment in every registration")
@@ -88,7 +80,7 @@ def _one_or_all(values):
 
 
 def _register_options(args) -> dict:
-    from ..atlas._shapes import is_shape_source
+    from ..atlas import is_shape_source
 
     if is_shape_source(args.subjects[0]):
         images_only = [f for f, v in (("--metric", args.metric), ("--shrink-factors", args.shrink_factors),

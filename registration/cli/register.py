@@ -16,21 +16,20 @@ import os
 
 from .register_shapes import add_shape_options, is_shape_path, run_register_shapes
 
-__all__ = ["add_parsers", "run_register", "check_out_path"]
+__all__ = ["add_parsers", "run_register", "check_out_path", "number_list", "with_progress"]
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 4,2,1, got {text!r}")
+def number_list(cast):
+    """argparse type: comma- (or x-) separated numbers such as ``4,2,1``, each converted by ``cast`` (int or float)."""
+    example = "integers such as 4,2,1" if cast is int else "numbers such as 2,1,0"
 
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(cast(v) for v in text.replace("x", ",").split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {example}, got {text!r}") from None
 
-def _float_list(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.replace("x", ",").split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 2,1,0, got {text!r}")
+    return parse
 
 
 def _threads(text: str):
@@ -63,16 +62,16 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--kernel", default=None, choices=["sum", "gaussian", "matern"],
                    help="kernel: multi-scale Gaussian sum (default), Gaussian, Matern 5/2")
     p.add_argument("--regularization", type=float, default=None, help="weight of the kernel norm (mm^-2)")
-    p.add_argument("--shrink-factors", type=_int_list, default=None, help="pyramid shrink factors, e.g. 4,2,1")
-    p.add_argument("--smoothing-sigmas", type=_float_list, default=None,
+    p.add_argument("--shrink-factors", type=number_list(int), default=None, help="pyramid shrink factors, e.g. 4,2,1")
+    p.add_argument("--smoothing-sigmas", type=number_list(float), default=None,
                    help="pyramid smoothing in voxels, e.g. 2,1,0")
-    p.add_argument("--iterations", type=_int_list, default=None, help="iterations per level, e.g. 50,10")
+    p.add_argument("--iterations", type=number_list(int), default=None, help="iterations per level, e.g. 50,10")
     p.add_argument("--n-steps", type=int, default=None, help="time steps of the shooting")
     p.add_argument("--momentum", default=None, choices=["vector", "scalar"],
                    help="vector momentum (EPDiff, default) or scalar image momentum")
     p.add_argument("--geodesics", default=None, choices=["single", "composed"],
                    help="composed geodesic segments (default) or one geodesic over the whole pyramid")
-    p.add_argument("--segments", type=_int_list, default=None,
+    p.add_argument("--segments", type=number_list(int), default=None,
                    help="composed geodesics: most segments per level, e.g. 4,2,1,1")
     p.add_argument("--affine", action="store_true", help="affine pre-alignment with the same metric")
     p.add_argument("--fixed-mask", default=None, help="mask of the fixed image (restricts the similarity)")

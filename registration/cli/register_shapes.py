@@ -45,26 +45,19 @@ def is_shape_path(path) -> bool:
     return is_mesh_path(path)
 
 
-def _float_list(text: str) -> tuple[float, ...]:
-    import argparse
-
-    try:
-        return tuple(float(v) for v in text.replace("x", ",").split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 4,2,1, got {text!r}")
-
-
 def add_shape_options(parser) -> None:
     """Options of ``lddmm register`` used for meshes only (``--sigma`` (default for meshes: 5 % of the source's
     bounding-box diagonal), ``--regularization``, ``--iterations``, ``--n-steps``, ``--device``, ``--threads`` are
     shared with images)."""
+    from .register import number_list  # here: register imports this module
+
     g = parser.add_argument_group("meshes, curves and point sets")
     g.add_argument("--data-term", default="auto", choices=["auto", "varifold", "oriented_varifold", "currents",
                                                             "measure"],
                    help="shape data term (default: unoriented varifold; kernel measure for point sets)")
     g.add_argument("--data-sigma", type=float, default=None,
                    help="final width of the data term's Gaussian in mm (default: --sigma / 2)")
-    g.add_argument("--levels", type=_float_list, default=None,
+    g.add_argument("--levels", type=number_list(float), default=None,
                    help="coarse-to-fine multiples of --data-sigma (default 2,1; 4,2,1 for deformations much larger than "
                         "--data-sigma)")
     g.add_argument("--control-points", default="auto", choices=["auto", "grid", "subsample", "vertices"],
