@@ -151,20 +151,27 @@ def subject_gradient(template: Shape, subject: Shape, transform: ShapeTransform,
     return float(value.detach()), grad.numpy(), warped.detach()
 
 
-def summed_data(template: Shape, vertices, folders: list, reg: dict, data_sigma: float) -> float:
-    """``F = Σ_s D(φ_s(T'), S_s)`` for template vertices ``vertices`` (the subjects' transforms and copies read from
-    their folders, in order)."""
+def summed_data(template: Shape, folders: list, reg: dict, data_sigma: float):
+    """``F(T') = Σ_s D(φ_s(T'), S_s)`` as a function of template vertices ``T'`` (array (N, d)), the subjects'
+    transforms and copies read from their folders (in order) once, for all the evaluations of a line search."""
     from ..io.meshes import load_mesh
 
-    shape = template.to(torch.float64).with_vertices(torch.as_tensor(vertices, dtype=torch.float64))
-    total = 0.0
-    with torch.no_grad():
-        for folder in folders:
-            transform = ShapeTransform.load(folder)
-            subject = load_mesh(os.path.join(folder, "subject.npz"), name="subject")
-            warped = transform.trajectory(torch.float64).flow(shape.vertices)
-            total += float(_term(reg, data_sigma, shape, subject)(shape.cells_geometry(warped)))
-    return total
+    t64 = template.to(torch.float64)
+    parts = []
+    for folder in folders:
+        trajectory = ShapeTransform.load(folder).trajectory(torch.float64)
+        subject = load_mesh(os.path.join(folder, "subject.npz"), name="subject")
+        parts.append((trajectory, _term(reg, data_sigma, t64, subject)))
+
+    def value(vertices) -> float:
+        shape = t64.with_vertices(torch.as_tensor(vertices, dtype=torch.float64))
+        total = 0.0
+        with torch.no_grad():
+            for trajectory, term in parts:
+                total += float(term(shape.cells_geometry(trajectory.flow(shape.vertices))))
+        return total
+
+    return value
 
 
 def _log_size_ratios(template: Shape, warped: torch.Tensor) -> np.ndarray:
@@ -280,14 +287,14 @@ class ShapeKind:
         largest = float(np.linalg.norm(grad, axis=1).max())
         if not largest > 0:
             return template.to(torch.float64)
-        f0 = summed_data(template, x, folders, reg, data_sigma)
+        data = summed_data(template, folders, reg, data_sigma)
+        f0 = data(x)
         alpha = STEP_FRACTION * data_sigma / largest
         for _ in range(MAX_HALVINGS + 1):
             y = x - alpha * grad
             moved = template.to(torch.float64).with_vertices(torch.as_tensor(y))
             flips = template.kind == "triangles" and bool((normal_ratios(template, moved) <= 0).any())
-            if not flips and summed_data(template, y, folders, reg, data_sigma) \
-                    <= f0 - ARMIJO * alpha * float((grad * grad).sum()):
+            if not flips and data(y) <= f0 - ARMIJO * alpha * float((grad * grad).sum()):
                 return moved
             alpha *= 0.5
         return template.to(torch.float64)
