@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import uuid
 import tempfile
 
 __all__ = ["atomic_directory", "atomic_file"]
@@ -61,9 +62,8 @@ def atomic_file(path, *, make_parent: bool = False):
         os.makedirs(parent, exist_ok=True)
     elif not os.path.isdir(parent):
         raise FileNotFoundError(f"--out: the parent directory of {path} does not exist")
-    suffix = base[base.index("."):] if "." in base else ""
-    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=parent)
-    os.close(fd)
+    # a unique name, not created here: the writer creates the file with the user's umask (mkstemp's would be 0600)
+    tmp = os.path.join(parent, f".partial-{os.getpid()}-{uuid.uuid4().hex[:12]}-{base}")
     try:
         yield tmp
         os.replace(tmp, path)
