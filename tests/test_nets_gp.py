@@ -203,3 +203,60 @@ def test_bad_requests_raise(monkeypatch):
     clf = KernelWarpingClassifier(nu=NO_WARP, random_state=0).fit(X, X[:, 0] > 0)
     with pytest.raises(ValueError, match="at most 10 training points"):
         clf.predict_proba(X)
+
+
+def test_loo_log_density_is_the_brute_force_leave_one_out_density():
+    """``LOOSelection.log_density`` of a candidate: refit without each point, Gaussian density of the held-out value
+    with the LOO scale s² (the closed form at its maximiser), summed."""
+    from lddmm_nets.nets._readout import loo_select
+
+    rng = np.random.default_rng(5)
+    X = torch.as_tensor(rng.uniform(-2, 2, (20, 1)))
+    Y = torch.sin(2 * X) + 0.2 * torch.as_tensor(rng.normal(size=(20, 1)))
+    Y = Y - Y.mean(0)
+    sel = loo_select(lambda s: GaussianKernel(sigma=s), X, Y, [0.4, 0.9], [0.01, 0.3], classification=False)
+    for (sigma, lam, _), lpd in zip(sel.table, sel.log_density):
+        post = warped_gp_posterior(GaussianKernel(sigma=sigma), X, Y, lam, offset=torch.zeros(1, dtype=X.dtype))
+        assert lpd == pytest.approx(_loo_log_density(post, float(post.signal_variance[0])), rel=1e-9)
+
+
+def test_averaged_readout_is_the_pseudo_bma_mixture_of_fixed_kernel_gps():
+    """Default regressor without warp: the readouts of the LOO grid averaged with weights exp(LPD) (renormalised over
+    the kept ones); its mean and std are the mixture's, each component equal to scikit-learn's GP with that kernel."""
+    from lddmm_nets.nets._readout import AVERAGE_MAX_COMPONENTS, AVERAGE_MIN_WEIGHT
+
+    rng = np.random.default_rng(6)
+    X = rng.uniform(-2, 2, (60, 2))
+    y = np.sin(X[:, 0]) * np.cos(X[:, 1]) + 0.1 * rng.normal(size=60)
+    est = KernelWarpingRegressor(nu=math.inf, random_state=0).fit(X, y)
+    weights = est.readout_weights_
+    assert 1 < len(weights) <= AVERAGE_MAX_COMPONENTS
+    w = np.array([v for _, _, v in weights])
+    assert abs(w.sum() - 1) < 1e-12 and np.all(np.diff(w) <= 0) and w[-1] >= AVERAGE_MIN_WEIGHT * w[0]
+    # the weights are exp(LPD) normalised: their log-ratios are the LPD differences of the grid
+    from lddmm_nets.nets._readout import loo_select
+
+    q = torch.as_tensor(X, dtype=torch.float32).double()
+    Yc = torch.as_tensor((y - y.mean()) / y.std())[:, None]
+    sel = loo_select(lambda s: GaussianKernel(sigma=s), q, Yc, [s for s, _, _ in weights], [lam for _, lam, _ in weights],
+                     classification=False)
+    lpd = {(s, lam): v for (s, lam, _), v in zip(sel.table, sel.log_density)}
+    (s0, l0, w0), (s1, l1, w1) = weights[0], weights[-1]
+    assert math.log(w0 / w1) == pytest.approx(lpd[s0, l0] - lpd[s1, l1], rel=1e-6, abs=1e-6)
+    Xt = rng.uniform(-2.5, 2.5, (25, 2))
+    mean, std = est.predict(Xt, return_std=True)
+    means, second = 0.0, 0.0
+    for sigma, lam, wk in weights:
+        post = warped_gp_posterior(GaussianKernel(sigma=sigma), torch.as_tensor(X), torch.as_tensor(y[:, None]), lam)
+        s2 = float(post.signal_variance[0])
+        kernel = ConstantKernel(s2, "fixed") * RBF(sigma, "fixed") + WhiteKernel(s2 * lam, "fixed")
+        m, s = GaussianProcessRegressor(kernel, alpha=0.0, normalize_y=False, optimizer=None).fit(
+            X, y - y.mean()).predict(Xt, return_std=True)
+        means = means + wk * (m + y.mean())
+        second = second + wk * (s**2 + (m + y.mean()) ** 2)
+    np.testing.assert_allclose(mean, means, atol=1e-8)
+    np.testing.assert_allclose(std, np.sqrt(second - means**2), atol=1e-8)
+    # sample_y draws from the mixture: sample moments match
+    draws = est.sample_y(Xt[:5], n_samples=4000, random_state=0)
+    np.testing.assert_allclose(draws.std(-1), std[:5], rtol=0.06)
+    assert np.all(np.abs(draws.mean(-1) - mean[:5]) <= 5 * std[:5] / math.sqrt(4000))

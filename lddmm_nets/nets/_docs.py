@@ -44,7 +44,10 @@ PARAM_DOC = """
         is ``nu_``.
     lam : float or "auto", default="auto"
         Ridge parameter λ of the readout ("auto": leave-one-out among 1e-4 ... √10, steps of 10^(1/4), on the
-        unwarped points).
+        unwarped points). Regressors with both ``readout_sigma`` and ``lam`` "auto" (and at most 4,000 training
+        points) then average the readouts of that grid instead of keeping one: weights proportional to the
+        exponential of each candidate's leave-one-out log predictive density (pseudo-BMA), on the warped points
+        when a warp was fitted, at most 16 candidates (``readout_weights_``); fix either parameter for one readout.
     nugget : float, default=1e-3
         Nugget r added to Γ(q, q) (kernel regularisation, R2's alternative to dropout).
     augment : int or "auto", default="auto"
@@ -114,9 +117,13 @@ ATTR_DOC = """
         Seconds.
 """
 
-REGRESSOR_ATTR_DOC = """    signal_variance_, noise_variance_ : ndarray of shape (k,)
+REGRESSOR_ATTR_DOC = """    readout_weights_ : list of (sigma, lam, weight) or None
+        The averaged readouts (largest weight first; see ``lam``), or None for one readout (``readout_sigma_``,
+        ``lam_``). The warp is fitted with ``readout_sigma_`` and ``lam_``, the candidate of smallest LOO squared
+        error.
+    signal_variance_, noise_variance_ : ndarray of shape (k,)
         Scales of the warped GP (``predict(return_std=True)``, ``sample_y``; lddmm_nets.nets.gp), in squared units
-        of y. With ``readout="linear"`` the GP's kernel is ``z·z' + 1`` on the warped points z: Bayesian linear
+        of y (with averaged readouts, the weighted means of the components'). With ``readout="linear"`` the GP's kernel is ``z·z' + 1`` on the warped points z: Bayesian linear
         regression of y on ``[z, 1]`` with the prior ``N(0, signal_variance_ I)`` on ``(coef_, intercept_ - mean y)``
         and the noise variance ``noise_variance_``, whose posterior mean is the ridge readout.
 """

@@ -33,7 +33,7 @@ from lddmm_nets.optim import STOP_REASONS, ConvergenceWarning
 from ._docs import ATTR_DOC, CLASSIFIER_ATTR_DOC, PARAM_DOC, REGRESSOR_ATTR_DOC
 from ._kernels import KERNELS
 from ._momenta import WarpProblem, fit_momenta, warp_trajectory
-from ._readout import RidgeReadout, loo_select, ridge_solve
+from ._readout import DENSE_MAX_POINTS, ReadoutMixture, RidgeReadout, loo_select, pseudo_bma_weights, ridge_solve
 from ._selection import LAM_GRID, LOO_MAX_POINTS, NU_GRID, SIGMA_FACTORS, median_distance, select_nu, subsample
 from .gp import WarpedGPClassifierMixin, WarpedGPRegressorMixin
 
@@ -168,6 +168,7 @@ class _KernelWarpingBase(BaseEstimator):
         n = X.shape[0]
         scale = median_distance(X, rng)
         self.median_distance_ = scale
+        self._loo_grid = None
         if self.readout == "linear":
             return self._select_linear_readout(q0, Yc, rng, scale)
         make_readout = lambda s: _make_kernel(self.readout_kernel, s, 0.0, "readout_kernel")  # noqa: E731
@@ -184,6 +185,8 @@ class _KernelWarpingBase(BaseEstimator):
             self.readout_sigma_ = sel.sigma if self.readout_sigma != "auto" or auto_sigma else None
             self.lam_ = sel.lam
             self.loo_initial_ = sel.score
+            if auto_sigma and self.lam == "auto" and not self._classification:
+                self._loo_grid = (sigmas, lams, sel)  # averaged by _averaged_readout
         else:
             self.readout_sigma_ = None if self.readout_sigma == "auto" else float(self.readout_sigma)
             self.lam_ = float(self.lam)
@@ -273,6 +276,9 @@ class _KernelWarpingBase(BaseEstimator):
             self.lam_, self.loo_final_ = sel.lam, sel.score
         alpha = ridge_solve(self.readout_kernel_, qL, Yc, self.lam_, backend=self.backend_)
         self.readout_ = RidgeReadout(self.readout_kernel_, self.lam_, qL, alpha, self.offset_)
+        self.readout_weights_ = None
+        if self._loo_grid is not None and n <= DENSE_MAX_POINTS:
+            self._averaged_readout(qL, Yc, rng)
         if self.readout == "linear":  # f(z) = Σ_i (z·q_i + 1) α_i + offset = coef_ z + intercept_
             self.coef_ = (qL.T @ alpha).T.cpu().numpy()
             self.intercept_ = (alpha.sum(0) + self.offset_).cpu().numpy()
@@ -280,6 +286,26 @@ class _KernelWarpingBase(BaseEstimator):
         # makes it Bayesian linear regression on the warped coordinates
         self._store_gp(Yc)
         self.displacement_ = float((qL - q0).norm(dim=1).mean())
+
+    def _averaged_readout(self, qL: torch.Tensor, Yc: torch.Tensor, rng) -> None:
+        """Regression with the readout width and λ both "auto": the readouts of the LOO grid averaged with
+        pseudo-BMA weights (``_readout.pseudo_bma_weights``), scored on the warped points when a warp was fitted."""
+        sigmas, lams, sel = self._loo_grid
+        if math.isfinite(self.nu_):
+            idx = torch.as_tensor(subsample(qL.shape[0], LOO_MAX_POINTS, rng), device=qL.device)
+            sel = loo_select(lambda s: _make_kernel(self.readout_kernel, s, 0.0, "readout_kernel"), qL[idx],
+                             Yc[idx], sigmas, lams, classification=False)
+        weights = pseudo_bma_weights(sel)
+        self.readout_weights_ = weights
+        if len(weights) == 1:
+            return
+        parts = []
+        for sigma, lam, _ in weights:
+            kernel = _make_kernel(self.readout_kernel, sigma, 0.0, "readout_kernel")
+            parts.append(RidgeReadout(kernel, lam, qL, ridge_solve(kernel, qL, Yc, lam, backend=self.backend_),
+                                      self.offset_))
+        w = torch.tensor([v for _, _, v in weights], dtype=qL.dtype, device=qL.device)
+        self.readout_ = ReadoutMixture(parts, w)
 
     # ------------------------------------------------------------------ prediction
     def warp(self, X, *, return_path: bool = False):

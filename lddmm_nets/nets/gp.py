@@ -25,6 +25,11 @@ The LOO estimate is the default because it scores the out-of-sample residuals th
 calibrated when the kernel is misspecified (measured in ``scripts/bench_gp.py``); both are exact and cost one
 Cholesky factorisation of A (N ≤ ``GP_MAX_POINTS``).
 
+A regressor whose readout width and λ are both "auto" averages the readouts of its leave-one-out grid
+(``_readout.pseudo_bma_weights``: weights ``∝ exp(LOO log predictive density)``); its posterior is then the
+mixture of the candidates' GPs (``WarpedGPMixture``: exact mixture moments for ``return_std`` / ``return_cov``,
+draws from the mixture for ``sample_y``).
+
 Classifiers regress one-hot labels; their ``predict_proba`` is ``softmax(T f̄(x))`` of the posterior mean scores
 f̄ (the readout), with the one temperature T fitted to the readout's exact leave-one-out scores on the training set
 (maximum LOO log-likelihood of the labels): calibrated by the readout's LOO. A single temperature keeps the argmax
@@ -48,7 +53,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from lddmm_nets.kernels import RadialKernel, SumKernel
 
-__all__ = ["WarpedGPPosterior", "warped_gp_posterior", "signal_variance", "fit_temperature", "GP_MAX_POINTS",
+__all__ = ["WarpedGPPosterior", "WarpedGPMixture", "warped_gp_posterior", "signal_variance", "fit_temperature", "GP_MAX_POINTS",
            "SCALE_ESTIMATORS",
            "WarpedGPRegressorMixin", "WarpedGPClassifierMixin"]
 
@@ -156,6 +161,12 @@ class WarpedGPPosterior:
         v = self.latent_variance(xw) + (self.lam if noise else 0.0)
         return v[:, None] * self.signal_variance
 
+    def predictive_covariance(self, xw: torch.Tensor) -> torch.Tensor:
+        """Covariance (M, M, k) of new observations at warped points (noise on the diagonal)."""
+        C = self.latent_covariance(xw)
+        C.diagonal().add_(self.lam)
+        return C[:, :, None] * self.signal_variance
+
     def loo(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact leave-one-out predictions at the training points.
 
@@ -169,6 +180,52 @@ class WarpedGPPosterior:
         d = _inverse_diagonal(self.factor)
         Y = self.kernel.gram(self.centers) @ self.alpha + self.lam * self.alpha
         return Y - self.alpha / d[:, None] + self.offset, (1.0 / d - self.lam).clamp_min(0.0)
+
+
+@dataclass
+class WarpedGPMixture:
+    """The posterior averaged over readout hyper-parameters: a mixture of ``WarpedGPPosterior`` with weights.
+
+    Its predictive law is the mixture itself; ``mean``, ``predictive_variance`` and ``predictive_covariance`` are the
+    mixture's exact first two moments (``Σ_k w_k (C_k + m_k m_kᵀ) − m mᵀ``), and ``sample`` draws from the mixture
+    (a component per draw, then its Gaussian).
+
+    Attributes
+    ----------
+    components : list of WarpedGPPosterior
+    weights : torch.Tensor
+        (K,) positive, summing to 1.
+    """
+
+    components: list
+    weights: torch.Tensor
+
+    @property
+    def signal_variance(self) -> torch.Tensor:
+        """(k,) weighted mean of the components' s²."""
+        return sum(float(w) * c.signal_variance for w, c in zip(self.weights, self.components))
+
+    @property
+    def noise_variance(self) -> torch.Tensor:
+        """(k,) weighted mean of the components' noise variances s² λ."""
+        return sum(float(w) * c.noise_variance for w, c in zip(self.weights, self.components))
+
+    def mean(self, xw: torch.Tensor) -> torch.Tensor:
+        return sum(float(w) * c.mean(xw) for w, c in zip(self.weights, self.components))
+
+    def predictive_variance(self, xw: torch.Tensor, noise: bool = True) -> torch.Tensor:
+        means = [c.mean(xw) for c in self.components]
+        m = sum(float(w) * mk for w, mk in zip(self.weights, means))
+        second = sum(float(w) * (c.predictive_variance(xw, noise) + mk**2)
+                     for w, c, mk in zip(self.weights, self.components, means))
+        return (second - m**2).clamp_min(0.0)
+
+    def predictive_covariance(self, xw: torch.Tensor) -> torch.Tensor:
+        means = [c.mean(xw) for c in self.components]
+        m = sum(float(w) * mk for w, mk in zip(self.weights, means))
+        second = sum(float(w) * (c.predictive_covariance(xw) + mk[:, None, :] * mk[None, :, :])
+                     for w, c, mk in zip(self.weights, self.components, means))
+        return second - m[:, None, :] * m[None, :, :]
 
 
 def _inverse_diagonal(factor: torch.Tensor) -> torch.Tensor:
@@ -261,13 +318,14 @@ class _WarpedGPBase:
     # Estimator of the signal scale s² (``signal_variance``).
     _gp_scale = "loo"
 
-    def _gp_posterior_of_fit(self, Yc: torch.Tensor) -> WarpedGPPosterior | None:
+    def _gp_posterior_of_fit(self, Yc: torch.Tensor) -> WarpedGPPosterior | WarpedGPMixture | None:
         readout = self.readout_
         if Yc.shape[0] > GP_MAX_POINTS:
             return None
         Yc = Yc.to(readout.centers.dtype)
-        return warped_gp_posterior(readout.kernel, readout.centers, Yc + readout.offset, readout.lam,
-                                   offset=readout.offset, scale=self._gp_scale)
+        parts = [warped_gp_posterior(r.kernel, r.centers, Yc + r.offset, r.lam, offset=r.offset, scale=self._gp_scale)
+                 for r in getattr(readout, "components", [readout])]
+        return parts[0] if len(parts) == 1 else WarpedGPMixture(parts, readout.weights)
 
     def _warped_tensor(self, X) -> torch.Tensor:
         check_is_fitted(self, "readout_")
@@ -333,13 +391,10 @@ class WarpedGPRegressorMixin(_WarpedGPBase):
             if not (return_std or return_cov):
                 return mean[:, 0] if self._y_1d else mean
             gp = self._require_gp("return_std / return_cov")
-            s2 = gp.signal_variance.cpu().numpy() * scale**2
             if return_std:
                 extra = np.sqrt(gp.predictive_variance(xw).cpu().numpy()) * scale
             else:
-                C = gp.latent_covariance(xw)
-                C.diagonal().add_(gp.lam)
-                extra = C.cpu().numpy()[:, :, None] * s2
+                extra = gp.predictive_covariance(xw).cpu().numpy() * scale**2
         if self._y_1d:
             return mean[:, 0], (extra[:, 0] if return_std else extra[:, :, 0])
         return mean, extra
@@ -356,13 +411,33 @@ class WarpedGPRegressorMixin(_WarpedGPBase):
         Returns
         -------
         ndarray of shape (M, n_samples) or (M, k, n_samples)
+            With an averaged readout (``readout_weights_``) every draw comes from one component of the mixture,
+            chosen with its weight.
         """
         rng = check_random_state(random_state)
-        y_mean, y_cov = self.predict(X, return_cov=True)
-        if y_mean.ndim == 1:
-            return rng.multivariate_normal(y_mean, y_cov, n_samples).T
-        return np.stack([rng.multivariate_normal(y_mean[:, j], y_cov[..., j], n_samples).T
-                         for j in range(y_mean.shape[1])], axis=1)
+        gp = self._require_gp("sample_y")
+        if not isinstance(gp, WarpedGPMixture):
+            y_mean, y_cov = self.predict(X, return_cov=True)
+            return _draw(rng, y_mean.reshape(len(y_mean), -1), y_cov.reshape(y_cov.shape[:2] + (-1,)), n_samples,
+                         y_mean.ndim == 1)
+        xw = self._warped_tensor(X)
+        scale = np.asarray(self.y_scale_, dtype=np.float64)
+        counts = rng.multinomial(n_samples, gp.weights.cpu().numpy() / float(gp.weights.sum()))
+        draws = []
+        with torch.no_grad():
+            for part, count in zip(gp.components, counts):
+                if count:
+                    mean = part.mean(xw).cpu().numpy() * scale
+                    cov = part.predictive_covariance(xw).cpu().numpy() * scale**2
+                    draws.append(_draw(rng, mean, cov, int(count), False))
+        out = np.concatenate(draws, axis=-1)[..., rng.permutation(n_samples)]
+        return out[:, 0] if self._y_1d else out
+
+
+def _draw(rng, mean: np.ndarray, cov: np.ndarray, n: int, squeeze: bool) -> np.ndarray:
+    """``n`` Gaussian draws per output: mean (M, k), cov (M, M, k) -> (M, k, n), or (M, n) with ``squeeze``."""
+    out = np.stack([rng.multivariate_normal(mean[:, j], cov[..., j], n).T for j in range(mean.shape[1])], axis=1)
+    return out[:, 0] if squeeze else out
 
 
 class WarpedGPClassifierMixin(_WarpedGPBase):
