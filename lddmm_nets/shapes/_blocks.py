@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["voxel_clusters", "block_ranges", "padded_clusters", "block_pairs"]
+__all__ = ["voxel_clusters", "block_ranges", "padded_clusters", "block_pairs", "filled_cell"]
 
 
 def voxel_clusters(x: torch.Tensor, cell: float):
@@ -50,6 +50,18 @@ def voxel_clusters(x: torch.Tensor, cell: float):
         dist = ((x - centroids[labels]) ** 2).sum(1).sqrt()
         radii = torch.zeros(len(counts), dtype=x.dtype, device=x.device).scatter_reduce(0, labels, dist, "amax")
     return perm, ranges, centroids, radii
+
+
+def filled_cell(x: torch.Tensor, candidates, fill: float) -> float:
+    """The smallest cell side among ``candidates`` (ascending) whose non-empty cubic cells hold at least ``fill``
+    points on average (the largest candidate if none does): padded blocks of ``size ≈ fill`` points are then
+    mostly real points, not padding, whatever the density of the shape relative to the kernel width."""
+    with torch.no_grad():
+        for cell in candidates:
+            keys = torch.floor(x / cell).long()
+            if x.shape[0] / torch.unique(keys, dim=0).shape[0] >= fill:
+                return float(cell)
+    return float(candidates[-1])
 
 
 def block_ranges(x: torch.Tensor, y: torch.Tensor, radius: float, cell: float):
