@@ -59,11 +59,12 @@ DATA_TERMS = ("auto", "varifold", "oriented_varifold", "currents", "measure")
 WHITEN_MAX = 4096
 #: truncation radius of the data terms' Gaussians, in widths (``lddmm_nets.shapes.terms``: a C¹ compactly supported
 #: kernel within 3e-3 of the Gaussian, summed block-sparsely when the shapes span many widths), used by the levels
-#: whose data term has at least ``TRUNCATE_MIN_CELL_PAIRS`` pairs of cells. Measured on fsaverage5 white against
-#: pial at 3.5 mm, one thread (forward and backward): 10,242 vertices 73 s in full (KeOps) against 15 s truncated
-#: (2.8 % of the pairs kept); 2,562 vertices 4.6 s against 5.2 s; 642 vertices: the full dense sums are 4x faster
+#: whose data term has at least ``TRUNCATE_MIN_CELL_PAIRS`` pairs of cells (from where the full sums leave dense
+#: matrices for KeOps). Measured on fsaverage5 white against pial at 3.5 mm, one thread (forward and backward):
+#: 10,242 vertices 73 s in full (KeOps) against 4 s truncated; 2,562 vertices 4.6 s against 0.4-0.6 s; 642
+#: vertices: the full dense sums are 4x faster
 TRUNCATE = 4.0
-TRUNCATE_MIN_CELL_PAIRS = 2**26
+TRUNCATE_MIN_CELL_PAIRS = 2**22
 #: cells whose orientation is guarded (flip check and barrier): surfaces; a curve's tangent may turn by more than
 #: 90° under an ordinary large deformation (a circle bent into a C), so segments are only reported
 GUARD_KINDS = ("triangles",)
