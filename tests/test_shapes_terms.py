@@ -192,55 +192,48 @@ def test_truncated_gaussian_is_c1_and_close_to_the_gaussian(rng):
     assert abs(float(term((v, f), (w, f)) - exact)) < bound
 
 
-@requires_keops
-def test_block_sparse_keops_equals_the_dense_truncated_sum(rng, monkeypatch):
-    """The block-sparse KeOps reduction skips only blocks where k_R is exactly 0: it equals the dense sum of k_R
-    (values and gradients, to round-off), and it really skips blocks."""
-    monkeypatch.setattr(shape_terms, "TRUNCATE_MIN_PAIRS", 1)
+def _every_pair_and_blocks(rng, monkeypatch, backend):
+    """(value, gradient, kept fraction) of the truncated varifold summed over every pair and block-sparsely."""
     v, f = _sphere_mesh(14, 28)
     v = v * torch.tensor([4.0, 2.0, 1.0], dtype=F64)  # an ellipsoid larger than the kernel's support
     w = v + 0.05 * torch.randn(v.shape, generator=rng, dtype=F64)
-    out = {}
-    for backend, min_pairs in (("dense", 10**18), ("auto", 1)):  # the reference sums k_R over every pair
+    out = []
+    for b, min_pairs in (("dense", 10**18), (backend, 1)):  # the reference sums k_R over every pair
         monkeypatch.setattr(shape_terms, "TRUNCATE_MIN_PAIRS", min_pairs)
-        term = Varifold(0.3, backend=backend, truncate=4.0)
+        term = Varifold(0.3, backend=b, truncate=4.0)
         x = v.clone().requires_grad_(True)
         d = term((x, f), (w, f))
-        out[backend] = (d.detach(), torch.autograd.grad(d, x)[0], term.last_kept)
-    assert out["dense"][2] == 1.0
-    assert out["auto"][2] < 0.6
-    torch.testing.assert_close(out["auto"][0], out["dense"][0], rtol=1e-10, atol=0)
-    torch.testing.assert_close(out["auto"][1], out["dense"][1], rtol=1e-9, atol=1e-12)
+        out.append((d.detach(), torch.autograd.grad(d, x)[0], term.last_kept))
+    return out
 
 
 @pytest.mark.parametrize("cells", [(1.0,), (2.0,), (4.0,), shape_terms.BLOCK_CELLS])
-def test_dense_blocks_equal_the_dense_truncated_sum_for_any_cell_side(rng, monkeypatch, cells):
+def test_dense_blocks_equal_the_sum_over_every_pair_for_any_cell_side(rng, monkeypatch, cells):
     """The padded dense blocks keep every pair closer than the truncation radius whatever the side of the
-    clustering cells (fixed, or chosen by occupancy from ``BLOCK_CELLS``): value and gradient equal the sum over
-    all pairs of k_R."""
+    clustering cells (fixed, or chosen by occupancy from ``BLOCK_CELLS``): value and gradient equal the sum of k_R
+    over all pairs, and blocks are really skipped."""
     from lddmm_nets.shapes._blocks import filled_cell
 
-    monkeypatch.setattr(shape_terms, "TRUNCATE_MIN_PAIRS", 1)
     monkeypatch.setattr(shape_terms, "BLOCK_CELLS", cells)
-    v, f = _sphere_mesh(14, 28)
-    v = v * torch.tensor([4.0, 2.0, 1.0], dtype=F64)
-    w = v + 0.05 * torch.randn(v.shape, generator=rng, dtype=F64)
-    out = {}
-    for backend, min_pairs in (("dense", 10**18), ("auto", 1)):  # the reference sums k_R over every pair
-        monkeypatch.setattr(shape_terms, "TRUNCATE_MIN_PAIRS", min_pairs)
-        term = Varifold(0.3, backend=backend, truncate=4.0)
-        x = v.clone().requires_grad_(True)
-        d = term((x, f), (w, f))
-        out[backend] = (d.detach(), torch.autograd.grad(d, x)[0], term.last_kept)
-    assert out["dense"][2] == 1.0
-    assert out["auto"][2] < 0.9
-    torch.testing.assert_close(out["auto"][0], out["dense"][0], rtol=1e-10, atol=0)
-    torch.testing.assert_close(out["auto"][1], out["dense"][1], rtol=1e-9, atol=1e-12)
+    full, blocks = _every_pair_and_blocks(rng, monkeypatch, "auto")
+    assert full[2] == 1.0 and blocks[2] < 0.9
+    torch.testing.assert_close(blocks[0], full[0], rtol=1e-10, atol=0)
+    torch.testing.assert_close(blocks[1], full[1], rtol=1e-9, atol=1e-12)
     # the chosen side: the smallest candidate whose non-empty cells hold BLOCK_SIZE points on average
     pts = torch.randn(4000, 3, generator=rng, dtype=F64) * 5
     side = filled_cell(pts, (1.0, 2.0, 4.0, 8.0), 16)
     occupancy = lambda c: len(pts) / len(torch.unique(torch.floor(pts / c).long(), dim=0))  # noqa: E731
     assert occupancy(side) >= 16 and (side == 1.0 or occupancy(side / 2) < 16)
+
+
+@requires_keops
+def test_block_sparse_keops_equals_the_sum_over_every_pair(rng, monkeypatch):
+    """KeOps' block-sparse reduction (``LazyTensor.ranges``, taken with ``backend="keops"``) skips only blocks where
+    k_R is exactly 0: it equals the sum over every pair (values and gradients, to round-off)."""
+    full, ranges = _every_pair_and_blocks(rng, monkeypatch, "keops")
+    assert ranges[2] < 0.6
+    torch.testing.assert_close(ranges[0], full[0], rtol=1e-10, atol=0)
+    torch.testing.assert_close(ranges[1], full[1], rtol=1e-9, atol=1e-12)
 
 
 def test_bad_inputs():
