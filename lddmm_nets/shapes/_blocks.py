@@ -19,6 +19,17 @@ import torch
 __all__ = ["voxel_clusters", "block_ranges", "padded_clusters", "block_pairs", "filled_cell"]
 
 
+def _cell_labels(x: torch.Tensor, cell: float) -> torch.Tensor:
+    """(N,) index of each point's cubic cell of side ``cell`` among the non-empty cells, in sorted key order."""
+    keys = torch.floor(x / cell).long()
+    keys = keys - keys.min(0).values
+    span = keys.max(0).values + 1
+    flat = keys[:, 0]
+    for i in range(1, keys.shape[1]):  # one integer per cell (row-major), then a 1-D unique: far faster
+        flat = flat * span[i] + keys[:, i]
+    return torch.unique(flat, return_inverse=True)[1]
+
+
 def voxel_clusters(x: torch.Tensor, cell: float):
     """Sort points by cubic cells of side ``cell``.
 
@@ -33,13 +44,7 @@ def voxel_clusters(x: torch.Tensor, cell: float):
         Largest distance of a member to its centroid.
     """
     with torch.no_grad():
-        keys = torch.floor(x / cell).long()
-        keys = keys - keys.min(0).values
-        span = keys.max(0).values + 1
-        flat = keys[:, 0]
-        for i in range(1, keys.shape[1]):  # one integer per cell (row-major), then a 1-D unique: far faster
-            flat = flat * span[i] + keys[:, i]
-        _, labels = torch.unique(flat, return_inverse=True)
+        labels = _cell_labels(x, cell)
         perm = torch.argsort(labels, stable=True)
         counts = torch.bincount(labels)
         ends = torch.cumsum(counts, 0)
@@ -58,8 +63,7 @@ def filled_cell(x: torch.Tensor, candidates, fill: float) -> float:
     mostly real points, not padding, whatever the density of the shape relative to the kernel width."""
     with torch.no_grad():
         for cell in candidates:
-            keys = torch.floor(x / cell).long()
-            if x.shape[0] / torch.unique(keys, dim=0).shape[0] >= fill:
+            if x.shape[0] / (int(_cell_labels(x, cell).max()) + 1) >= fill:
                 return float(cell)
     return float(candidates[-1])
 
