@@ -53,7 +53,7 @@ from .result import LevelRecord, ShapeRegistration
 from .shape import Shape, as_shape
 from .transform import ShapeTransform, hamiltonian_system, integrate
 
-__all__ = ["register_shapes", "DATA_TERMS", "WHITEN_MAX", "make_data_term"]
+__all__ = ["register_shapes", "DATA_TERMS", "WHITEN_MAX", "make_data_term", "level_term"]
 
 DATA_TERMS = ("auto", "varifold", "oriented_varifold", "currents", "measure")
 WHITEN_MAX = 4096
@@ -80,6 +80,16 @@ GRID_REACH = 0.5
 #: default iteration budgets and objective tolerances of the coarse levels and of the last one
 COARSE_MAX_ITER, FINE_MAX_ITER = 40, 100
 COARSE_FTOL, FINE_FTOL = 1e-3, 1e-4
+
+
+def level_term(data_term, width: float, source: Shape, target: Shape, backend: str = "auto") -> ShapeDistance:
+    """The data term of a level at ``width``: ``data_term`` itself when it is a ``ShapeDistance``, else the named
+    term, its Gaussians truncated at ``TRUNCATE`` widths when the shapes have ``TRUNCATE_MIN_CELL_PAIRS`` pairs of
+    cells or more (the levels and the evaluation of the result use the same term)."""
+    if not isinstance(data_term, str):
+        return data_term
+    truncate = TRUNCATE if source.n_cells * target.n_cells >= TRUNCATE_MIN_CELL_PAIRS else None
+    return make_data_term(data_term, width, source.kind, backend, truncate)
 
 
 def make_data_term(name: str, sigma, kind: str, backend: str = "auto", truncate: float | None = None):
@@ -162,10 +172,7 @@ class _Level:
         self.terms = []
         self.norms = []
         for s, t in zip(self.sources, targets):
-            truncate = TRUNCATE if s.n_cells * t.n_cells >= TRUNCATE_MIN_CELL_PAIRS else None
-            term = (make_data_term(data_term, width, s.kind, backend, truncate) if isinstance(data_term, str)
-                    else data_term)
-            attached = term.attach(t.to(dtype, device).cells_geometry())
+            attached = level_term(data_term, width, s, t, backend).attach(t.to(dtype, device).cells_geometry())
             with torch.no_grad():
                 d0 = float(attached(s.cells_geometry()))
             self.terms.append(attached)

@@ -124,7 +124,7 @@ class ShapeRegistration:
     def build(cls, sources, targets, transform: ShapeTransform, levels, history, *, single: bool, data_term,
               data_sigma, backend, seconds: float, config: dict) -> "ShapeRegistration":
         """Evaluate the final deformation on the full shapes (float64) and assemble the result."""
-        from .register import TRUNCATE, TRUNCATE_MIN_CELL_PAIRS, make_data_term
+        from .register import level_term
 
         traj = transform.trajectory(torch.float64, backend)
         warped = [transform.apply(s.to(torch.float64)) for s in sources]
@@ -132,11 +132,9 @@ class ShapeRegistration:
         with torch.no_grad():
             for s, t, w in zip(sources, targets, warped):
                 s64, t64 = s.to(torch.float64), t.to(torch.float64)
-                # the last level's term: truncated as it was for shapes this large (block-sparse sums; the full
-                # sums would take a minute at 10,242 vertices)
-                truncate = TRUNCATE if s.n_cells * t.n_cells >= TRUNCATE_MIN_CELL_PAIRS else None
-                term = (make_data_term(data_term, data_sigma, s.kind, backend, truncate) if isinstance(data_term, str)
-                        else data_term)
+                # the last level's term (truncated for shapes this large, as the level was: the full sums would
+                # take a minute at 10,242 vertices)
+                term = level_term(data_term, data_sigma, s, t, backend)
                 attached = term.attach(t64.to(torch.float32).cells_geometry())
                 before.append(float(attached(s64.to(torch.float32).cells_geometry())))
                 after.append(float(attached(w.to(torch.float32).cells_geometry())))
