@@ -274,11 +274,12 @@ class _KernelWarpingBase(BaseEstimator):
             sel = loo_select(lambda s: self.readout_kernel_, qL[idx], Yc[idx], [0.0], LAM_GRID,
                              classification=self._classification)
             self.lam_, self.loo_final_ = sel.lam, sel.score
-        alpha = ridge_solve(self.readout_kernel_, qL, Yc, self.lam_, backend=self.backend_)
-        self.readout_ = RidgeReadout(self.readout_kernel_, self.lam_, qL, alpha, self.offset_)
         self.readout_weights_ = None
         if self._loo_grid is not None and n <= DENSE_MAX_POINTS:
             self._averaged_readout(qL, Yc, rng)
+        if self.readout_weights_ is None:
+            alpha = ridge_solve(self.readout_kernel_, qL, Yc, self.lam_, backend=self.backend_)
+            self.readout_ = RidgeReadout(self.readout_kernel_, self.lam_, qL, alpha, self.offset_)
         if self.readout == "linear":  # f(z) = Σ_i (z·q_i + 1) α_i + offset = coef_ z + intercept_
             self.coef_ = (qL.T @ alpha).T.cpu().numpy()
             self.intercept_ = (alpha.sum(0) + self.offset_).cpu().numpy()
@@ -296,9 +297,9 @@ class _KernelWarpingBase(BaseEstimator):
             sel = loo_select(lambda s: _make_kernel(self.readout_kernel, s, 0.0, "readout_kernel"), qL[idx],
                              Yc[idx], sigmas, lams, classification=False)
         weights = pseudo_bma_weights(sel)
-        self.readout_weights_ = weights
-        if len(weights) == 1:
+        if len(weights) == 1:  # one readout after all: readout_sigma_ and lam_ (readout_weights_ stays None)
             return
+        self.readout_weights_ = weights
         parts = []
         for sigma, lam, _ in weights:
             kernel = _make_kernel(self.readout_kernel, sigma, 0.0, "readout_kernel")

@@ -187,8 +187,8 @@ class WarpedGPMixture:
     """The posterior averaged over readout hyper-parameters: a mixture of ``WarpedGPPosterior`` with weights.
 
     Its predictive law is the mixture itself; ``mean``, ``predictive_variance`` and ``predictive_covariance`` are the
-    mixture's exact first two moments (``Σ_k w_k (C_k + m_k m_kᵀ) − m mᵀ``), and ``sample`` draws from the mixture
-    (a component per draw, then its Gaussian).
+    mixture's exact first two moments (``Σ_k w_k (C_k + m_k m_kᵀ) − m mᵀ``); the regressor's ``sample_y`` draws from
+    the mixture itself (a component per draw, then its Gaussian).
 
     Attributes
     ----------
