@@ -95,3 +95,34 @@ def test_dask_gives_the_synchronous_shape_template(client):
     np.testing.assert_allclose(res.template.vertices.numpy(), ref.template.vertices.numpy(), atol=1e-9)
     np.testing.assert_allclose(res.momenta, ref.momenta, atol=1e-5)
     assert res.names == ref.names
+
+
+def _minor_faults_of_allocations(inside_task: bool) -> int:
+    """Page faults of allocating, filling and freeing a 4 MiB array 100 times (in a task's context or not)."""
+    import contextlib
+    import resource
+
+    from registration.atlas._tasks import _task_resources
+
+    with (_task_resources(None) if inside_task else contextlib.nullcontext()):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(100):
+            a = np.empty(1 << 19)
+            a.fill(1.0)
+            del a
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def test_worker_tasks_reuse_memory_under_dasks_malloc_settings():
+    """Dask starts workers with MALLOC_TRIM_THRESHOLD_ set, which fixes glibc's mmap threshold: each large array is
+    then mapped and faulted in afresh (a registration ran at half speed). Inside a task the heap is reused (a fresh
+    worker: a task's settings stay with its process)."""
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as \
+            cluster, distributed.Client(cluster) as fresh:
+        env = fresh.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+        if not all(env.values()):
+            pytest.skip("this Dask does not set MALLOC_TRIM_THRESHOLD_ on its workers")
+        outside = fresh.submit(_minor_faults_of_allocations, False, pure=False).result()
+        inside = fresh.submit(_minor_faults_of_allocations, True, pure=False).result()
+    assert outside > 100 * 200  # 1,024 pages per array (fault-around maps a few per fault), each faulted again
+    assert inside < outside / 20, (inside, outside)

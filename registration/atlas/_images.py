@@ -52,6 +52,10 @@ def check_register_options(options) -> dict:
 def _registration_options(options: dict) -> dict:
     reg = dict(options.get("register", {}))
     reg["geodesics"] = "single"  # one geodesic per subject: one initial momentum, which .shoot can shoot
+    # the task has set torch's threads for its slot of the machine (``_tasks._task_resources``): register_images'
+    # default "auto" would count the cores free at its start, where workers starting together could each take
+    # every core
+    reg["threads"] = None
     return reg
 
 
