@@ -253,3 +253,31 @@ def test_subjects_are_checked():
         warnings.simplefilter("error")
         res = build_template([t1, t1], names=["a", "b"], iterations=0, register_options=FAST, **SYNC)
     assert res.names == ["a", "b"]
+
+
+def test_a_round_starts_from_the_previous_rounds_momentum(tmp_path):
+    """The kind saves its registration's own momentum and starts from it when given the previous folder: with no
+    iterations left the warm start comes back bit for bit (a cold start gives zero); ``build_template`` hands every
+    later round the previous round's folder, and ``warm_start=False`` none."""
+    t1, _ = mni152_slice(6)
+    subject = synthetic_population(t1, n=2, seed=1).subjects[0]
+    kind = ImageKind()
+    first, frozen = tmp_path / "first", tmp_path / "frozen"
+    first.mkdir(), frozen.mkdir()
+    kind.register(t1, subject, {"register": FAST}, str(first), False)
+    m0 = np.load(first / "start_momentum.npy")
+    assert np.abs(m0).max() > 0
+    still = dict(FAST, iterations=(0,))
+    _, summary = kind.register(t1, subject, {"register": still}, str(frozen), False, str(first))
+    assert summary["warm_start"]
+    np.testing.assert_array_equal(np.load(frozen / "start_momentum.npy"), m0)
+    _, summary = kind.register(t1, subject, {"register": still}, str(frozen), False, None)
+    assert not summary["warm_start"] and not np.load(frozen / "start_momentum.npy").any()
+
+    pop = synthetic_population(t1, n=2, seed=2).subjects
+    for warm in (True, False):
+        res = build_template(pop, iterations=1, register_options=FAST, warm_start=warm, out=tmp_path / f"w{warm}",
+                             **SYNC)
+        flags = json.load(open(tmp_path / f"w{warm}" / "checkpoint.json"))["summaries"]
+        assert all(s["warm_start"] is warm for s in flags.values()) and len(flags) == 2
+        assert res.options["warm_start"] is warm

@@ -15,7 +15,8 @@ from registration.atlas._images import ImageKind
 from registration.atlas._kinds import kind_for
 from registration.atlas._shapes import ShapeKind, control_indices, subject_gradient
 from registration.io import Image, load_mesh, save_mesh
-from registration.shapes import Shape, ShapeTransform, control_points, make_data_term, vertex_error
+from registration.shapes import (Shape, ShapeTransform, control_points, make_data_term, register_shapes,
+                                 vertex_error)
 
 #: fast registrations of a 64-vertex curve (two levels, few iterations: one level alone leaves some registrations of
 #: this population in a local minimum): a population round in about a second
@@ -199,3 +200,23 @@ def test_a_shape_run_resumes(population, atlas, tmp_path):
     resumed = build_template(subjects, iterations=2, out=tmp_path, resume=True, register_options=FAST, **SYNC)
     assert [h.round for h in resumed.history] == [0, 1, 2]
     np.testing.assert_allclose(resumed.template.vertices.numpy(), atlas.template.vertices.numpy(), atol=1e-3)
+
+
+def test_a_round_starts_from_the_previous_rounds_momenta(population, atlas, tmp_path):
+    """``register_shapes(initial_momenta=...)`` with no iterations returns its start (to float32 round-off of the
+    whitened variables); the shape kind starts from the previous folder's momenta; the atlas's later rounds did."""
+    truth, subjects = population
+    kind = ShapeKind()
+    first, frozen = tmp_path / "first", tmp_path / "frozen"
+    first.mkdir(), frozen.mkdir()
+    kind.register(truth, subjects[0], {"register": FAST}, str(first), False)
+    p0 = np.load(first / "start_momentum.npy")
+    assert np.abs(p0).max() > 0
+    _, summary = kind.register(truth, subjects[0], {"register": dict(FAST, max_iter=0)}, str(frozen), False,
+                               str(first))
+    assert summary["warm_start"]
+    np.testing.assert_allclose(np.load(frozen / "start_momentum.npy"), p0, rtol=1e-4, atol=1e-3 * np.abs(p0).max())
+    with pytest.raises(ValueError, match="initial_momenta: expected finite momenta of shape"):
+        register_shapes(truth, subjects[0], control_points="vertices", initial_momenta=np.zeros((3, 2)))
+    flags = json.load(open(os.path.join(atlas.directory, "checkpoint.json")))["summaries"]
+    assert flags and all(s["warm_start"] for s in flags.values())

@@ -22,6 +22,7 @@ from ..evaluation import world_coordinates
 from ..images import geodesic_transform, normalize_intensity, register_images
 from ..io import Image, load_image, save_image
 from ..transforms import DisplacementTransform, ndv_percent, sdlogj
+from ._kinds import START_FILE
 
 __all__ = ["ImageKind", "IMAGE_FILES"]
 
@@ -160,10 +161,16 @@ class ImageKind:
         return summary
 
     # ---- one subject ----
-    def register(self, template: Image, subject: Image, options: dict, folder: str, write_transform: bool):
+    def register(self, template: Image, subject: Image, options: dict, folder: str, write_transform: bool,
+                 start: str | None = None):
         if options.get("normalize", True):
             subject = subject.with_data(normalize_intensity(subject.data, name="subject"))
-        res = register_images(template, subject, **_registration_options(options))
+        warm = os.path.join(start, START_FILE) if start is not None else None
+        initial = np.load(warm) if warm is not None and os.path.exists(warm) else None
+        if initial is not None and initial.shape != self.momentum_shape(template):
+            initial = None  # another grid (a template given anew on resume): start from zero
+        res = register_images(template, subject, initial_momentum=initial, **_registration_options(options))
+        np.save(os.path.join(folder, START_FILE), np.asarray(res.momentum.data, np.float32))
         jac = res.jacobian_determinant()
         world = res.transform.world_map()
         warped = spline_resample(subject, world, fill=0.0)
@@ -176,7 +183,7 @@ class ImageKind:
                    "deformation": float(np.linalg.norm(res.displacement, axis=0)[support(template)].mean()),
                    "ndv_percent": ndv_percent(jac), "sdlogj": sdlogj(jac), "jacobian_min": float(jac.min()),
                    "iterations": [lv.iterations for lv in res.levels], "stop_reason": res.stop_reason,
-                   "registration_seconds": res.seconds}
+                   "registration_seconds": res.seconds, "warm_start": initial is not None}
         return template_momentum(res, world), summary
 
     # ---- the reduction ----

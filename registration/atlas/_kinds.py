@@ -22,10 +22,11 @@ Templates (client)
     ``initial_template(run, initial)`` (may run task rounds through ``run.map_subjects`` / ``run.run_one``),
     ``template_change(old, new) -> float`` (relative), ``momentum_shape(template) -> tuple``.
 One subject against the template (workers)
-    ``register(template, subject, options, folder, write_transform) -> (momentum, summary)``: the momentum on
-    the template (an array of ``momentum_shape``), JSON scalars (``similarity_after``, ``energy``,
+    ``register(template, subject, options, folder, write_transform, start) -> (momentum, summary)``: the
+    momentum on the template (an array of ``momentum_shape``), JSON scalars (``similarity_after``, ``energy``,
     ``regularization`` at least), and any large field written into ``folder`` (which becomes the subject's
-    folder atomically).
+    folder atomically), among them ``START_FILE``, the registration's own initial momentum; ``start`` is the
+    subject's folder of the previous round (or None), whose ``START_FILE`` the registration starts from.
 The reduction (one worker task per round)
     ``update(template, folders, options) -> template`` reads the subjects' folders in subject order;
     ``unbias(template, momentum, options) -> (template, dict)`` shoots the template along ``momentum`` (minus the
@@ -47,7 +48,10 @@ shared as they are.
 
 from __future__ import annotations
 
-__all__ = ["kind_for"]
+__all__ = ["kind_for", "START_FILE"]
+
+#: a subject folder's file holding its registration's initial momentum, the next round's warm start
+START_FILE = "start_momentum.npy"
 
 
 def kind_for(subjects, initial) -> object:

@@ -204,7 +204,10 @@ class Run:
             rows.write(position[i], outcome.momentum)
             outcome.momentum = None
 
-        done = self.map_subjects(register_task, handle, self.options, r == self.final_round, stage=f"round-{r}",
+        previous = os.path.join(self.directory, "rounds", f"{r - 1:03d}", "subjects")
+        warm = r > 0 and self.options.get("warm_start", True) and os.path.isdir(previous)
+        done = self.map_subjects(register_task, handle, self.options, r == self.final_round,
+                                 previous if warm else None, stage=f"round-{r}",
                                  folder=os.path.join(round_dir, "subjects"), on_result=write_row)
         rows.finish([position[i] for i, _ in done])
         return done

@@ -43,6 +43,7 @@ import torch
 
 from ..io.meshes import is_mesh_path, mesh_extension, save_mesh
 from ..shapes import Shape, ShapeTransform, as_shape, make_data_term, normal_ratios, register_shapes
+from ._kinds import START_FILE
 
 __all__ = ["ShapeKind", "SHAPE_FILES", "control_indices", "is_shape_source", "summed_data"]
 
@@ -250,14 +251,19 @@ class ShapeKind:
         return spec.load(self)
 
     # ---- one subject ----
-    def register(self, template: Shape, subject: Shape, options: dict, folder: str, write_transform: bool):
+    def register(self, template: Shape, subject: Shape, options: dict, folder: str, write_transform: bool,
+                 start: str | None = None):
         reg = dict(options.get("register", {}))
         sigma, data_sigma = widths(template, reg)
         reg.update(sigma=sigma, data_sigma=data_sigma)
         q0 = template.vertices.double()[torch.as_tensor(control_indices(template))]
+        warm = os.path.join(start, START_FILE) if start is not None else None
+        initial = np.load(warm) if warm is not None and os.path.exists(warm) else None
+        if initial is not None and initial.shape != tuple(q0.shape):
+            initial = None  # another template (given anew on resume): start from zero
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the summary says whether it converged
-            res = register_shapes(template, subject, control_points=q0, **reg)
+            res = register_shapes(template, subject, control_points=q0, initial_momenta=initial, **reg)
         before = float(_term(reg, data_sigma, template, subject)(template.to(torch.float64).cells_geometry()))
         after, grad, warped = subject_gradient(template, subject, res.transform, reg, data_sigma)
         np.save(os.path.join(folder, "gradient.npy"), grad)
@@ -271,8 +277,11 @@ class ShapeKind:
                    "deformation": float(move.mean()), "ndv_percent": 100.0 * res.folded / max(template.n_cells, 1),
                    "sdlogj": float(logs.std()) if logs.size else 0.0, "jacobian_min": res.min_normal_ratio,
                    "flipped": res.flipped, "iterations": [lv.n_iter for lv in res.levels],
-                   "stop_reason": res.stop_reason, "converged": res.converged, "registration_seconds": res.seconds}
-        return res.momenta.detach().cpu().numpy().astype(np.float32), summary
+                   "stop_reason": res.stop_reason, "converged": res.converged, "registration_seconds": res.seconds,
+                   "warm_start": initial is not None}
+        momenta = res.momenta.detach().cpu().numpy().astype(np.float32)
+        np.save(os.path.join(folder, START_FILE), momenta)
+        return momenta, summary
 
     # ---- the reduction ----
     def update(self, template: Shape, folders: list, options: dict) -> Shape:

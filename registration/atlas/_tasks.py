@@ -187,14 +187,18 @@ def prepare_task(kind, spec, folder: str, threads, reference, options: dict, mod
     return Outcome(spec.name, summary=summary, folder=target, seconds=time.perf_counter() - t0, host=_host())
 
 
-def register_task(kind, spec, folder: str, threads, template, options: dict, write_transform: bool) -> Outcome:
+def register_task(kind, spec, folder: str, threads, template, options: dict, write_transform: bool,
+                  previous: str | None = None) -> Outcome:
     """Register the subject onto the template (``kind.register``); fields go to ``folder/<name>``, the momentum
-    and a summary come back."""
+    and a summary come back. ``previous``: the previous round's subjects folder, whose ``<name>`` folder the kind
+    may start from (a warm start), or None."""
     t0 = time.perf_counter()
     target = os.path.join(folder, spec.name)
+    start = os.path.join(previous, spec.name) if previous is not None else None
     try:
         with _task_resources(threads), atomic_directory(target) as tmp:
-            momentum, summary = kind.register(template, spec.load(kind), options, tmp, write_transform)
+            momentum, summary = kind.register(template, spec.load(kind), options, tmp, write_transform,
+                                              start if start is not None and os.path.isdir(start) else None)
     except DATA_ERRORS as exc:
         return _failed(spec.name, exc, t0)
     summary["seconds"] = time.perf_counter() - t0

@@ -242,6 +242,14 @@ def _run_level(deform: _Deformation, level: _Level, z0: torch.Tensor, *, max_ite
     return res, scale, start
 
 
+def _initial(momenta, q0: torch.Tensor) -> torch.Tensor:
+    p = torch.as_tensor(momenta).to(q0)
+    if p.shape != q0.shape or not bool(torch.isfinite(p).all()):
+        raise ValueError(f"initial_momenta: expected finite momenta of shape {tuple(q0.shape)} (one per control "
+                         f"point), got shape {tuple(p.shape)}")
+    return p
+
+
 def _per_level(name: str, value, coarse, fine, n: int) -> list:
     """One value per level: ``value`` repeated, a sequence of ``n``, or (None) ``coarse`` then ``fine`` last."""
     if value is None:
@@ -284,8 +292,8 @@ def register_shapes(source, target, *, sigma: float | None = None, kernel: Kerne
                     max_iter: int | Sequence[int] | None = None, ftol: float | Sequence[float] | None = None,
                     resolution: float = 2.0,
                     check_flips: bool = True, barrier: float = 0.1, backend: str = "auto",
-                    dtype: torch.dtype = torch.float32,
-                    device=None, callback: Callable[[dict], None] | None = None) -> ShapeRegistration:
+                    dtype: torch.dtype = torch.float32, device=None, initial_momenta=None,
+                    callback: Callable[[dict], None] | None = None) -> ShapeRegistration:
     """Register shapes without correspondence by geodesic shooting (module docstring).
 
     Parameters
@@ -333,6 +341,8 @@ def register_shapes(source, target, *, sigma: float | None = None, kernel: Kerne
         Dtype of the optimisation (default float32); results are evaluated in float64.
     device : torch device, optional
         Default: the source's.
+    initial_momenta : (K, d) tensor or array, optional
+        Momenta on the control points to start from (a warm start, e.g. the previous atlas round's); default 0.
     callback : callable, optional
         ``callback(info)`` after every iteration, ``info`` with ``level``, ``n_levels``, ``iteration``,
         ``objective``, ``distance`` (relative data term).
@@ -369,7 +379,7 @@ def register_shapes(source, target, *, sigma: float | None = None, kernel: Kerne
     deform = _Deformation(kernel, system, integrators.get(integrator), q0, factor, gram,
                           sigma / math.sqrt(gamma), n_steps)
     pyramids = ([Pyramid(s) for s in sources], [Pyramid(t) for t in targets])
-    z = torch.zeros_like(q0)
+    z = torch.zeros_like(q0) if initial_momenta is None else deform.variables(_initial(initial_momenta, q0))
     records, history = [], []
     for index, factor_l in enumerate(levels):
         t0 = time.perf_counter()
