@@ -14,7 +14,7 @@ The same number of template updates for both (``--iterations``); ours then regis
 its final template (so its momenta and transforms belong to it), which ANTs does not: our wall time includes that
 round, ANTs' build time does not include its final registrations (shown in their own column).
 
-Run (idle machine; the default configurations of the issue take about an hour on 2 cores):
+Run (idle machine; the default configurations of the issue take about 20 minutes on 2 cores):
 
     python scripts/bench_atlas.py                                   # n=8 and n=16 at 4 mm, n=8 at 2 mm
     python scripts/bench_atlas.py --configs 4:4 --iterations 2      # a small check (minutes)
