@@ -189,10 +189,10 @@ class GaussianKernel(RadialKernel):
     """Gaussian kernel ``exp(-|x - y|² / 2σ²)``."""
 
     def profile(self, d2):
-        return (-0.5 * d2).exp()
+        return B.exp(-0.5 * d2)
 
     def dprofile(self, d2):
-        return -0.5 * (-0.5 * d2).exp()
+        return -0.5 * B.exp(-0.5 * d2)
 
     def spectral_density(self, omega):
         d = omega.shape[-1]
@@ -220,7 +220,7 @@ class MaternKernel(RadialKernel):
     def profile(self, d2):
         a = self._a
         r = B.safe_sqrt(d2)
-        e = (-a * r).exp()
+        e = B.exp(-a * r)
         if self.nu == 0.5:
             return e
         if self.nu == 1.5:
@@ -230,7 +230,7 @@ class MaternKernel(RadialKernel):
     def dprofile(self, d2):
         a = self._a
         r = B.safe_sqrt(d2)
-        e = (-a * r).exp()
+        e = B.exp(-a * r)
         if self.nu == 0.5:
             return (-0.5 * a) * B.safe_rsqrt(d2) * e
         if self.nu == 1.5:

@@ -244,7 +244,7 @@ class ShapeDistance:
         r2 = self.truncate**2
         tail = math.exp(-0.5 * r2)
         inside = r2 - d2
-        return _step(inside) * ((-0.5 * d2).exp() - tail - (0.5 * tail) * inside)
+        return _step(inside) * (B.exp(-0.5 * d2) - tail - (0.5 * tail) * inside)
 
     def pair_sum(self, left, right) -> torch.Tensor:
         """``Σ_i w_i · Σ_j k_e(c_i, d_j) k_u(u_i, v_j) g_j``: the one formula, on dense tensors or LazyTensors."""
