@@ -31,6 +31,7 @@ cannot compile, ``auto`` falls back to dense with one warning, while an explicit
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from functools import lru_cache
 
@@ -224,8 +225,24 @@ def exp(x):
     sums, 20-40x faster where most entries underflow; zero gradient there, where the true one is below 1e-26),
     LazyTensors as they are (KeOps has no such slow path)."""
     if isinstance(x, torch.Tensor):
-        return x.clamp_min(EXP_FLOOR).exp()
+        return _FlooredExp.apply(x)
     return x.exp()
+
+
+class _FlooredExp(torch.autograd.Function):
+    """``exp(max(x, EXP_FLOOR))`` keeping only its result for the backward pass (as ``exp`` does; a clamp would
+    keep its input too): ``y > exp(EXP_FLOOR)`` is where the gradient ``y`` passes. Twice differentiable."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = x.clamp_min(EXP_FLOOR).exp()
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return torch.where(y > math.exp(EXP_FLOOR), grad * y, torch.zeros_like(grad))
 
 
 def safe_rsqrt(d2):
