@@ -5,7 +5,7 @@ true surface (against the first subject's, the initial template), the unbiasing 
 
 Run (the numbers of docs/guide/atlas.md, "Shapes")::
 
-    python scripts/bench_shape_atlas.py --vertices 642 --subjects 4 --iterations 2
+    python scripts/bench_shape_atlas.py --vertices 642 --subjects 4 --iterations 2 --max-iter 10,20
     python scripts/bench_shape_atlas.py --vertices 642 --subjects 4 --iterations 2 --workers 2   # LocalCluster
 """
 
@@ -56,6 +56,8 @@ def main() -> None:
     p.add_argument("--data-sigma", type=float, default=5.0, help="varifold width (mm)")
     p.add_argument("--max-iter", default="20,30", help="registration iterations per level (coarse,fine)")
     p.add_argument("--no-unbias", action="store_true", help="gradient steps only (ablation)")
+    p.add_argument("--warm-start", default=None, choices=["on", "off"],
+                   help="later rounds start from the previous momenta (default: build_template's, off for shapes)")
     p.add_argument("--workers", type=int, default=None, help="LocalCluster workers (default: synchronous)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -66,11 +68,12 @@ def main() -> None:
     res = build_template(subjects, iterations=args.iterations,
                          client="synchronous" if args.workers is None else None, workers=args.workers,
                          threads=None if args.workers else 1, unbias=not args.no_unbias,
+                         warm_start=None if args.warm_start is None else args.warm_start == "on",
                          register_options={"sigma": args.sigma, "data_sigma": args.data_sigma,
                                            "max_iter": [int(v) for v in args.max_iter.split(",")]})
     seconds = time.perf_counter() - t0
     out = {"vertices": args.vertices, "subjects": args.subjects, "iterations": args.iterations,
-           "unbias": not args.no_unbias,
+           "unbias": not args.no_unbias, "warm_start": res.options["warm_start"],
            "workers": res.workers, "seconds": round(seconds, 1),
            "initial (first subject)": scores(subjects[0], truth, args.data_sigma)}
     for k, t in enumerate(res.templates[1:], start=1):

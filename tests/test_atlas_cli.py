@@ -35,6 +35,7 @@ def test_atlas_command_writes_the_deliverables(subjects, tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["names"] == ["s0", "s1"] and list(report["excluded"]) == ["broken"]
     assert len(report["history"]) == 2 and report["options"]["register"]["n_steps"] == 4
+    assert report["options"]["warm_start"] is True  # the images' default
     assert np.load(out / "momenta.npy").shape == (2, 33, 39, 2)
     for name in ("s0", "s1"):
         assert sorted(os.listdir(out / "subjects" / name)) == ["displacement.nii.gz", "inverse_displacement.nii.gz",
@@ -45,6 +46,9 @@ def test_atlas_command_writes_the_deliverables(subjects, tmp_path, capsys):
     assert json.loads((out / "report.json").read_text())["history"] == report["history"]
     assert main(args) == 2
     assert "resume" in capsys.readouterr().err
+    cold = tmp_path / "cold"
+    assert main([*args[:4], "--out", str(cold), *args[6:], "--warm-start", "off", "--quiet"]) == 0
+    assert json.loads((cold / "report.json").read_text())["options"]["warm_start"] is False
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -13,7 +13,7 @@ from lddmm_nets import GaussianKernel
 from registration.atlas import SubjectExcludedWarning, build_template
 from registration.atlas._images import ImageKind
 from registration.atlas._kinds import kind_for
-from registration.atlas._shapes import ShapeKind, control_indices, subject_gradient
+from registration.atlas._shapes import ShapeKind, _warm_start, control_indices, subject_gradient
 from registration.io import Image, load_mesh, save_mesh
 from registration.shapes import (Shape, ShapeTransform, control_points, make_data_term, register_shapes,
                                  vertex_error)
@@ -219,4 +219,13 @@ def test_a_round_starts_from_the_previous_rounds_momenta(population, atlas, tmp_
     with pytest.raises(ValueError, match="initial_momenta: expected finite momenta of shape"):
         register_shapes(truth, subjects[0], control_points="vertices", initial_momenta=np.zeros((3, 2)))
     flags = json.load(open(os.path.join(atlas.directory, "checkpoint.json")))["summaries"]
-    assert flags and all(s["warm_start"] for s in flags.values())
+    assert flags and not any(s["warm_start"] for s in flags.values())  # shapes start from zero by default
+    # opted in: the previous momenta minus the mean the template was shot along (the round folder's MEAN_FILE)
+    round_dir = tmp_path / "round"
+    (round_dir / "subjects" / "s").mkdir(parents=True)
+    np.save(round_dir / "subjects" / "s" / "start_momentum.npy", p0)
+    assert np.array_equal(_warm_start(str(round_dir / "subjects" / "s"), p0.shape), p0)
+    np.save(round_dir / "mean_momentum.npy", np.ones_like(p0))
+    np.testing.assert_array_equal(_warm_start(str(round_dir / "subjects" / "s"), p0.shape), p0 - 1)
+    assert _warm_start(str(round_dir / "subjects" / "s"), (3, 2)) is None
+    assert _warm_start(str(round_dir / "subjects" / "other"), p0.shape) is None

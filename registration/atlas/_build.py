@@ -38,7 +38,7 @@ def _check_args(iterations, retries, on_error, tol) -> None:
 def build_template(subjects, *, iterations: int = 4, initial=None, names=None, out=None, resume: bool = False,
                    client=None, workers: int | None = None, threads: int | None = None, retries: int = 2,
                    on_error: str = "exclude", unbias: bool = True, normalize: bool = True, tol: float | None = None,
-                   keep_rounds: bool = False, register_options: dict | None = None, warm_start: bool = True,
+                   keep_rounds: bool = False, register_options: dict | None = None, warm_start: bool | None = None,
                    callback=None) -> AtlasResult:
     """Estimate an unbiased template (atlas) of a population and one geodesic per subject (THEORY §9).
 
@@ -105,9 +105,12 @@ def build_template(subjects, *, iterations: int = 4, initial=None, names=None, o
         Options of ``register_images`` for every subject (defaults as for a pair); ``geodesics`` is ``"single"``.
         Shapes: options of ``register_shapes`` (``sigma``, ``data_sigma``, ``data_term``, ``levels``,
         ``regularization``, ``n_steps``, ``max_iter``, ...; the control points are the template's vertices).
-    warm_start : bool
-        Start each subject's registration from its momentum of the previous round (default) instead of zero: the
-        template moves less and less between rounds, so the later rounds start close to their optimum.
+    warm_start : bool, optional
+        Start each subject's registration from its momentum of the previous round instead of zero (images: the
+        registration's own ``m_0``; shapes: ``p_s - p̄``, the momenta minus the mean the template was shot along).
+        Default: on for images (4 mm MNI152, 8 subjects: 68 s against 76 s, template correlation 0.9381 against
+        0.9378), off for shapes (642-vertex cortex, 4 subjects: the registrations fit closer and the template is
+        better centred, but it ended 0.143 mm from the truth against 0.118 mm from zero momenta).
     callback : callable, optional
         Called with a dict per event: ``{"event": "start" | "task" | "excluded" | "round" | "end", ...}`` (the CLI
         drives its progress bar with it).
@@ -131,7 +134,7 @@ def build_template(subjects, *, iterations: int = 4, initial=None, names=None, o
     specs = as_subjects(subjects, kind, names)
     given = None if isinstance(initial, str) and initial in kind.initial_choices else kind.read_template(initial)
     options = {"kind": kind.name, "iterations": int(iterations), "unbias": bool(unbias), "normalize": bool(normalize),
-               "tol": tol, "register": reg, "warm_start": bool(warm_start),
+               "tol": tol, "register": reg, "warm_start": kind.default_warm_start if warm_start is None else bool(warm_start),
                "initial": initial if given is None else "given:" + hashlib.sha1(kind.digest(given)).hexdigest()}
     directory, owner = _run_directory(out)
     state = read_checkpoint(directory)

@@ -69,6 +69,7 @@ class ImageKind:
     subject_files = IMAGE_FILES
     initial_choices = INITIAL
     default_initial = "affine"
+    default_warm_start = True
 
     # ---- reading ----
     def read(self, source, *, name: str = "image") -> Image:

@@ -16,7 +16,8 @@ Reading (workers, and the client for in-memory subjects)
     (``ValueError`` when a subject does not fit the population, e.g. a 3-D image among 2-D ones).
 Options (client)
     ``check_options(register_options) -> dict`` (the registration's options, JSON values, checked before the run);
-    ``initial_choices`` (the named initial templates, e.g. ``("affine", "mean")``) and ``default_initial``.
+    ``initial_choices`` (the named initial templates, e.g. ``("affine", "mean")``), ``default_initial`` and
+    ``default_warm_start`` (whether later rounds start from the previous round's momenta by default).
 Templates (client)
     ``template_suffix`` (file name ending), ``read_template(source)``, ``save_template(template, path)``,
     ``initial_template(run, initial)`` (may run task rounds through ``run.map_subjects`` / ``run.run_one``),
@@ -48,10 +49,12 @@ shared as they are.
 
 from __future__ import annotations
 
-__all__ = ["kind_for", "START_FILE"]
+__all__ = ["kind_for", "START_FILE", "MEAN_FILE"]
 
 #: a subject folder's file holding its registration's initial momentum, the next round's warm start
 START_FILE = "start_momentum.npy"
+#: a round folder's file holding the mean momentum its template was shot along (unbiasing rounds only)
+MEAN_FILE = "mean_momentum.npy"
 
 
 def kind_for(subjects, initial) -> object:

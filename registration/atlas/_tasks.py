@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..io import output
+from ._kinds import MEAN_FILE
 
 __all__ = ["Outcome", "DATA_ERRORS", "probe_task", "prepare_task", "register_task", "reduce_task",
            "atomic_directory", "atomic_file", "available_cores"]
@@ -240,4 +241,5 @@ def reduce_task(kind, template, folders: list, momenta_path: str, rows, options:
         stats.update(bias, shot_seconds=time.perf_counter() - t_shot)
         if update and unbias:
             new = shifted
+            np.save(os.path.join(os.path.dirname(momenta_path), MEAN_FILE), mean.astype(np.float32))
     return new, stats

@@ -56,6 +56,9 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--retries", type=int, default=2, help="times a failed task is retried (default 2)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per task (default: cores / workers)")
     p.add_argument("--no-unbias", action="store_true", help="skip the unbiasing shot")
+    p.add_argument("--warm-start", default=None, choices=["on", "off"],
+                   help="start each round's registrations from the previous round's momenta (default: on for "
+                        "images, off for shapes)")
     p.add_argument("--tol", type=float, default=None, help="stop updating once the template changes less than this")
     p.add_argument("--metric", default=None, choices=["lncc", "ncc", "ssd"],
                    help="similarity of the registrations (default: lncc for 3-D, ssd for 2-D)")
@@ -167,7 +170,8 @@ def run_atlas(args) -> int:
                                  initial=args.template if args.template is not None else args.initial,
                                  client=args.scheduler, workers=args.workers, threads=args.threads,
                                  retries=args.retries, on_error=args.on_error, unbias=not args.no_unbias,
-                                 tol=args.tol, register_options=_register_options(args), callback=progress)
+                                 tol=args.tol, register_options=_register_options(args), callback=progress,
+                                 warm_start=None if args.warm_start is None else args.warm_start == "on")
     except KeyboardInterrupt:
         progress.close()
         print(f"atlas: interrupted; continue with: lddmm atlas ... --out {args.out} --resume", file=sys.stderr)
