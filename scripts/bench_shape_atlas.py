@@ -15,9 +15,6 @@ import argparse
 import json
 import time
 
-import numpy as np
-import torch
-
 
 def population(n_vertices: int, n: int, displacement: float, smoothness: float, seed: int):
     """The truth and ``n`` subjects (``n`` even): ``random_warp`` momenta ``p`` and ``-p`` in pairs."""
