@@ -142,11 +142,10 @@ class ShapeRegistration:
             p0, q0 = traj.p[0], traj.q[0]
             energy = float(traj.system.energy(q0, p0))
         folded = 0
-        for s in sources:
+        for s, w in zip(sources, warped):
             if s.kind != "points":
                 jac = traj.flow_jacobian(s.to(torch.float64).cells_geometry().centers)
-                folded += int((transported_ratios(s.to(torch.float64), transform.apply(s.to(torch.float64)),
-                                                  jac) <= 0).sum())
+                folded += int((transported_ratios(s.to(torch.float64), w, jac) <= 0).sum())
         all_ratios = np.concatenate(ratios) if ratios else np.zeros(0)
         return cls(transform=transform, source=_unwrap(sources, single), target=_unwrap(targets, single),
                    warped=_unwrap(warped, single), trajectory=traj, distance_before=before, distance_after=after,
