@@ -134,7 +134,8 @@ def build_template(subjects, *, iterations: int = 4, initial=None, names=None, o
     specs = as_subjects(subjects, kind, names)
     given = None if isinstance(initial, str) and initial in kind.initial_choices else kind.read_template(initial)
     options = {"kind": kind.name, "iterations": int(iterations), "unbias": bool(unbias), "normalize": bool(normalize),
-               "tol": tol, "register": reg, "warm_start": kind.default_warm_start if warm_start is None else bool(warm_start),
+               "tol": tol, "register": reg,
+               "warm_start": kind.default_warm_start if warm_start is None else bool(warm_start),
                "initial": initial if given is None else "given:" + hashlib.sha1(kind.digest(given)).hexdigest()}
     directory, owner = _run_directory(out)
     state = read_checkpoint(directory)

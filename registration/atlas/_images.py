@@ -22,7 +22,7 @@ from ..evaluation import world_coordinates
 from ..images import geodesic_transform, normalize_intensity, register_images
 from ..io import Image, load_image, save_image
 from ..transforms import DisplacementTransform, ndv_percent, sdlogj
-from ._kinds import START_FILE
+from ._kinds import START_FILE, load_start
 
 __all__ = ["ImageKind", "IMAGE_FILES"]
 
@@ -166,10 +166,7 @@ class ImageKind:
                  start: str | None = None):
         if options.get("normalize", True):
             subject = subject.with_data(normalize_intensity(subject.data, name="subject"))
-        warm = os.path.join(start, START_FILE) if start is not None else None
-        initial = np.load(warm) if warm is not None and os.path.exists(warm) else None
-        if initial is not None and initial.shape != self.momentum_shape(template):
-            initial = None  # another grid (a template given anew on resume): start from zero
+        initial = load_start(start, self.momentum_shape(template))
         res = register_images(template, subject, initial_momentum=initial, **_registration_options(options))
         np.save(os.path.join(folder, START_FILE), np.asarray(res.momentum.data, np.float32))
         jac = res.jacobian_determinant()

@@ -27,7 +27,8 @@ One subject against the template (workers)
     momentum on the template (an array of ``momentum_shape``), JSON scalars (``similarity_after``, ``energy``,
     ``regularization`` at least), and any large field written into ``folder`` (which becomes the subject's
     folder atomically), among them ``START_FILE``, the registration's own initial momentum; ``start`` is the
-    subject's folder of the previous round (or None), whose ``START_FILE`` the registration starts from.
+    subject's folder of the previous round (or None; it may not exist), whose ``START_FILE`` the registration
+    starts from when there is one (``load_start``).
 The reduction (one worker task per round)
     ``update(template, folders, options) -> template`` reads the subjects' folders in subject order;
     ``unbias(template, momentum, options) -> (template, dict)`` shoots the template along ``momentum`` (minus the
@@ -49,12 +50,26 @@ shared as they are.
 
 from __future__ import annotations
 
-__all__ = ["kind_for", "START_FILE", "MEAN_FILE"]
+import os
+
+import numpy as np
+
+__all__ = ["kind_for", "START_FILE", "MEAN_FILE", "load_start"]
 
 #: a subject folder's file holding its registration's initial momentum, the next round's warm start
 START_FILE = "start_momentum.npy"
 #: a round folder's file holding the mean momentum its template was shot along (unbiasing rounds only)
 MEAN_FILE = "mean_momentum.npy"
+
+
+def load_start(start: str | None, shape: tuple):
+    """The momentum ``START_FILE`` of the previous round's subject folder ``start`` when there is one of ``shape``,
+    else None (no previous round, or another template grid: a template given anew on resume)."""
+    path = os.path.join(start, START_FILE) if start is not None else None
+    if path is None or not os.path.exists(path):
+        return None
+    p = np.load(path)
+    return p if p.shape == tuple(shape) else None
 
 
 def kind_for(subjects, initial) -> object:

@@ -205,7 +205,7 @@ class Run:
             outcome.momentum = None
 
         previous = os.path.join(self.directory, "rounds", f"{r - 1:03d}", "subjects")
-        warm = r > 0 and self.options.get("warm_start", True) and os.path.isdir(previous)
+        warm = r > 0 and self.options["warm_start"]  # a subject without a previous folder starts from zero
         done = self.map_subjects(register_task, handle, self.options, r == self.final_round,
                                  previous if warm else None, stage=f"round-{r}",
                                  folder=os.path.join(round_dir, "subjects"), on_result=write_row)

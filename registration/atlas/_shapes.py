@@ -43,7 +43,7 @@ import torch
 
 from ..io.meshes import is_mesh_path, mesh_extension, save_mesh
 from ..shapes import Shape, ShapeTransform, as_shape, make_data_term, normal_ratios, register_shapes
-from ._kinds import MEAN_FILE, START_FILE
+from ._kinds import MEAN_FILE, START_FILE, load_start
 
 __all__ = ["ShapeKind", "SHAPE_FILES", "control_indices", "is_shape_source", "summed_data"]
 
@@ -190,12 +190,9 @@ def _warm_start(start: str | None, shape: tuple):
     on the 642-vertex benchmark (4 subjects, 2 iterations): the template's vertex error 0.118 mm from zero momenta
     (hence ``ShapeKind.default_warm_start = False``), 0.143 mm from ``p_s - p̄`` (closer fits, better centred) and
     0.370 mm from ``p_s`` itself (the template moved 3 mm in the first round)."""
-    path = os.path.join(start, START_FILE) if start is not None else None
-    if path is None or not os.path.exists(path):
+    p = load_start(start, shape)
+    if p is None:
         return None
-    p = np.load(path)
-    if p.shape != shape:
-        return None  # another template (given anew on resume): start from zero
     mean = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(start))), MEAN_FILE)
     return p - np.load(mean) if os.path.exists(mean) else p
 

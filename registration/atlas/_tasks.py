@@ -198,8 +198,7 @@ def register_task(kind, spec, folder: str, threads, template, options: dict, wri
     start = os.path.join(previous, spec.name) if previous is not None else None
     try:
         with _task_resources(threads), atomic_directory(target) as tmp:
-            momentum, summary = kind.register(template, spec.load(kind), options, tmp, write_transform,
-                                              start if start is not None and os.path.isdir(start) else None)
+            momentum, summary = kind.register(template, spec.load(kind), options, tmp, write_transform, start)
     except DATA_ERRORS as exc:
         return _failed(spec.name, exc, t0)
     summary["seconds"] = time.perf_counter() - t0
