@@ -150,6 +150,19 @@ def test_gradcheck_float64(term, rng):
     assert torch.autograd.gradcheck(lambda x: term((x, cells), (w, cells)), (x,), eps=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("term", _terms()[:2] + _terms()[4:], ids=_ids(_terms()[:2] + _terms()[4:]))
+def test_gradcheck_inner_in_both_shapes(term, rng):
+    """The dense Gaussian sum of cell features has its backward written out (``terms._GaussianPairSum``): both
+    sides' derivatives, checked in float64, for a sum of two widths too."""
+    v, f = _sphere_mesh(3, 5)
+    cells = f if term.direction != "constant" else None
+    x = (v + 0.1 * torch.randn(v.shape, generator=rng, dtype=F64)).requires_grad_(True)
+    y = (v + 0.1 * torch.randn(v.shape, generator=rng, dtype=F64)).requires_grad_(True)
+    multi = type(term)([0.6, 1.5]) if not isinstance(term, Varifold) else Varifold([0.6, 1.5])
+    for t in (term, multi):
+        assert torch.autograd.gradcheck(lambda x, y: t.inner((x, cells), (y, cells)), (x, y), eps=1e-6, atol=1e-7)
+
+
 def test_degenerate_cells_have_finite_gradients():
     v = torch.tensor([[0.0, 0, 0], [1, 0, 0], [2, 0, 0], [0, 1, 0]], dtype=F64, requires_grad=True)
     f = torch.tensor([[0, 1, 2], [0, 1, 3]])  # the first triangle has zero area
