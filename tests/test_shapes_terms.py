@@ -239,6 +239,19 @@ def test_dense_blocks_equal_the_sum_over_every_pair_for_any_cell_side(rng, monke
     assert occupancy(side) >= 16 and (side == 1.0 or occupancy(side / 2) < 16)
 
 
+def test_dense_blocks_gradcheck_in_both_shapes(rng, monkeypatch):
+    """The block sum of the truncated Gaussian has its backward written out (``_fused.TruncatedBlockSum``):
+    gradcheck in both shapes' vertices, on an ellipsoid that spans several supports (blocks really skipped)."""
+    monkeypatch.setattr(shape_terms, "TRUNCATE_MIN_PAIRS", 1)
+    v, f = _sphere_mesh(5, 9)
+    v = v * torch.tensor([4.0, 2.0, 1.0], dtype=F64)
+    x = (v + 0.05 * torch.randn(v.shape, generator=rng, dtype=F64)).requires_grad_(True)
+    y = (v + 0.05 * torch.randn(v.shape, generator=rng, dtype=F64)).requires_grad_(True)
+    for term in (Varifold(0.4, truncate=3.0), Currents(0.4, truncate=3.0)):
+        assert torch.autograd.gradcheck(lambda x, y: term.inner((x, f), (y, f)), (x, y), eps=1e-6, atol=1e-7)
+        assert term.last_kept < 0.9
+
+
 @requires_keops
 def test_block_sparse_keops_equals_the_sum_over_every_pair(rng, monkeypatch):
     """KeOps' block-sparse reduction (``LazyTensor.ranges``, taken with ``backend="keops"``) skips only blocks where

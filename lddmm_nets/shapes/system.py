@@ -32,8 +32,9 @@ from torch.autograd.function import once_differentiable
 from .. import backends as B
 from ..hamiltonian import HamiltonianSystem
 from ..kernels import GaussianKernel, RadialKernel, SumKernel
+from ._fused import gaussian_matrix
 
-__all__ = ["FusedHamiltonianSystem", "DENSE_MAX_PAIRS", "DENSE_MAX_AMBIENT_PAIRS", "centred_sqdist", "gaussian_matrix"]
+__all__ = ["FusedHamiltonianSystem", "DENSE_MAX_PAIRS", "DENSE_MAX_AMBIENT_PAIRS", "centred_sqdist"]
 
 #: largest ``N²`` of the control points' own products evaluated as dense matrices (16 MiB per float32 matrix;
 #: autograd keeps a few per stage): 2,048 control points
@@ -64,18 +65,10 @@ def centred_sqdist(x: torch.Tensor, y: torch.Tensor, exact: bool = True) -> torc
     return B.matmul_sqdist(xd - m, yd - m).to(x.dtype)
 
 
-def gaussian_matrix(x: torch.Tensor, y: torch.Tensor, exact: bool = False) -> torch.Tensor:
-    """``exp(−|x_i − y_j|²/2)`` of points already divided by the width, in place on one ``(M, N)`` buffer: centred
-    products minus half the squared norms, clamped to ``[EXP_FLOOR, 0]`` (``lddmm_nets.backends.exp``), exp.
-
-    ``exact=True`` forms the exponent in float64 (``centred_sqdist``: for data terms, differences of large sums),
-    ``False`` in the points' dtype (a deformation's kernel). Returns the points' dtype."""
-    xd, yd = (x.double(), y.double()) if exact else (x, y)
-    m = 0.5 * (xd.mean(0) + yd.mean(0)) if len(x) and len(y) else 0.0
-    xc, yc = xd - m, yd - m
-    e = xc @ yc.T
-    e.sub_(0.5 * (xc * xc).sum(1)[:, None]).sub_(0.5 * (yc * yc).sum(1)[None, :])
-    return e.clamp_(B.EXP_FLOOR, 0.0).to(x.dtype).exp_()
+def _with_sums(M: torch.Tensor, x: torch.Tensor):
+    """``(M x, M 1)`` in one pass over ``M`` (a product with ``x`` and a column of ones)."""
+    out = M @ torch.cat([x, x.new_ones(x.shape[0], 1)], 1)
+    return out[:, :-1], out[:, -1:]
 
 
 class _GaussianStage(torch.autograd.Function):
@@ -94,7 +87,8 @@ class _GaussianStage(torch.autograd.Function):
         Bm = K * (p @ p.T)
         ctx.save_for_backward(x, p, K, Bm)
         ctx.s = s
-        return K @ p, s * (x * Bm.sum(1, keepdim=True) - Bm @ x)
+        Bx, B1 = _with_sums(Bm, x)
+        return K @ p, s * (x * B1 - Bx)
 
     @staticmethod
     @once_differentiable
@@ -104,9 +98,9 @@ class _GaussianStage(torch.autograd.Function):
         KW = torch.addmm((b * x).sum(1, keepdim=True), b, x.T, alpha=-1.0).mul_(K)
         gp = K @ a + s * (KW @ p + KW.T @ p)
         M = (K * (a @ p.T)).add_(KW.mul_(p @ p.T), alpha=s)
-        gx = (M @ x + M.T @ x) - x * (M.sum(1, keepdim=True) + M.sum(0)[:, None])
-        gx = gx + s * (b * Bm.sum(1, keepdim=True) - Bm @ b)
-        return s * gx, gp, None
+        (Mx, M1), (Mtx, Mt1) = _with_sums(M, x), _with_sums(M.T, x)
+        Bb, B1 = _with_sums(Bm, b)
+        return s * ((Mx + Mtx) - x * (M1 + Mt1) + s * (b * B1 - Bb)), gp, None
 
 
 class _GaussianVelocity(torch.autograd.Function):
@@ -130,9 +124,8 @@ class _GaussianVelocity(torch.autograd.Function):
         xs, qs, p, K = ctx.saved_tensors
         s = ctx.s
         M = (c @ p.T).mul_(K)
-        gx = s * (M @ qs - xs * M.sum(1, keepdim=True))
-        gq = s * (M.T @ xs - qs * M.sum(0)[:, None])
-        return gx, gq, K.T @ c, None
+        (Mq, M1), (Mtx, Mt1) = _with_sums(M, qs), _with_sums(M.T, xs)
+        return s * (Mq - xs * M1), s * (Mtx - qs * Mt1), K.T @ c, None
 
 
 def _components(kernel):

@@ -48,7 +48,6 @@ import math
 from typing import Sequence
 
 import torch
-from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from .. import backends as B
@@ -56,7 +55,8 @@ from ..checks import check_choice, check_positive
 from ..kernels import GaussianKernel, RadialKernel, SumKernel
 from ._blocks import block_pairs, block_ranges, filled_cell
 from .geometry import Cells, cell_geometry, safe_norm
-from .system import centred_sqdist, gaussian_matrix
+from ._fused import GaussianPairSum, TruncatedBlockSum
+from .system import centred_sqdist
 
 __all__ = ["ShapeDistance", "Currents", "Varifold", "Measure", "TargetDistance", "DIRECTIONS", "as_cells",
            "TRUNCATE_MIN_PAIRS", "TRUNCATE_CELL", "DENSE_MAX_PAIRS"]
@@ -108,38 +108,6 @@ def _inner(a, b, backend):
 def _step(x):
     """Heaviside step ``1[x > 0]`` on a dense tensor or a LazyTensor."""
     return (x > 0).to(x.dtype) if isinstance(x, torch.Tensor) else x.step()
-
-
-class _GaussianPairSum(torch.autograd.Function):
-    """``Σ_i w_i · Σ_j K_ij g_j`` with ``K = exp(−|c_i − d_j|²/2)`` (points already divided by the width), its
-    backward written out: ``∂/∂w = K g``, ``∂/∂g = Kᵀ w`` and, with ``M = K ∘ w gᵀ``, ``∂/∂c = M d − c ∘ M1``,
-    ``∂/∂d = Mᵀ c − d ∘ Mᵀ1`` (centred points). Autograd through the generic formula kept and traversed a
-    float64 matrix of squared distances and the kernel's intermediates: this is 4x faster (1,280 against 2,560
-    cells, forward and backward, one thread: 56 → 15 ms). Not itself differentiable.
-
-    The value is returned in float64 (``pair_sum``): the fixed target's ``⟨T, T⟩`` cancels most of it, and the
-    float32 total left the data term of a converged registration (2e-5 of its initial value, fsaverage5 at 642
-    vertices under a random warp) with a few per cent of round-off, where the line search stopped (vertex error
-    0.052 mm; 0.030 mm with the float64 total, at the same cost)."""
-
-    @staticmethod
-    def forward(ctx, c, w, d, g):
-        K = gaussian_matrix(c, d, exact=True)
-        Kg = K @ g
-        ctx.save_for_backward(c, w, d, g, K, Kg)
-        return (w.double() * Kg.double()).sum()
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, up):
-        c, w, d, g, K, Kg = ctx.saved_tensors
-        up = float(up)
-        M = (w @ g.T).mul_(K)
-        m = 0.5 * (c.mean(0) + d.mean(0))
-        cc, dc = c - m, d - m
-        gc = M @ dc - cc * M.sum(1, keepdim=True)
-        gd = M.T @ cc - dc * M.sum(0)[:, None]
-        return up * gc, up * Kg, up * gd, up * (K.T @ w)
 
 
 def _components(kernel) -> list:
@@ -251,6 +219,8 @@ class ShapeDistance:
         cell = filled_cell(d.detach(), BLOCK_CELLS, BLOCK_SIZE)
         rows, cols, pairs, self.last_kept = block_pairs(c.detach(), d.detach(), self.truncate, cell, BLOCK_SIZE)
         (ri, rm, rc, _), (ci, cm, _, _) = rows, cols
+        if u is None and type(k) is GaussianKernel:  # sums of cell features: the written backward (``_fused``)
+            return TruncatedBlockSum.apply(c, w, d, g, (ri, rm, rc, ci, cm, self.truncate**2), pairs, BLOCK_CHUNK)
         heavy = torch.is_grad_enabled() and len(pairs) * BLOCK_SIZE**2 > BLOCK_KEEP_MAX
 
         def chunk(a, b, c, w, d, g, u, v):
@@ -303,7 +273,7 @@ class ShapeDistance:
             else:
                 b = self._backend(cl.shape[0], cr.shape[0], cl)
                 if b == "dense" and ul is None and self.truncate is None and type(k) is GaussianKernel:
-                    total = total + weight * _GaussianPairSum.apply(cl, wl, cr, gr)
+                    total = total + weight * GaussianPairSum.apply(cl, wl, cr, gr)
                     continue
             G = self._profile(k, B.sqdist(cl, cr, b) if b == "keops" else centred_sqdist(cl, cr))
             if ul is not None:
