@@ -36,11 +36,12 @@ from ._fused import gaussian_matrix
 
 __all__ = ["FusedHamiltonianSystem", "DENSE_MAX_PAIRS", "DENSE_MAX_AMBIENT_PAIRS", "centred_sqdist"]
 
-#: largest ``N²`` of the control points' own products evaluated as dense matrices (16 MiB per float32 matrix;
-#: autograd keeps a few per stage): 2,048 control points
+#: largest ``N²`` of the control points' own products evaluated as dense matrices (16 MiB per float32 matrix; a
+#: Gaussian stage keeps two for its backward pass, other kernels a few): 2,048 control points
 DENSE_MAX_PAIRS = 2**22
-#: largest ``M · N`` of ambient points against control points evaluated densely (64 MiB per float32 matrix, a few
-#: kept per step for autograd): with a bounded number of control points it grows linearly with the vertices
+#: largest ``M · N`` of ambient points against control points evaluated densely (64 MiB per float32 matrix, one
+#: kept per step for a Gaussian's backward pass, a few for other kernels): with a bounded number of control points
+#: it grows linearly with the vertices
 DENSE_MAX_AMBIENT_PAIRS = 2**24
 
 
