@@ -23,7 +23,14 @@ from torch.autograd.function import once_differentiable
 
 from .. import backends as B
 
-__all__ = ["gaussian_matrix", "GaussianPairSum", "TruncatedBlockSum"]
+__all__ = ["centred", "gaussian_matrix", "GaussianPairSum", "TruncatedBlockSum"]
+
+
+def centred(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x − m, y − m)`` with ``m`` the mean of the two sets' means (0 if either is empty): the frame in which the
+    squared distances ``|x|² + |y|² − 2 x·y`` lose least to cancellation."""
+    m = 0.5 * (x.mean(0) + y.mean(0)) if len(x) and len(y) else 0.0
+    return x - m, y - m
 
 
 def gaussian_matrix(x: torch.Tensor, y: torch.Tensor, exact: bool = False) -> torch.Tensor:
@@ -32,9 +39,7 @@ def gaussian_matrix(x: torch.Tensor, y: torch.Tensor, exact: bool = False) -> to
 
     ``exact=True`` forms the exponent in float64 (``centred_sqdist``: for data terms, differences of large sums),
     ``False`` in the points' dtype (a deformation's kernel). Returns the points' dtype."""
-    xd, yd = (x.double(), y.double()) if exact else (x, y)
-    m = 0.5 * (xd.mean(0) + yd.mean(0)) if len(x) and len(y) else 0.0
-    xc, yc = xd - m, yd - m
+    xc, yc = centred(x.double(), y.double()) if exact else centred(x, y)
     e = xc @ yc.T
     e.sub_(0.5 * (xc * xc).sum(1)[:, None]).sub_(0.5 * (yc * yc).sum(1)[None, :])
     return e.clamp_(B.EXP_FLOOR, 0.0).to(x.dtype).exp_()
@@ -63,8 +68,7 @@ class GaussianPairSum(torch.autograd.Function):
         c, w, d, g, K, Kg = ctx.saved_tensors
         up = float(up)
         M = (w @ g.T).mul_(K)  # −2 N
-        m = 0.5 * (c.mean(0) + d.mean(0))
-        cc, dc = c - m, d - m
+        cc, dc = centred(c, d)
         gc = M @ dc - cc * M.sum(1, keepdim=True)
         gd = M.T @ cc - dc * M.sum(0)[:, None]
         return up * gc, up * Kg, up * gd, up * (K.T @ w)

@@ -32,7 +32,7 @@ from torch.autograd.function import once_differentiable
 from .. import backends as B
 from ..hamiltonian import HamiltonianSystem
 from ..kernels import GaussianKernel, RadialKernel, SumKernel
-from ._fused import gaussian_matrix
+from ._fused import centred, gaussian_matrix
 
 __all__ = ["FusedHamiltonianSystem", "DENSE_MAX_PAIRS", "DENSE_MAX_AMBIENT_PAIRS", "centred_sqdist"]
 
@@ -61,9 +61,8 @@ def centred_sqdist(x: torch.Tensor, y: torch.Tensor, exact: bool = True) -> torc
     -------
     (M, N) tensor, dtype of ``x``
     """
-    xd, yd = (x.double(), y.double()) if exact else (x, y)
-    m = 0.5 * (xd.mean(0) + yd.mean(0)) if len(x) and len(y) else 0.0
-    return B.matmul_sqdist(xd - m, yd - m).to(x.dtype)
+    xc, yc = centred(x.double(), y.double()) if exact else centred(x, y)
+    return B.matmul_sqdist(xc, yc).to(x.dtype)
 
 
 def _with_sums(M: torch.Tensor, x: torch.Tensor):
