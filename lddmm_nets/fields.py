@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from .grid import Grid
 
 __all__ = [
+    "restrict",
     "gradient",
     "divergence",
     "jacobian_matrix",
@@ -40,7 +41,7 @@ __all__ = [
     "resample_map",
 ]
 
-_INTERP = {"linear": "bilinear", "nearest": "nearest"}
+_INTERP = {"linear": "bilinear", "nearest": "nearest", "cubic": "bicubic"}
 _PADDING = ("border", "zeros")
 _BOUNDARY = ("replicate", "periodic")
 
@@ -227,8 +228,9 @@ def interpolate(f: torch.Tensor, x: torch.Tensor, grid: Grid, *, interp: str = "
         ``(d, *out_shape)`` frame coordinates of the points to sample.
     grid : Grid
         The grid of ``f``.
-    interp : {"linear", "nearest"}
-        Multilinear or nearest-neighbour interpolation.
+    interp : {"linear", "nearest", "cubic"}
+        Multilinear, nearest-neighbour, or (2-D only) Keys' cubic convolution (``grid_sample``'s bicubic,
+        ``a = -0.75``: C¹, interpolating, exact for constants but not for linear fields).
     padding : {"border", "zeros"}
         Value outside the grid: nearest edge value, or zero.
 
@@ -245,6 +247,8 @@ def interpolate(f: torch.Tensor, x: torch.Tensor, grid: Grid, *, interp: str = "
         raise ValueError(f"x: expected shape ({d}, ...) coordinates, got {got}")
     if interp not in _INTERP:
         raise ValueError(f"interp: expected one of {tuple(_INTERP)}, got {interp!r}")
+    if interp == "cubic" and d != 2:
+        raise ValueError(f"interp: 'cubic' is implemented for 2-D grids only, got a {d}-D grid")
     if padding not in _PADDING:
         raise ValueError(f"padding: expected one of {_PADDING}, got {padding!r}")
     x = x.to(f.dtype)
@@ -337,6 +341,43 @@ def resize(f: torch.Tensor, shape: Sequence[int], *, interp: str = "linear") -> 
     unit = Grid(src)
     x = Grid(src).resized(shape).identity_map(dtype=f.dtype, device=f.device)
     return interpolate(f, x, unit, interp=interp)
+
+
+def restrict(f: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """The least-squares inverse of ``resize``'s upsampling: the field ``g`` on the coarser grid ``shape`` whose
+    multilinear upsampling is closest to ``f`` (``restrict(resize(g, fine), g_shape) == g`` to round-off).
+
+    Per axis ``g = (UᵀU)⁻¹ Uᵀ f`` with ``U`` (fine × coarse) the corner-aligned linear interpolation matrix: the L²
+    projection onto the coarse grid's piecewise-linear fields. Momenta stored on an image grid come back to the
+    deformation grid they were optimised on this way, so that shooting a registration's momentum reproduces it.
+
+    Parameters
+    ----------
+    f : torch.Tensor
+        ``(..., n_1, ..., n_d)`` with ``d = len(shape)``.
+    shape : sequence of int
+        ``(m_1, ..., m_d)`` with ``2 <= m_i <= n_i`` (or ``m_i = n_i``).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., m_1, ..., m_d)``, the dtype and device of ``f``.
+    """
+    shape = tuple(int(n) for n in shape)
+    d = len(shape)
+    src = tuple(f.shape[f.dim() - d:]) if isinstance(f, torch.Tensor) and f.dim() >= d else None
+    if src is None or any(m > n or (m < 2 and m != n) for m, n in zip(shape, src)):
+        raise ValueError(f"shape: expected a coarser grid than f's {src} (each size 2 .. n, or n), got {shape}")
+    out = f
+    for k, (n, m) in enumerate(zip(src, shape)):
+        if n == m:
+            continue
+        eye = torch.eye(m, dtype=torch.float64, device=f.device).reshape(1, m, m)
+        up = F.interpolate(eye, size=n, mode="linear", align_corners=True)[0].T  # (n, m): column j = node j's hat
+        r = torch.linalg.solve(up.T @ up, up.T).to(f.dtype)  # (m, n)
+        axis = f.dim() - d + k
+        out = torch.movedim(torch.tensordot(r, out, dims=([1], [axis])), 0, axis)
+    return out
 
 
 def resample_map(psi: torch.Tensor, grid: Grid, new_grid: Grid) -> torch.Tensor:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lddmm_nets.fields import (compose, divergence, gradient, interpolate, jacobian_determinant, resample_map, resize,
-                               warp)
+                               restrict, warp)
 from lddmm_nets.grid import Grid
 
 # origins away from 0 so that the frame coordinates' offset is exercised
@@ -133,13 +133,52 @@ def test_bad_inputs_raise_value_errors():
     with pytest.raises(ValueError, match="x: expected shape"):
         interpolate(torch.zeros(4, 4), torch.zeros(3, 5), Grid((4, 4)))
     with pytest.raises(ValueError, match="interp"):
-        interpolate(torch.zeros(4, 4), torch.zeros(2, 5), Grid((4, 4)), interp="cubic")
+        interpolate(torch.zeros(4, 4), torch.zeros(2, 5), Grid((4, 4)), interp="quintic")
+    with pytest.raises(ValueError, match="cubic.*2-D grids only"):
+        interpolate(torch.zeros(4, 4, 4), torch.zeros(3, 5), Grid((4, 4, 4)), interp="cubic")
+    with pytest.raises(ValueError, match="shape: expected a coarser grid"):
+        restrict(torch.zeros(2, 5, 6), (6, 6))
     with pytest.raises(ValueError, match="phi"):
         jacobian_determinant(torch.zeros(3, 4, 4), Grid((4, 4)))
     with pytest.raises(ValueError, match=r"f: expected spatial shape \(4, 5\)"):
         gradient(torch.zeros(4, 4), Grid((4, 5)))
     with pytest.raises(TypeError, match="grid"):
         gradient(torch.zeros(4, 4), (1.0, 1.0))
+
+
+def test_restrict_inverts_the_upsampling_and_is_the_least_squares_projection():
+    g = torch.Generator().manual_seed(4)
+    coarse = torch.randn(2, 9, 6, 5, generator=g, dtype=torch.float64)
+    fine_shape = (17, 11, 5)  # one axis unchanged
+    torch.testing.assert_close(restrict(resize(coarse, fine_shape), coarse.shape[1:]), coarse, atol=1e-12, rtol=0)
+    # for any fine field, the residual of the projection is orthogonal to every upsampled coarse field
+    f = torch.randn(2, *fine_shape, generator=g, dtype=torch.float64)
+    r = f - resize(restrict(f, (9, 6, 5)), fine_shape)
+    for _ in range(3):
+        u = resize(torch.randn(2, 9, 6, 5, generator=g, dtype=torch.float64), fine_shape)
+        assert abs(float((r * u).sum())) < 1e-10 * float(r.norm() * u.norm())
+    assert restrict(f.float(), (9, 6, 5)).dtype == torch.float32
+
+
+def test_cubic_interpolation_is_exact_on_nodes_and_constants_and_continuously_differentiable():
+    # torch's bicubic is Keys' cubic convolution with a = -0.75: interpolating and C¹, exact for constants (not for
+    # linear fields: that needs a = -0.5)
+    grid = Grid((12, 10))
+    g = torch.Generator().manual_seed(5)
+    f = torch.randn(12, 10, generator=g, dtype=torch.float64)
+    nodes = grid.identity_map(dtype=torch.float64)
+    torch.testing.assert_close(interpolate(f, nodes, grid, interp="cubic"), f, atol=1e-12, rtol=0)
+    pts = 2.0 + 5.0 * torch.rand(2, 50, generator=g, dtype=torch.float64)  # inside, away from the border
+    torch.testing.assert_close(interpolate(torch.full((12, 10), 2.5, dtype=torch.float64), pts, grid, interp="cubic"),
+                               torch.full((50,), 2.5, dtype=torch.float64), atol=1e-12, rtol=0)
+
+    def slope(interp, t):  # d/dt f(t, 4.3) by autograd, t on either side of the node t = 5
+        x = torch.tensor([[t], [4.3]], dtype=torch.float64, requires_grad=True)
+        (dx,) = torch.autograd.grad(interpolate(f, x, grid, interp=interp).sum(), x)
+        return float(dx[0, 0])
+
+    jump = {k: abs(slope(k, 5.0 + 1e-7) - slope(k, 5.0 - 1e-7)) for k in ("linear", "cubic")}
+    assert jump["cubic"] < 1e-5 < 0.05 < jump["linear"], jump  # C¹ against a kink at every node
 
 
 @pytest.mark.parametrize("target", [(13, 4, 9), (3, 17, 2)])

@@ -322,7 +322,7 @@ def test_similarity_on_the_foreground_box_equals_the_full_grid_lncc(shape, with_
 
     from lddmm_nets.fields import interpolate, resample_map
     from lddmm_nets.grid import Grid
-    from registration.images.similarity import BoxSimilarity
+    from registration.images.similarity import INTERP, BoxSimilarity
     from registration.metrics import get_metric
 
     d = len(shape)
@@ -341,7 +341,7 @@ def test_similarity_on_the_foreground_box_equals_the_full_grid_lncc(shape, with_
     box = BoxSimilarity(loss, moving, fixed, mask, grid, def_grid)
     assert not box.full  # the box is smaller than the grid
     p = psi0.clone().requires_grad_(True)
-    ref = loss(interpolate(moving, resample_map(p, def_grid, grid), grid), fixed, mask)
+    ref = loss(interpolate(moving, resample_map(p, def_grid, grid), grid, interp=INTERP[d]), fixed, mask)
     (g_ref,) = torch.autograd.grad(ref, p)
     p = psi0.clone().requires_grad_(True)
     val = box(p)
@@ -382,14 +382,16 @@ def test_lncc_registration_with_zero_background_covers_the_whole_grid():
 
 def test_shooting_the_result_momentum_reproduces_its_transform():
     # ImageRegistration.shoot is the same geodesic as the registration's own: shooting its momentum gives its maps
-    # (bit for bit on a slice, where the deformation grid is the image grid); half the momentum moves less
+    # (to float32 round-off: the momentum, stored on the image grid, comes back to the coarser deformation grid by
+    # the least-squares restriction; a plain linear resize was 0.27 mm off); half the momentum moves less
     from registration.data import load_t1_slice, warped_pair
 
     pair = warped_pair(load_t1_slice(), max_displacement=4.0, smoothness=12.0, seed=1)
     res = register_images(pair.fixed, pair.moving, geodesics="single", iterations=(10, 5, 5, 3))
+    assert res.config.deformation_shrink == 2
     tr = res.shoot(res.momentum)
-    assert np.abs(tr.displacement - res.displacement).max() < 1e-5
-    assert np.abs(tr.inverse_displacement - res.inverse_displacement).max() < 1e-5
+    assert np.abs(tr.displacement - res.displacement).max() < 1e-4
+    assert np.abs(tr.inverse_displacement - res.inverse_displacement).max() < 1e-4
     half = res.shoot(0.5 * res.momentum.data)
     assert 0.3 < np.abs(half.displacement).max() / np.abs(res.displacement).max() < 0.7
     with pytest.raises(ValueError, match="momentum"):
@@ -426,7 +428,7 @@ def test_warm_start_and_public_shooting_share_the_registration_metric():
     options = dict(geodesics="single", iterations=(10, 5, 5, 3), threads=1)
     res = register_images(pair.fixed, pair.moving, **options)
     tr = geodesic_transform(pair.fixed, res.momentum, geodesics="single")
-    assert np.abs(tr.displacement - res.displacement).max() < 1e-5
+    assert np.abs(tr.displacement - res.displacement).max() < 1e-4  # float32 round-off of the restriction
     again = register_images(pair.fixed, pair.moving, initial_momentum=res.momentum, geodesics="single",
                             iterations=(0, 0, 0, 0), threads=1)
     assert np.abs(again.displacement - res.displacement).max() < 1e-4

@@ -41,7 +41,8 @@ from ..metrics import get_metric
 from ..threads import resolve_threads
 from .affine import affine_prealign, apply_affine, from_world, to_world
 from .config import RegistrationConfig
-from .geodesic import LevelGeodesic, deformation_shrink, kernel_width, make_kernel, resolve_geometry, shoot_maps
+from .geodesic import (LevelGeodesic, deformation_shrink, kernel_width, make_kernel, momentum_on, resolve_geometry,
+                       shoot_maps)
 from .preprocessing import PreparedPair, gaussian_smooth, piecewise_constant, prepare_pair
 from .result import ImageRegistration, LevelReport, maps_to_transform, momentum_array
 from .similarity import BoxSimilarity
@@ -177,7 +178,7 @@ def _run_segment(pb: _Problem, st: _State, li: int, lv_grid: Grid, Fl, Ml, maskl
             moving_np = interpolate(pb.moving, resample_map(st.psi, pb.def_grid, pb.grid), pb.grid).cpu().numpy()
     geo, sigma = _segment_geodesic(pb, lv_grid, shrink, smooth, moving_np)
     composed = cfg.geodesics == "composed"
-    P0 = geo.zeros() if (st.P is None or composed) else resize(st.P, geo.shape)
+    P0 = geo.zeros() if (st.P is None or composed) else momentum_on(st.P, geo.shape)
     scale = geo.scale()
     floor = JACOBIAN_FLOOR if composed else 0.0
     before = None
@@ -255,7 +256,7 @@ def _final_maps(pb: _Problem, st: _State):
         return psi, phi, float(sum(st.energies)), st.momenta[0]
     geo = LevelGeodesic(pb.cfg, pb.kernel, pb.reach, pb.grid, pb.def_shrink, pb.moving_np, 0.0, dtype=pb.dtype,
                         device=pb.device)
-    P = st.P if tuple(st.P.shape[-pb.grid.ndim:]) == geo.shape else resize(st.P, geo.shape)
+    P = momentum_on(st.P, geo.shape)
     psi, phi, energy = geo.maps_on(P, pb.grid)
     return psi, phi, energy / pb.volume, P
 
