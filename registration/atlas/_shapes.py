@@ -35,6 +35,7 @@ before; ``jacobian_min`` the smallest normal ratio.
 
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 
@@ -328,8 +329,10 @@ class ShapeKind:
         sigma, _ = widths(template, reg)
         t64 = template.to(torch.float64)
         q0 = t64.vertices[torch.as_tensor(control_indices(template))]
+        defaults = inspect.signature(register_shapes).parameters  # the registrations' own steps and scheme
         transform = ShapeTransform(GaussianKernel(sigma=sigma), q0, torch.as_tensor(momentum, dtype=torch.float64),
-                                   int(reg.get("n_steps", 10)), str(reg.get("integrator", "euler")))
+                                   int(reg.get("n_steps", defaults["n_steps"].default)),
+                                   str(reg.get("integrator", defaults["integrator"].default)))
         shifted = transform.apply(t64)
         move = (shifted.vertices - t64.vertices).norm(dim=1)
         return shifted, {"bias_mean": float(move.mean()), "bias_max": float(move.max())}
