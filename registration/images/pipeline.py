@@ -411,8 +411,10 @@ def register_images(fixed, moving, *, metric: str | None = None, window: int | N
         is below 1/1000 of its value at the level's start. Default ``(4, 2, 1, 1)`` for the 2-D pyramid, else 1.
     deformation_shrink : int, optional
         The deformation (momentum, velocity, maps) lives on the image grid shrunk by at least this factor, and is
-        upsampled to the image grid for the similarity. Default: the smallest factor that keeps the finest
-        deformation grid under 200,000 nodes (2 for a 2 mm brain, 1 for a 2-D slice).
+        upsampled to the image grid for the similarity. Default: one node per kernel width (``sigma_voxels``
+        image voxels, or ``sigma`` mm; a small image keeps 16 nodes per axis) and at least the factor that keeps
+        the finest deformation grid under 200,000 nodes: 2 for a 2 mm brain, a 4 mm one and a 2-D slice, 4 for a
+        1 mm brain (``registration.images.geodesic.deformation_shrink``).
     affine : bool, optional
         Pre-align with an affine map (same metric) before the deformable registration (default False).
     affine_iterations : int, optional
