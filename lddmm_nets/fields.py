@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from .grid import Grid
 
 __all__ = [
+    "GRID_SAMPLE_MODES",
     "restrict",
     "gradient",
     "divergence",
@@ -41,7 +42,8 @@ __all__ = [
     "resample_map",
 ]
 
-_INTERP = {"linear": "bilinear", "nearest": "nearest", "cubic": "bicubic"}
+#: ``interpolate``'s ``interp`` names and the ``grid_sample`` mode of each
+GRID_SAMPLE_MODES = {"linear": "bilinear", "nearest": "nearest", "cubic": "bicubic"}
 _PADDING = ("border", "zeros")
 _BOUNDARY = ("replicate", "periodic")
 
@@ -245,15 +247,15 @@ def interpolate(f: torch.Tensor, x: torch.Tensor, grid: Grid, *, interp: str = "
     if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[0] != d:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x: expected shape ({d}, ...) coordinates, got {got}")
-    if interp not in _INTERP:
-        raise ValueError(f"interp: expected one of {tuple(_INTERP)}, got {interp!r}")
+    if interp not in GRID_SAMPLE_MODES:
+        raise ValueError(f"interp: expected one of {tuple(GRID_SAMPLE_MODES)}, got {interp!r}")
     if interp == "cubic" and d != 2:
         raise ValueError(f"interp: 'cubic' is implemented for 2-D grids only, got a {d}-D grid")
     if padding not in _PADDING:
         raise ValueError(f"padding: expected one of {_PADDING}, got {padding!r}")
     x = x.to(f.dtype)
     inp, g, lead, out_shape = _to_grid_sample(f, x, grid)
-    out = F.grid_sample(inp, g, mode=_INTERP[interp], padding_mode=padding, align_corners=True)
+    out = F.grid_sample(inp, g, mode=GRID_SAMPLE_MODES[interp], padding_mode=padding, align_corners=True)
     out = out.reshape(tuple(lead) + tuple(out_shape))
     # on the CPU one sum tells (without a device synchronisation) whether a coordinate is NaN or infinite, which
     # spares the per-point mask in the usual case; elsewhere the mask is applied unconditionally
@@ -330,8 +332,8 @@ def resize(f: torch.Tensor, shape: Sequence[int], *, interp: str = "linear") -> 
     src = tuple(f.shape[f.dim() - d:])
     if src == shape:
         return f
-    if interp not in _INTERP:
-        raise ValueError(f"interp: expected one of {tuple(_INTERP)}, got {interp!r}")
+    if interp not in GRID_SAMPLE_MODES:
+        raise ValueError(f"interp: expected one of {tuple(GRID_SAMPLE_MODES)}, got {interp!r}")
     if interp == "linear" and 1 <= d <= 3 and all(n > 1 for n in src) and all(m > 1 for m in shape):
         # the corner-aligned multilinear resampling of ``interpolate``, through the faster separable kernel
         mode = ("linear", "bilinear", "trilinear")[d - 1]

@@ -258,8 +258,8 @@ def test_subjects_are_checked():
 def test_a_round_starts_from_the_previous_rounds_momentum(tmp_path):
     """The kind saves its registration's own momentum and starts from it when given the previous folder: with no
     iterations left the warm start comes back to float32 round-off of its restriction to the deformation grid (a cold
-    start gives zero); ``build_template`` hands every
-    later round the previous round's folder, and ``warm_start=False`` none."""
+    start gives zero); ``build_template`` hands every later round the previous round's folder, and
+    ``warm_start=False`` none."""
     t1, _ = mni152_slice(6)
     subject = synthetic_population(t1, n=2, seed=1).subjects[0]
     kind = ImageKind()

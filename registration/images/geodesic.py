@@ -50,9 +50,8 @@ def momentum_on(p: torch.Tensor, shape: tuple) -> torch.Tensor:
 
 def deformation_shrink(cfg: RegistrationConfig, grid: Grid) -> int:
     """The finest deformation grid's shrink factor: the config's, or the smallest keeping it under
-    ``cfg.max_deformation_nodes`` nodes and its spacing at least the kernel's smallest width would allow (the
-    velocity is smooth at the kernel's scale, so a node per kernel width loses little and makes large volumes
-    affordable).
+    ``cfg.max_deformation_nodes`` nodes and its spacing at most the kernel's width on the image grid (the velocity
+    is smooth at the kernel's scale, so a node per kernel width loses little and makes large volumes affordable).
 
     Grid spacing = kernel width is what the 3-D default had always used at 2 mm (σ = 2 voxels on a 2-voxel grid);
     at 4 mm (atlases) and in 2-D the grid had been the image's. Measured on the 2-D suite cases (18 T1 / MNI coronal
@@ -62,8 +61,7 @@ def deformation_shrink(cfg: RegistrationConfig, grid: Grid) -> int:
     """
     if cfg.deformation_shrink is not None:
         return int(cfg.deformation_shrink)
-    width = cfg.sigma if cfg.sigma is not None else cfg.sigma_voxels * max(grid.spacing)
-    shrink = max(1, int(width / max(grid.spacing) + 1e-9))
+    shrink = max(1, int(kernel_width(cfg, grid, grid) / max(grid.spacing) + 1e-9))
     while shrink > 1 and min(grid.shrunk(shrink).shape) < 16:  # a wide kernel on a small image: keep 16 nodes
         shrink -= 1
     while grid.shrunk(shrink).size > cfg.max_deformation_nodes:

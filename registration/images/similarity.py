@@ -24,11 +24,10 @@ import math
 
 import torch
 
-from lddmm_nets.fields import interpolate, resample_map
+from lddmm_nets.fields import GRID_SAMPLE_MODES, interpolate, resample_map
 from lddmm_nets.grid import Grid
 
 __all__ = ["BoxSimilarity", "INTERP"]
-_GRID_SAMPLE = {"linear": "bilinear", "cubic": "bicubic"}
 
 #: the interpolation of the moving image per dimension (``lddmm_nets.fields.interpolate``; the module docstring)
 INTERP = {1: "linear", 2: "cubic", 3: "linear"}
@@ -133,7 +132,7 @@ class BoxSimilarity:
                 u = torch.lerp(u.index_select(k, i0), u.index_select(k, i1),
                                w.reshape([-1 if a == k else 1 for a in range(d + 1)]))
         g = (self.base + u).unsqueeze(0)
-        out = torch.nn.functional.grid_sample(self.image, g, mode=_GRID_SAMPLE[INTERP[d]], padding_mode="border",
+        out = torch.nn.functional.grid_sample(self.image, g, mode=GRID_SAMPLE_MODES[INTERP[d]], padding_mode="border",
                                               align_corners=True)
         return out.reshape(self.fixed.shape)
 
