@@ -349,24 +349,71 @@ class GridOperator:
             self._cache[key] = self.grid.border_taper(self.taper, dtype=dtype, device=device)
         return self._cache[key]
 
+    def self_adjoint(self) -> bool:
+        """Whether the operator is symmetric (``⟨K a, b⟩ = ⟨a, K b⟩``): its symbol is even in the frequency, as every
+        kernel's spectral density is (a real circular convolution kernel ``k(x) = k(-x)``; the zero padding and the
+        taper keep the symmetry). Checked once on the symbol."""
+        if "self_adjoint" not in self._cache:
+            s = self.symbol()
+            even = all(torch.allclose(s, torch.roll(torch.flip(s, (a,)), 1, a), rtol=1e-10, atol=0.0)
+                       for a in range(self.grid.ndim - 1))  # the last (real-FFT) axis is Hermitian by construction
+            self._cache["self_adjoint"] = bool(even)
+        return self._cache["self_adjoint"]
+
     def __call__(self, m: torch.Tensor) -> torch.Tensor:
-        """Apply the operator to ``m`` (..., *grid.shape) -> same shape (real)."""
+        """Apply the operator to ``m`` (..., *grid.shape) -> same shape (real).
+
+        A symmetric operator is its own adjoint, so its backward pass is one more application (``_SelfAdjoint``)
+        instead of autograd through the transforms: fewer, larger operations, and nothing saved for the backward.
+        """
         self.grid.check_field("m", m)
-        d = self.grid.ndim
-        w = self.weight(m.dtype, m.device)
-        if w is not None:
-            m = m * w
-        dims = tuple(range(-d, 0))
-        mhat = torch.fft.rfftn(m, s=self.fft_shape, dim=dims)
-        out = torch.fft.irfftn(mhat * self.symbol(m.dtype, m.device), s=self.fft_shape, dim=dims)
-        if self.fft_shape != self.grid.shape:
-            out = out[(...,) + tuple(slice(0, n) for n in self.grid.shape)]
-        return out if w is None else out * w
+        if m.requires_grad and torch.is_grad_enabled() and self.self_adjoint():
+            return _SelfAdjoint.apply(m, self)
+        return _fft_apply(self, m)
 
     def __repr__(self):
         extra = "" if self.reach is None else f", reach={self.reach:g}"
         extra += "" if self.taper is None else f", taper={self.taper:g}"
         return f"<{self.name}, grid={self.grid.shape}, boundary={self.boundary!r}{extra}>"
+
+
+def _fft_apply(op: GridOperator, m: torch.Tensor) -> torch.Tensor:
+    """``w K (w m)`` by FFT. With zero padding the transforms skip the padding where they can: the forward one
+    runs along the last axis first (the other axes' transforms then act on fewer lines), the inverse one crops
+    each axis as soon as it is transformed (about half the work of ``rfftn`` / ``irfftn`` of the padded box in
+    3-D)."""
+    d = op.grid.ndim
+    w = op.weight(m.dtype, m.device)
+    if w is not None:
+        m = m * w
+    shape, size = op.grid.shape, op.fft_shape
+    symbol = op.symbol(m.dtype, m.device)
+    if size == shape:
+        dims = tuple(range(-d, 0))
+        out = torch.fft.irfftn(torch.fft.rfftn(m, dim=dims) * symbol, s=shape, dim=dims)
+    else:
+        x = torch.fft.rfft(m, n=size[-1], dim=-1)
+        for a in range(d - 2, -1, -1):
+            x = torch.fft.fft(x, n=size[a], dim=a - d)
+        x = x * symbol
+        for a in range(d - 1):
+            x = torch.fft.ifft(x, dim=a - d).narrow(a - d, 0, shape[a])
+        out = torch.fft.irfft(x, n=size[-1], dim=-1).narrow(-1, 0, shape[-1])
+    return out if w is None else out * w
+
+
+class _SelfAdjoint(torch.autograd.Function):
+    """``K m`` for a symmetric ``GridOperator``: the vector-Jacobian product of ``K`` is ``K`` itself (and the
+    backward pass goes through this function again, so it is differentiable any number of times)."""
+
+    @staticmethod
+    def forward(ctx, m, op):
+        ctx.op = op
+        return _fft_apply(op, m)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.op(grad), None
 
 
 def sobolev_operator(grid: Grid, alpha: float = 1.0, s: float = 2.0, *, boundary: str = "periodic") -> GridOperator:

@@ -38,6 +38,23 @@ def test_gradient_and_divergence_exact_on_linear_fields(grid):
                                atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("grid", GRIDS)
+def test_gradient_is_numpys_and_differentiable(grid):
+    """The replicate boundary is numpy.gradient's (central inside, one-sided at the edges, physical spacing), on a
+    random field with leading axes; gradient and det of the Jacobian pass gradcheck in float64 (their backward
+    passes are autograd's through shifted copies and unbinds)."""
+    d = grid.ndim
+    g = torch.Generator().manual_seed(3)
+    f = torch.randn((2,) + grid.shape, generator=g, dtype=torch.float64)
+    ref = np.gradient(f.numpy(), *grid.spacing, axis=tuple(range(1, d + 1)), edge_order=1)
+    ref = np.stack(ref if d > 1 else [ref], axis=1)
+    np.testing.assert_allclose(gradient(f, grid).numpy(), ref, rtol=1e-12, atol=1e-12)
+    small = Grid(tuple(min(n, 5) for n in grid.shape), grid.spacing, origin=grid.origin)
+    phi = (small.identity_map(dtype=torch.float64) + 0.1 * torch.randn((d,) + small.shape, generator=g,
+                                                                      dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda p: jacobian_determinant(p, small), (phi,))
+
+
 def test_gradient_second_order_in_the_interior_with_physical_spacing():
     errs = []
     for n in (32, 64):
