@@ -221,6 +221,20 @@ def jacobian_determinant(phi: torch.Tensor, grid: Grid, *, displacement: bool = 
     return determinant(jac, d)
 
 
+@functools.lru_cache(maxsize=16)
+def _normalisation(grid: Grid, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, offset)``, each ``(max(d, 2),)`` in grid_sample's axis order, such that ``x * scale - offset`` maps
+    frame coordinates to ``[-1, 1]`` (corner nodes at ±1); zero for a singleton axis (and for the axis 1-D grids get in front of theirs)."""
+    scale, offset = [], []
+    for n, h, o in zip(grid.shape, grid.spacing, grid.frame_origin):
+        scale.append(2.0 / ((n - 1) * h) if n > 1 else 0.0)
+        offset.append(1.0 + 2.0 * o / ((n - 1) * h) if n > 1 else 0.0)
+    if grid.ndim == 1:
+        scale, offset = [0.0] + scale, [0.0] + offset
+    return (torch.tensor(scale[::-1], dtype=dtype, device=device),
+            torch.tensor(offset[::-1], dtype=dtype, device=device))
+
+
 def _to_grid_sample(f: torch.Tensor, x: torch.Tensor, grid: Grid):
     """Reshape field and points for ``F.grid_sample`` (which needs 2-D or 3-D inputs)."""
     d = grid.ndim
@@ -228,13 +242,13 @@ def _to_grid_sample(f: torch.Tensor, x: torch.Tensor, grid: Grid):
     out_shape = x.shape[1:]
     inp = f.reshape((1, -1) + grid.shape)
     pts = x.reshape(d, -1)
-    # normalised coordinates in [-1, 1] for align_corners=True; a singleton axis maps to 0
-    norm = [pts[i] * (2.0 / ((n - 1) * h)) - (1.0 + 2.0 * o / ((n - 1) * h)) if n > 1 else torch.zeros_like(pts[i])
-            for i, (n, h, o) in enumerate(zip(grid.shape, grid.spacing, grid.frame_origin))]
     if d == 1:
         inp = inp.unsqueeze(-2)  # (1, C, 1, n)
-        norm = [torch.zeros_like(norm[0])] + norm
-    g = torch.stack(norm[::-1], dim=-1)  # grid_sample wants (x=last axis, y, z)
+        pts = torch.cat([torch.zeros_like(pts), pts])  # a first, singleton axis (sampled at 0)
+    # normalised coordinates in [-1, 1] for align_corners=True, (N, 2 or 3) with the last axis first as
+    # grid_sample wants (x = last axis, y, z); a singleton axis maps to 0
+    scale, offset = _normalisation(grid, pts.dtype, pts.device)
+    g = torch.flip(pts, (0,)).T * scale - offset
     # Huge coordinates can overflow grid_sample's index arithmetic, and NaN ones give arbitrary values (or crash its
     # backward). Beyond ±3 a point is at least one cell outside the grid, where "zeros" and "border" padding do not
     # depend on the distance: clamping changes nothing there. Non-finite coordinates are sampled at 0 here and their
