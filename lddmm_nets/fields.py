@@ -223,8 +223,9 @@ def jacobian_determinant(phi: torch.Tensor, grid: Grid, *, displacement: bool = 
 
 @functools.lru_cache(maxsize=16)
 def _normalisation(grid: Grid, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(scale, offset)``, each ``(max(d, 2),)`` in grid_sample's axis order, such that ``x * scale - offset`` maps
-    frame coordinates to ``[-1, 1]`` (corner nodes at ±1); zero for a singleton axis (and for the axis 1-D grids get in front of theirs)."""
+    """``(scale, offset)``, each ``(max(d, 2),)`` in grid_sample's axis order (the last axis first), such that
+    ``x * scale - offset`` maps frame coordinates to ``[-1, 1]`` (corner nodes at ±1); zero for a singleton axis (and
+    for the axis 1-D grids get in front of theirs)."""
     scale, offset = [], []
     for n, h, o in zip(grid.shape, grid.spacing, grid.frame_origin):
         scale.append(2.0 / ((n - 1) * h) if n > 1 else 0.0)
@@ -255,11 +256,11 @@ def _to_grid_sample(f: torch.Tensor, x: torch.Tensor, grid: Grid):
     # values set to NaN by ``interpolate``. On the CPU one reduction (no device synchronisation to fear) tells
     # whether any coordinate needs it: the usual case then skips both operations and their backward passes (about
     # a tenth of a 2-D registration's time); elsewhere they are applied unconditionally.
-    reach = float(g.detach().abs().amax()) if g.device.type == "cpu" and g.numel() else math.inf
-    if not reach <= 3.0:  # also true for NaN
+    lo, hi = (map(float, torch.aminmax(g.detach()))) if g.device.type == "cpu" and g.numel() else (math.nan,) * 2
+    if not -3.0 <= lo <= hi <= 3.0:  # also true for NaN
         g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0).clamp_(-3.0, 3.0)
     g = g.reshape((1, -1) + (1,) * (max(d, 2) - 1) + (max(d, 2),))
-    return inp, g, lead, out_shape, math.isfinite(reach)
+    return inp, g, lead, out_shape, math.isfinite(lo) and math.isfinite(hi)
 
 
 def interpolate(f: torch.Tensor, x: torch.Tensor, grid: Grid, *, interp: str = "linear",
