@@ -13,6 +13,7 @@ values in [0, 1]) that weights the voxels. One implementation for every dimensio
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -76,8 +77,10 @@ def box_mean(x: torch.Tensor, window: int, d: int | None = None) -> torch.Tensor
     return y / _box_counts(x.shape[x.dim() - d:], window, x.dtype, x.device)
 
 
+@functools.lru_cache(maxsize=32)
 def _box_counts(shape, window: int, dtype, device) -> torch.Tensor:
-    """Number of voxels of each cropped box (a product of per-axis counts), broadcastable to ``shape``."""
+    """Number of voxels of each cropped box (a product of per-axis counts), broadcastable to ``shape``; cached (the
+    same few shapes come back at every evaluation; read only)."""
     r = window // 2
     d = len(shape)
     count = None
