@@ -220,13 +220,26 @@ def _every_pair_and_blocks(rng, monkeypatch, backend):
     return out
 
 
+def _compiled(monkeypatch, compiled: bool):
+    """Take the compiled pass of the truncated sums (``shapes._native``; skipped without a compiler) or the torch
+    blocks."""
+    from lddmm_nets.shapes import _native
+
+    if compiled and not _native.available(3, 6):
+        pytest.skip("no C++ compiler for the compiled truncated sums")
+    if not compiled:
+        monkeypatch.setattr(shape_terms, "compiled_available", lambda dim, features: False)
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "torch"])
 @pytest.mark.parametrize("cells", [(1.0,), (2.0,), (4.0,), shape_terms.BLOCK_CELLS])
-def test_dense_blocks_equal_the_sum_over_every_pair_for_any_cell_side(rng, monkeypatch, cells):
-    """The padded dense blocks keep every pair closer than the truncation radius whatever the side of the
-    clustering cells (fixed, or chosen by occupancy from ``BLOCK_CELLS``): value and gradient equal the sum of k_R
-    over all pairs, and blocks are really skipped."""
+def test_dense_blocks_equal_the_sum_over_every_pair_for_any_cell_side(rng, monkeypatch, cells, compiled):
+    """The block-sparse sums (compiled pass or padded torch blocks) keep every pair closer than the truncation
+    radius whatever the side of the clustering cells (fixed, or chosen by occupancy from ``BLOCK_CELLS``): value
+    and gradient equal the sum of k_R over all pairs, and blocks are really skipped."""
     from lddmm_nets.shapes._blocks import filled_cell
 
+    _compiled(monkeypatch, compiled)
     monkeypatch.setattr(shape_terms, "BLOCK_CELLS", cells)
     full, blocks = _every_pair_and_blocks(rng, monkeypatch, "auto")
     assert full[2] == 1.0 and blocks[2] < 0.9
@@ -239,9 +252,12 @@ def test_dense_blocks_equal_the_sum_over_every_pair_for_any_cell_side(rng, monke
     assert occupancy(side) >= 16 and (side == 1.0 or occupancy(side / 2) < 16)
 
 
-def test_dense_blocks_gradcheck_in_both_shapes(rng, monkeypatch):
-    """The block sum of the truncated Gaussian has its backward written out (``_fused.TruncatedBlockSum``):
-    gradcheck in both shapes' vertices, on an ellipsoid that spans several supports (blocks really skipped)."""
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "torch"])
+def test_dense_blocks_gradcheck_in_both_shapes(rng, monkeypatch, compiled):
+    """The block sum of the truncated Gaussian has its backward written out (``_native.TruncatedPairSum``,
+    ``_fused.TruncatedBlockSum``): gradcheck in both shapes' vertices, on an ellipsoid that spans several supports
+    (blocks really skipped)."""
+    _compiled(monkeypatch, compiled)
     monkeypatch.setattr(shape_terms, "TRUNCATE_MIN_PAIRS", 1)
     v, f = _sphere_mesh(5, 9)
     v = v * torch.tensor([4.0, 2.0, 1.0], dtype=F64)
@@ -250,6 +266,41 @@ def test_dense_blocks_gradcheck_in_both_shapes(rng, monkeypatch):
     for term in (Varifold(0.4, truncate=3.0), Currents(0.4, truncate=3.0)):
         assert torch.autograd.gradcheck(lambda x, y: term.inner((x, f), (y, f)), (x, y), eps=1e-6, atol=1e-7)
         assert term.last_kept < 0.9
+
+
+@pytest.mark.parametrize("term", [Currents(0.3, truncate=3.0), Varifold(0.3, truncate=3.0),
+                                  Measure(0.3, truncate=3.0)], ids=["currents", "varifold", "measure"])
+def test_compiled_truncated_sums_of_curves_in_2d_and_in_float32(rng, monkeypatch, term):
+    """2-D polylines (a long spiral, many supports): the compiled pass equals the torch blocks (float64, to
+    round-off; value and gradient), and its float32 value and gradient are within float32 round-off of them."""
+    _compiled(monkeypatch, True)
+    monkeypatch.setattr(shape_terms, "TRUNCATE_MIN_PAIRS", 1)
+    t = torch.linspace(0, 6 * math.pi, 400, dtype=F64)
+    v = torch.stack([t.cos(), t.sin()], 1) * (1 + 0.3 * t[:, None])
+    segs = torch.stack([torch.arange(399), torch.arange(1, 400)], 1)
+    w = v + 0.05 * torch.randn(v.shape, generator=rng, dtype=F64)
+
+    def value_and_grad(dtype):
+        x = v.to(dtype).requires_grad_(True)
+        d = term((x, segs), (w.to(dtype), segs))
+        return d.detach(), torch.autograd.grad(d, x)[0].double(), term.last_kept
+
+    compiled32, compiled = value_and_grad(torch.float32), value_and_grad(F64)
+    _compiled(monkeypatch, False)
+    blocks = value_and_grad(F64)
+    assert compiled[2] < 0.5
+    torch.testing.assert_close(compiled[0], blocks[0], rtol=1e-10, atol=0)
+    torch.testing.assert_close(compiled[1], blocks[1], rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(compiled32[0], compiled[0], rtol=1e-4, atol=0)
+    torch.testing.assert_close(compiled32[1], compiled[1], rtol=1e-3, atol=1e-4 * float(compiled[1].abs().max()))
+
+
+def test_compiled_sums_leave_the_process_floating_point_mode_alone(monkeypatch):
+    """The compiled library is built with fast-math flags but linked without them: loading it must not switch the
+    process to flush-to-zero (gcc's crtfastmath.o would), which would silently change every later torch result."""
+    _compiled(monkeypatch, True)
+    tiny = torch.tensor([1e-38], dtype=torch.float32) * torch.tensor([1e-3], dtype=torch.float32)
+    assert float(tiny) > 0  # a float32 denormal survives
 
 
 @requires_keops

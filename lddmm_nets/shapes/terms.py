@@ -56,6 +56,7 @@ from ..kernels import GaussianKernel, RadialKernel, SumKernel
 from ._blocks import block_pairs, block_ranges, filled_cell
 from .geometry import Cells, cell_geometry, safe_norm
 from ._fused import GaussianPairSum, TruncatedBlockSum
+from ._native import TruncatedPairSum, available as compiled_available, neighbour_plan
 from .system import centred_sqdist
 
 __all__ = ["ShapeDistance", "Currents", "Varifold", "Measure", "TargetDistance", "DIRECTIONS", "as_cells",
@@ -213,10 +214,17 @@ class ShapeDistance:
         return "keops" if cl.device.type == "cuda" and B.keops_available() else "dense"
 
     def _block_sum(self, k, left, right) -> torch.Tensor:
-        """The same formula on padded dense blocks of cluster pairs (``_blocks.block_pairs``), in local
+        """The same formula over the pairs of neighbouring clusters: for Gaussian sums of cell features on the CPU,
+        by the compiled pass of ``_native`` (every pair within the radius, skipped beyond it before any
+        exponential); otherwise on padded dense blocks of cluster pairs (``_blocks.block_pairs``), in local
         coordinates (each block centred on its row cluster: no cancellation in float32)."""
         (c, w, u), (d, g, v) = left, right
         cell = filled_cell(d.detach(), BLOCK_CELLS, BLOCK_SIZE)
+        if (u is None and type(k) is GaussianKernel and c.device.type == "cpu"
+                and compiled_available(c.shape[1], w.shape[1])):
+            plan = neighbour_plan(c.detach(), d.detach(), self.truncate, cell)
+            self.last_kept = plan[-1]
+            return TruncatedPairSum.apply(c, w, d, g, plan[:4], self.truncate**2)
         rows, cols, pairs, self.last_kept = block_pairs(c.detach(), d.detach(), self.truncate, cell, BLOCK_SIZE)
         (ri, rm, rc, _), (ci, cm, _, _) = rows, cols
         if u is None and type(k) is GaussianKernel:  # sums of cell features: the written backward (``_fused``)
