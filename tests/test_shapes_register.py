@@ -26,10 +26,23 @@ def _ellipsoid(shape, axes=(1.25, 0.9, 0.85), shift=(1.5, 0.0, 0.0)):
     return shape.with_vertices(v)
 
 
-def test_fused_system_matches_the_autograd_reference(rng):
-    q = 3 * torch.randn(40, 3, generator=rng, dtype=F64) + 20.0
-    p = torch.randn(40, 3, generator=rng, dtype=F64)
-    x = 3 * torch.randn(25, 3, generator=rng, dtype=F64) + 20.0
+def _velocity_path(monkeypatch, compiled: bool):
+    """Ambient velocities by the compiled pass (``shapes._native``; skipped without a compiler) or torch."""
+    from lddmm_nets.shapes import _native, system
+
+    if compiled and not _native.available(3, 3):
+        pytest.skip("no C++ compiler for the compiled kernel sums")
+    if not compiled:
+        monkeypatch.setattr(system, "compiled_available", lambda dim, features: False)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "torch"])
+def test_fused_system_matches_the_autograd_reference(rng, monkeypatch, compiled, dim):
+    _velocity_path(monkeypatch, compiled)
+    q = 3 * torch.randn(40, dim, generator=rng, dtype=F64) + 20.0
+    p = torch.randn(40, dim, generator=rng, dtype=F64)
+    x = 3 * torch.randn(25, dim, generator=rng, dtype=F64) + 20.0
     kernel = GaussianKernel(sigma=2.5, nugget=0.01)
     fused = FusedHamiltonianSystem(kernel).rhs((q, p, x))
     ref = HamiltonianSystem(kernel, backend="dense", gradient="autograd").rhs((q, p, x))
@@ -37,11 +50,14 @@ def test_fused_system_matches_the_autograd_reference(rng):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_fused_system_gradients_match_the_autograd_reference(rng):
-    """The written backward passes of the Gaussian stage and velocity (``_GaussianStage``, ``_GaussianVelocity``):
-    vector-Jacobian products of ``rhs`` equal autograd's through the reference system, for a sum of Gaussians with a
-    nugget, and pass gradcheck."""
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "torch"])
+def test_fused_system_gradients_match_the_autograd_reference(rng, monkeypatch, compiled):
+    """The written backward passes of the Gaussian stage and velocity (``_GaussianStage``; ``_GaussianVelocity`` or
+    the compiled ``_native.GaussianVelocity``): vector-Jacobian products of ``rhs`` equal autograd's through the
+    reference system, for a sum of Gaussians with a nugget, and pass gradcheck."""
     from lddmm_nets import SumKernel
+
+    _velocity_path(monkeypatch, compiled)
 
     q = 3 * torch.randn(30, 3, generator=rng, dtype=F64) + 20.0
     p = torch.randn(30, 3, generator=rng, dtype=F64)

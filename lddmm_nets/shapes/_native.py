@@ -48,7 +48,9 @@ _SOURCE = r"""
 #include <cstdint>
 #include <vector>
 
-#define LANES 8
+#define LANES 16
+// lddmm_nets.backends.EXP_FLOOR: below it the vector exp leaves its fast path (and the pairs weigh nothing)
+#define EXP_FLOOR -60
 
 // Rows of one cluster (local copies by coordinate, m rows padded to a multiple of LANES with far points) against
 // column j: branch-free (the radius as a mask) and vectorised over the rows; acc (F, m) and gacc (D, m) accumulate.
@@ -60,7 +62,7 @@ static inline void column(const T* xa, const T* wa, int64_t m, const T* yj, cons
         T diff[D], d2 = 0;
         for (int k = 0; k < D; ++k) { diff[k] = xa[k * m + i] - yj[k]; d2 += diff[k] * diff[k]; }
         const T inside = d2 < r2 ? T(1) : T(0), dm = d2 < r2 ? d2 : r2;
-        const T e = std::exp(T(-0.5) * dm);
+        const T e = std::exp(T(-0.5) * std::min(dm, T(-2 * EXP_FLOOR)));
         const T kr = inside * (e - c0 + c1 * dm);
         T wg = 0;
         for (int f = 0; f < F; ++f) { acc[f * m + i] += kr * gj[f]; wg += wa[f * m + i] * gj[f]; }
@@ -254,3 +256,43 @@ class TruncatedPairSum(torch.autograd.Function):
         if gd is not None:
             grads[2] = _unsort(py, gd * up, d)
         return (*grads, None, None)
+
+
+#: ``r2`` of a sum without truncation: every pair inside, ``t = 0`` (the plain Gaussian)
+UNTRUNCATED = 1e30
+#: rows per cluster of a sum over every pair (one cluster of all the columns each)
+ALL_PAIRS_ROWS = 64
+
+
+def all_pairs_plan(m: int, n: int):
+    """The compressed-row plan of every pair of ``m`` rows and ``n`` columns: row clusters of ``ALL_PAIRS_ROWS``
+    (the threads' work units), each against one cluster of all the columns."""
+    starts = np.arange(0, m, ALL_PAIRS_ROWS, dtype=np.int64)
+    rows = np.stack([starts, np.minimum(starts + ALL_PAIRS_ROWS, m)], 1)
+    return rows, np.arange(len(rows) + 1, dtype=np.int64), np.zeros(len(rows), np.int64), np.array([[0, n]], np.int64)
+
+
+class GaussianVelocity(torch.autograd.Function):
+    """``v(x) = Σ_j exp(−s²|x_i − q_j|²/2) p_j`` by the compiled pass over every pair (CPU tensors): nothing of size
+    ``M N`` in memory, forward one pass, backward two (rows for ``∂x``; columns for ``∂q`` and ``∂p``: with upstream
+    ``c``, ``∂p_j = Σ_i K_ij c_i``, ``∂x̃_i = −Σ_j K_ij (c_i·p_j)(x̃_i − q̃_j)`` and symmetrically for ``q̃``). The
+    backward pass is not itself differentiable."""
+
+    @staticmethod
+    def forward(ctx, x, q, p, s):
+        xs, qs = x * s, q * s
+        v, _ = _row_pass(all_pairs_plan(len(x), len(q)), xs, torch.zeros_like(p[:1]).expand(len(x), -1), qs, p,
+                         UNTRUNCATED, False)
+        ctx.save_for_backward(xs, qs, p)
+        ctx.s = s
+        return v.to(p.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, c):
+        xs, qs, p = ctx.saved_tensors
+        c = c.to(p.dtype)
+        _, gx = _row_pass(all_pairs_plan(len(xs), len(qs)), xs, c, qs, p, UNTRUNCATED, True)
+        gp, gq = _row_pass(all_pairs_plan(len(qs), len(xs)), qs, p, xs, c, UNTRUNCATED, True)
+        s = ctx.s
+        return (s * gx).to(xs.dtype), (s * gq).to(qs.dtype), gp.to(p.dtype), None

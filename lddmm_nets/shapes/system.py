@@ -33,6 +33,7 @@ from .. import backends as B
 from ..hamiltonian import HamiltonianSystem
 from ..kernels import GaussianKernel, RadialKernel, SumKernel
 from ._fused import centred, gaussian_matrix
+from ._native import GaussianVelocity as CompiledGaussianVelocity, available as compiled_available
 
 __all__ = ["FusedHamiltonianSystem", "DENSE_MAX_PAIRS", "DENSE_MAX_AMBIENT_PAIRS", "centred_sqdist"]
 
@@ -169,15 +170,20 @@ class FusedHamiltonianSystem(HamiltonianSystem):
         return dq, dp
 
     def velocity(self, x, q, p):
-        """``v(x) = Σ_j k(x, q_j) p_j``: dense up to ``DENSE_MAX_AMBIENT_PAIRS`` pairs, the kernel's ``matvec``
-        (its backend policy: KeOps for large sets) above."""
-        if x.shape[0] * q.shape[0] > DENSE_MAX_AMBIENT_PAIRS:
+        """``v(x) = Σ_j k(x, q_j) p_j``: Gaussian components on the CPU by the compiled pass (``_native``: any
+        size, nothing of size pairs kept), others dense up to ``DENSE_MAX_AMBIENT_PAIRS`` pairs, and the kernel's
+        ``matvec`` (its backend policy: KeOps for large sets) above."""
+        components = _components(self.kernel)
+        compiled = (self.backend != "keops" and x.device.type == "cpu"
+                    and compiled_available(x.shape[1], p.shape[1]))
+        every_gaussian = all(type(k) is GaussianKernel for _, k in components)
+        if x.shape[0] * q.shape[0] > DENSE_MAX_AMBIENT_PAIRS and not (compiled and every_gaussian):
             return self.kernel.matvec(x, q, p, self.backend)
         out = torch.zeros(x.shape[0], p.shape[1], dtype=p.dtype, device=p.device)
-        for w, k in _components(self.kernel):
+        for w, k in components:
             s = 1.0 / k.sigma
             if type(k) is GaussianKernel:
-                out = out + w * _GaussianVelocity.apply(x, q, p, s)
+                out = out + w * (CompiledGaussianVelocity if compiled else _GaussianVelocity).apply(x, q, p, s)
                 continue
             out = out + w * (k.profile(centred_sqdist(x * s, q * s, exact=False)) @ p)
         return out
