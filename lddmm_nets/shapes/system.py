@@ -20,8 +20,10 @@ one thread, float32: 7.8 → 3.0 ms). Its vector-Jacobian products are checked a
 float64; they are not themselves differentiable (the registrations need first derivatives only).
 
 Sizes: the matrices are dense, so ``FusedHamiltonianSystem`` is meant for up to ``DENSE_MAX_PAIRS`` control-point
-pairs; ambient points are summed densely up to ``DENSE_MAX_AMBIENT_PAIRS`` pairs and through the kernel's own
-``matvec`` beyond (KeOps, O(N) memory).
+pairs. Ambient points (a mesh's vertices against the control points) under Gaussian components on the CPU go through
+the compiled pass of ``lddmm_nets.shapes._native`` at any size (no matrix kept; 10,242 vertices against 1,196
+control points, forward and backward, float32, one thread: 87 → 27 ms); otherwise they are summed densely up to
+``DENSE_MAX_AMBIENT_PAIRS`` pairs and through the kernel's own ``matvec`` beyond (KeOps, O(N) memory).
 """
 
 from __future__ import annotations

@@ -39,7 +39,9 @@ every step) and exact on both backends; what it buys is speed: when the shapes s
 only the pairs of cell clusters that may hold a pair closer than ``Rσ`` (``LazyTensor.ranges``,
 ``lddmm_nets.shapes._blocks``): O(F k) work for ``k`` neighbours instead of O(F²), and ``auto`` takes that path
 whenever the shapes' extent exceeds ``TRUNCATE_SPAN`` supports and the sum has more than ``TRUNCATE_MIN_PAIRS``
-pairs.
+pairs. On the CPU the Gaussian sums of cell features run that truncation in compiled code
+(``lddmm_nets.shapes._native``: only the pairs within the radius, one pass forward and one backward), and padded
+dense torch blocks otherwise (no compiler, or the spherical direction kernels).
 """
 
 from __future__ import annotations

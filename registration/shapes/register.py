@@ -61,8 +61,9 @@ WHITEN_MAX = 4096
 #: kernel within 3e-3 of the Gaussian, summed block-sparsely when the shapes span many widths), used by the levels
 #: whose data term has at least ``TRUNCATE_MIN_CELL_PAIRS`` pairs of cells (from where the full sums leave dense
 #: matrices for KeOps). Measured on fsaverage5 white against pial at 3.5 mm, one thread (forward and backward):
-#: 10,242 vertices 73 s in full (KeOps) against 4 s truncated; 2,562 vertices 4.6 s against 0.4-0.6 s; 642
-#: vertices: the full dense sums are 4x faster
+#: 10,242 vertices 73 s in full (KeOps) against 4 s truncated in torch blocks and 0.2-0.35 s in the compiled pass
+#: (``lddmm_nets.shapes._native``); 2,562 vertices 4.6 s against 0.4-0.6 s (torch blocks); 642 vertices: the full
+#: dense sums are 4x faster
 TRUNCATE = 4.0
 TRUNCATE_MIN_CELL_PAIRS = 2**22
 #: cells whose orientation is guarded (flip check and barrier): surfaces; a curve's tangent may turn by more than
@@ -182,29 +183,33 @@ class _Level:
         self.reference = [s.cells_geometry().vectors.detach() if s.kind != "points" else None
                           for s in self.sources]
 
-    def data(self, x1: torch.Tensor, barrier: float = 0.0, guarded: bool = True):
-        """``(mean relative distance, barrier term, min normal ratio)`` of warped vertices ``x1``.
+    def data(self, x1: torch.Tensor, barrier: float = 0.0, guarded: bool = True, margin: float | None = None):
+        """``(mean relative distance, barrier term, min normal ratio)`` of warped vertices ``x1``, or None when
+        ``margin`` is given and a guarded cell's normal ratio is at or below it: the orientations are checked first,
+        so an infeasible trial step costs its shooting but no data term.
 
         The barrier term is ``(barrier / F) Σ ψ(r)`` over the guarded cells (``GUARD_KINDS``) with
         ``ψ(r) = −log(r/τ) − 1 + r/τ`` below ``τ = BARRIER_THRESHOLD`` and 0 above (continuous with its slope).
         """
-        total = x1.new_zeros(())
+        cells = [s.cells_geometry(xo) for s, xo in zip(self.sources, torch.split(x1, self.splits))]
         penalty = x1.new_zeros(())
         worst = math.inf
-        for s, term, d0, ref, xo in zip(self.sources, self.terms, self.norms, self.reference,
-                                        torch.split(x1, self.splits)):
-            cells = s.cells_geometry(xo)
-            if d0 > 0:
-                total = total + term(cells) / d0
+        for s, c, ref in zip(self.sources, cells, self.reference):
             if ref is None or not guarded or s.kind not in GUARD_KINDS:
                 continue
             den = (ref * ref).sum(1)
-            ratio = (cells.vectors * ref).sum(1) / torch.where(den > 0, den, torch.ones_like(den))
+            ratio = (c.vectors * ref).sum(1) / torch.where(den > 0, den, torch.ones_like(den))
             ratio = torch.where(den > 0, ratio, torch.ones_like(ratio))
             worst = min(worst, float(ratio.detach().min()))
             if barrier > 0 and worst > 0:
                 low = ratio[ratio < BARRIER_THRESHOLD] / BARRIER_THRESHOLD
                 penalty = penalty + (barrier / len(ratio)) * (low - low.log() - 1.0).sum()
+        if margin is not None and worst <= margin:
+            return None
+        total = x1.new_zeros(())
+        for c, term, d0 in zip(cells, self.terms, self.norms):
+            if d0 > 0:
+                total = total + term(c) / d0
         return total / len(self.sources), penalty, worst
 
 
@@ -220,9 +225,10 @@ def _run_level(deform: _Deformation, level: _Level, z0: torch.Tensor, *, max_ite
         x1 = qs[-1] if on_control_points else x1
         if not bool(torch.isfinite(x1).all()):  # a step so long that the shooting diverged: infeasible
             return None
-        data, penalty, worst = level.data(x1, barrier, check_flips)
-        if check_flips and worst <= FLIP_MARGIN:
+        out = level.data(x1, barrier, check_flips, FLIP_MARGIN if check_flips else None)
+        if out is None:
             return None
+        data, penalty, _ = out
         return deform.regularity(z, p0) + data + penalty, data
 
     scale, start = 1.0, 1.0
