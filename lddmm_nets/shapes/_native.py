@@ -43,7 +43,8 @@ from torch.autograd.function import once_differentiable
 
 from ._blocks import voxel_clusters
 
-__all__ = ["available", "TruncatedPairSum", "neighbour_plan", "GaussianVelocity", "all_pairs_plan", "UNTRUNCATED"]
+__all__ = ["available", "TruncatedPairSum", "neighbour_plan", "GaussianVelocity", "all_pairs_plan",
+           "every_pair_plan", "UNTRUNCATED"]
 
 log = logging.getLogger(__name__)
 
@@ -275,6 +276,12 @@ def all_pairs_plan(m: int, n: int):
     starts = np.arange(0, m, ALL_PAIRS_ROWS, dtype=np.int64)
     rows = np.stack([starts, np.minimum(starts + ALL_PAIRS_ROWS, m)], 1)
     return rows, np.arange(len(rows) + 1, dtype=np.int64), np.zeros(len(rows), np.int64), np.array([[0, n]], np.int64)
+
+
+def every_pair_plan(m: int, n: int):
+    """``TruncatedPairSum``'s plan (``neighbour_plan(...)[:4]``) visiting every pair of ``m`` rows and ``n``
+    columns, unsorted: with ``r2=UNTRUNCATED`` it sums the plain Gaussian."""
+    return torch.arange(m), torch.arange(n), all_pairs_plan(m, n), all_pairs_plan(n, m)
 
 
 class GaussianVelocity(torch.autograd.Function):

@@ -58,7 +58,8 @@ from ..kernels import GaussianKernel, RadialKernel, SumKernel
 from ._blocks import block_pairs, block_ranges, filled_cell
 from .geometry import Cells, cell_geometry, safe_norm
 from ._fused import GaussianPairSum, TruncatedBlockSum
-from ._native import TruncatedPairSum, available as compiled_available, neighbour_plan
+from ._native import UNTRUNCATED, TruncatedPairSum, every_pair_plan, neighbour_plan
+from ._native import available as compiled_available
 from .system import centred_sqdist
 
 __all__ = ["ShapeDistance", "Currents", "Varifold", "Measure", "TargetDistance", "DIRECTIONS", "as_cells",
@@ -283,7 +284,11 @@ class ShapeDistance:
             else:
                 b = self._backend(cl.shape[0], cr.shape[0], cl)
                 if b == "dense" and ul is None and self.truncate is None and type(k) is GaussianKernel:
-                    total = total + weight * GaussianPairSum.apply(cl, wl, cr, gr)
+                    if cl.device.type == "cpu" and compiled_available(cl.shape[1], wl.shape[1]):
+                        plan = every_pair_plan(cl.shape[0], cr.shape[0])
+                        total = total + weight * TruncatedPairSum.apply(cl, wl, cr, gr, plan, UNTRUNCATED)
+                    else:
+                        total = total + weight * GaussianPairSum.apply(cl, wl, cr, gr)
                     continue
             G = self._profile(k, B.sqdist(cl, cr, b) if b == "keops" else centred_sqdist(cl, cr))
             if ul is not None:
