@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["voxel_clusters", "block_ranges", "padded_clusters", "block_pairs", "filled_cell"]
+__all__ = ["voxel_clusters", "cluster_pairs", "block_ranges", "padded_clusters", "block_pairs", "filled_cell"]
 
 
 def _cell_labels(x: torch.Tensor, cell: float) -> torch.Tensor:
@@ -68,6 +68,35 @@ def filled_cell(x: torch.Tensor, candidates, fill: float) -> float:
     return float(candidates[-1])
 
 
+def _near(cx: torch.Tensor, ax: torch.Tensor, cy: torch.Tensor, ay: torch.Tensor, radius: float) -> torch.Tensor:
+    """``(C_x, C_y)`` mask of the cluster pairs that may hold a pair closer than ``radius``: centroid distance at most
+    ``radius`` plus both clusters' radii."""
+    d2 = ((cx * cx).sum(1)[:, None] + (cy * cy).sum(1)[None, :] - 2 * cx @ cy.T).clamp_min(0)
+    return d2 <= (radius + ax[:, None] + ay[None, :]) ** 2
+
+
+def cluster_pairs(x: torch.Tensor, y: torch.Tensor, radius: float, cell: float):
+    """The cubic-cell clusters of ``x`` and ``y`` (``voxel_clusters``) and the pairs of them that may hold a pair
+    ``|x_i − y_j| <= radius``.
+
+    Returns
+    -------
+    (perm_x, ranges_x), (perm_y, ranges_y) :
+        Sort orders and ``[start, end)`` of each cluster in them (``voxel_clusters``).
+    keep : (C_x, C_y) bool tensor
+    kept : float
+        Fraction of the ``M N`` point pairs inside the kept cluster pairs.
+    """
+    px, rx, cx, ax = voxel_clusters(x, cell)
+    py, ry, cy, ay = voxel_clusters(y, cell)
+    with torch.no_grad():
+        keep = _near(cx, ax, cy, ay, radius)
+        nx = (rx[:, 1] - rx[:, 0]).to(x.dtype)
+        ny = (ry[:, 1] - ry[:, 0]).to(x.dtype)
+        kept = float((nx[:, None] * ny[None, :] * keep).sum()) / max(x.shape[0] * y.shape[0], 1)
+    return (px, rx), (py, ry), keep, kept
+
+
 def block_ranges(x: torch.Tensor, y: torch.Tensor, radius: float, cell: float):
     """KeOps ranges keeping every pair ``|x_i − y_j| <= radius`` (module docstring).
 
@@ -91,14 +120,7 @@ def block_ranges(x: torch.Tensor, y: torch.Tensor, radius: float, cell: float):
     """
     from pykeops.torch.cluster import from_matrix
 
-    px, rx, cx, ax = voxel_clusters(x, cell)
-    py, ry, cy, ay = voxel_clusters(y, cell)
-    with torch.no_grad():
-        d2 = ((cx * cx).sum(1)[:, None] + (cy * cy).sum(1)[None, :] - 2 * cx @ cy.T).clamp_min(0)
-        keep = d2 <= (radius + ax[:, None] + ay[None, :]) ** 2
-        nx = (rx[:, 1] - rx[:, 0]).to(x.dtype)
-        ny = (ry[:, 1] - ry[:, 0]).to(x.dtype)
-        kept = float((nx[:, None] * ny[None, :] * keep).sum()) / max(x.shape[0] * y.shape[0], 1)
+    (px, rx), (py, ry), keep, kept = cluster_pairs(x, y, radius, cell)
     return px, py, from_matrix(rx, ry, keep), kept
 
 
@@ -147,10 +169,7 @@ def block_pairs(x: torch.Tensor, y: torch.Tensor, radius: float, cell: float, si
     rows = padded_clusters(x, cell, size)
     cols = padded_clusters(y, cell, size)
     with torch.no_grad():
-        cx, cy = rows[2], cols[2]
-        d2 = ((cx * cx).sum(1)[:, None] + (cy * cy).sum(1)[None, :] - 2 * cx @ cy.T).clamp_min(0)
-        keep = d2 <= (radius + rows[3][:, None] + cols[3][None, :]) ** 2
-        pairs = keep.nonzero()
+        pairs = _near(rows[2], rows[3], cols[2], cols[3], radius).nonzero()
         n_rows, n_cols = rows[1].sum(1), cols[1].sum(1)
         kept = float((n_rows[pairs[:, 0]] * n_cols[pairs[:, 1]]).sum()) / max(x.shape[0] * y.shape[0], 1)
     return rows, cols, pairs, kept

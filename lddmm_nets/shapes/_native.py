@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._blocks import voxel_clusters
+from ._blocks import cluster_pairs
 
 __all__ = ["available", "TruncatedPairSum", "neighbour_plan", "GaussianVelocity", "all_pairs_plan",
            "every_pair_plan", "UNTRUNCATED"]
@@ -169,7 +169,7 @@ def _library():
                 os.replace(out, path)  # atomic: a concurrent worker sees no file or the whole file
         lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as err:
-        log.warning("compiled truncated sums unavailable (%s); using the torch blocks", err)
+        log.warning("compiled kernel sums unavailable (%s); using the torch paths", err)
         return None
     i64, dbl, i32 = ctypes.c_int64, ctypes.c_double, ctypes.c_int
     ptr = ctypes.c_void_p
@@ -186,20 +186,13 @@ def available(dim: int, features: int) -> bool:
 
 
 def neighbour_plan(x: torch.Tensor, y: torch.Tensor, radius: float, cell: float):
-    """Clusters of ``x`` and ``y`` (cubic cells of side ``cell``) and, for each cluster of ``x``, the clusters of
-    ``y`` that may hold a point closer than ``radius`` to one of its points (centroid distance ≤ radius + both
-    radii), as compressed rows, for both orders (``x`` rows, then ``y`` rows).
+    """``_blocks.cluster_pairs`` as compressed rows, for both orders (``x`` rows, then ``y`` rows): for each cluster
+    of one set, the clusters of the other that may hold a point closer than ``radius`` to one of its points.
 
     Returns ``(perm_x, perm_y, forward, transposed, kept)``: the sort orders, then for each order ``(row ranges,
     ptr, cols, col ranges)`` as int64 numpy arrays over the sorted points, and the fraction of the ``M N`` pairs
     visited."""
-    px, rx, cx, ax = voxel_clusters(x, cell)
-    py, ry, cy, ay = voxel_clusters(y, cell)
-    with torch.no_grad():
-        d2 = ((cx * cx).sum(1)[:, None] + (cy * cy).sum(1)[None, :] - 2 * cx @ cy.T).clamp_min(0)
-        keep = d2 <= (radius + ax[:, None] + ay[None, :]) ** 2
-        nx, ny = ((r[:, 1] - r[:, 0]).to(x.dtype) for r in (rx, ry))
-        kept = float((nx[:, None] * ny[None, :] * keep).sum()) / max(x.shape[0] * y.shape[0], 1)
+    (px, rx), (py, ry), keep, kept = cluster_pairs(x, y, radius, cell)
     rx, ry = rx.long().numpy(), ry.long().numpy()
 
     def csr(mask, row_ranges, col_ranges):
@@ -244,8 +237,9 @@ class TruncatedPairSum(torch.autograd.Function):
     def forward(ctx, c, w, d, g, plan, r2):
         px, py, fwd, _ = plan
         grad = any(ctx.needs_input_grad[:4])
-        kg, gc = _row_pass(fwd, c[px], w[px], d[py], g[py], r2, grad)
-        total = (w[px].double() * kg.double()).sum()
+        ws = w[px]
+        kg, gc = _row_pass(fwd, c[px], ws, d[py], g[py], r2, grad)
+        total = (ws.double() * kg.double()).sum()
         if grad:
             ctx.save_for_backward(c, w, d, g)
             ctx.plan, ctx.r2, ctx.kg, ctx.gc = plan, r2, kg, gc
