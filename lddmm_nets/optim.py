@@ -18,7 +18,9 @@ and is extended by doubling while the objective keeps decreasing. A failed searc
 the memory and spends the iteration; from steepest descent it stops the run.
 ``line_search="wolfe"`` (smooth objectives): the strong Wolfe conditions (``c1 = 1e-4``, ``c2 = 0.9``) by
 bracketing and cubic interpolation (Nocedal & Wright, Algorithms 3.5-3.6), at most 25 evaluations; the first step
-is ``min(1, 1/‖g‖₁)`` along ``-g``, later ones 1.
+is ``min(1, 1/‖g‖₁)`` along ``-g``, later ones 1. Infeasible points: a step that decreases enough and lies within
+an eighth of itself from an infeasible one is accepted (the curvature condition may be out of reach at the edge of
+the feasible region), and the bracket stops shrinking at the resolution of ``x``'s dtype.
 
 ``"scipy"``: scipy's L-BFGS-B (the reference Fortran code and its Moré-Thuente line search) in float64 on the
 CPU; ``x`` is converted at every evaluation, so the objective runs where ``x0`` lives. No feasibility hook.
@@ -226,6 +228,9 @@ class _Wolfe:
     """Strong Wolfe line search by bracketing and zoom with cubic interpolation (Nocedal & Wright 3.5-3.6)."""
 
     c1, c2, max_evals = 1e-4, 0.9, 25
+    #: a sufficient-decrease step within this fraction of itself from an infeasible one is accepted (the
+    #: curvature condition may be out of reach when the objective still decreases at the feasible region's edge)
+    wall = 0.125
 
     @staticmethod
     def steepest(g: torch.Tensor) -> torch.Tensor:
@@ -260,10 +265,15 @@ class _Wolfe:
         if bracket is None:  # budget spent while extrapolating: accept the last point if it decreased
             return (cur[0], cur[1], cur[3], cur[4]) if cur is not None and cur[3] is not None and cur[1] < f else None
         lo, hi = bracket
+        # trial points closer than the dtype's resolution are one point (float32: the feasible side of a barrier
+        # would otherwise be bisected to the budget)
+        resolution = max(1e-14, torch.finfo(x.dtype).eps) * (1 + float(x.abs().max())) / float(d.abs().max())
         while evals < self.max_evals:
             a, b = sorted((lo[0], hi[0]))
-            if (b - a) * float(d.abs().max()) < 1e-14 * (1 + float(x.abs().max())):
+            if b - a < resolution:
                 break
+            if hi[3] is None and lo[0] > 0 and b - a <= self.wall * lo[0]:
+                break  # a wall of infeasible points just beyond a step that decreases enough: take that step
             width = b - a
             t = _cubic_min(lo[0], lo[1], lo[2], hi[0], hi[1], hi[2], a + 0.1 * width, b - 0.1 * width)
             cur = phi(t)

@@ -35,7 +35,8 @@ def test_quadratic_converges_by_gradient_rule_and_reports_it():
     assert res.n_iter <= 12
 
 
-def test_infeasible_points_are_never_accepted():
+@pytest.mark.parametrize("line_search", ["armijo", "wolfe"])
+def test_infeasible_points_are_never_accepted(line_search):
     # minimum of |x - (1, 1)|² subject to the barrier x_0 <= 0.5: every accepted iterate must be feasible
     seen = []
 
@@ -44,11 +45,22 @@ def test_infeasible_points_are_never_accepted():
             return None
         return ((x - 1) ** 2).sum()
 
-    res = minimize(fun, torch.zeros(2, dtype=torch.float64), line_search="armijo", max_iter=50, warn=False,
+    res = minimize(fun, torch.zeros(2, dtype=torch.float64), line_search=line_search, max_iter=50, warn=False,
                    callback=lambda it, f, aux: seen.append(f))
     assert float(res.x[0]) <= 0.5
     assert all(math.isfinite(f) for f in seen)
     assert res.fun < 1.0  # it did move towards the optimum (f(0) = 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_wolfe_search_stops_at_a_wall_of_infeasible_points(dtype):
+    """``-x_0`` decreases up to the wall ``x_0 <= 0.3``, so no step satisfies the curvature condition: the search
+    takes a sufficient-decrease step within an eighth of the wall (1, 0.5 infeasible, 0.25 feasible, 0.375 and
+    0.3125 infeasible, 0.28125 feasible), not 25 bisections of the wall."""
+    res = minimize(lambda x: None if float(x[0]) > 0.3 else -x[0], torch.zeros(1, dtype=dtype), max_iter=1,
+                   warn=False)
+    assert res.n_iter == 1 and res.n_eval == 7
+    assert 0.3 / (1 + 0.125) <= float(res.x[0]) <= 0.3
 
 
 def test_infeasible_start_and_non_finite_start_are_named():

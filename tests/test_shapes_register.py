@@ -152,6 +152,22 @@ def test_no_triangle_flips_even_when_the_fit_would_want_them():
     assert checked.flipped == 0 and (normal_ratios(checked.source, checked.warped) > 0).all()
 
 
+def test_flip_barrier_is_c1_at_its_threshold_and_unbounded_at_the_margin():
+    """``ψ((r − m)/(τ − m))``: zero with a zero slope at ``τ`` (the barrier starts smoothly), and unbounded as the
+    normal ratio nears the margin ``m`` where steps become infeasible (a barrier finite there lets the iterates
+    walk onto the margin, where every trial step flips a cell)."""
+    from registration.shapes.register import BARRIER_THRESHOLD as tau, FLIP_MARGIN as m, flip_barrier
+
+    h = 1e-4
+    r = torch.tensor([tau - h, tau, 0.5], dtype=F64, requires_grad=True)
+    value = flip_barrier(r, m)
+    (grad,) = torch.autograd.grad(value, r)
+    assert float(value) == pytest.approx(0.5 * (h / (tau - m)) ** 2, rel=1e-3)  # ψ(1 − ε) = ε²/2 + O(ε³)
+    assert abs(float(grad[0])) < 2 * h / (tau - m) ** 2 and float(grad[1]) == float(grad[2]) == 0.0
+    near = [float(flip_barrier(torch.tensor([m + e], dtype=F64), m)) for e in (1e-3, 1e-6, 1e-9)]
+    assert near[0] < near[1] < near[2] and near[2] - near[1] == pytest.approx(3 * math.log(10), abs=1e-4)
+
+
 @pytest.mark.filterwarnings("ignore::lddmm_nets.optim.ConvergenceWarning")
 def test_result_saves_and_reloads(tmp_path):
     source = _sphere(n_theta=4, n_phi=6)

@@ -256,7 +256,8 @@ def test_dense_blocks_equal_the_sum_over_every_pair_for_any_cell_side(rng, monke
 def test_dense_blocks_gradcheck_in_both_shapes(rng, monkeypatch, compiled):
     """The block sum of the truncated Gaussian has its backward written out (``_native.TruncatedPairSum``,
     ``_fused.TruncatedBlockSum``): gradcheck in both shapes' vertices, on an ellipsoid that spans several supports
-    (blocks really skipped)."""
+    (blocks really skipped); and of the distance to a fixed target, whose compiled backward is the forward's rows
+    (``⟨S, S⟩`` symmetric, ``⟨S, T⟩`` against constant columns)."""
     _compiled(monkeypatch, compiled)
     monkeypatch.setattr(shape_terms, "TRUNCATE_MIN_PAIRS", 1)
     v, f = _sphere_mesh(5, 9)
@@ -266,6 +267,8 @@ def test_dense_blocks_gradcheck_in_both_shapes(rng, monkeypatch, compiled):
     for term in (Varifold(0.4, truncate=3.0), Currents(0.4, truncate=3.0)):
         assert torch.autograd.gradcheck(lambda x, y: term.inner((x, f), (y, f)), (x, y), eps=1e-6, atol=1e-7)
         assert term.last_kept < 0.9
+        target = term.attach((y.detach(), f))
+        assert torch.autograd.gradcheck(lambda x: target((x, f)), (x,), eps=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("term", [Currents(0.3, truncate=3.0), Varifold(0.3, truncate=3.0),

@@ -185,13 +185,13 @@ def available(dim: int, features: int) -> bool:
     return (dim, features) in SHAPES and _library() is not None
 
 
-def neighbour_plan(x: torch.Tensor, y: torch.Tensor, radius: float, cell: float):
+def neighbour_plan(x: torch.Tensor, y: torch.Tensor, radius: float, cell: float, transposed: bool = True):
     """``_blocks.cluster_pairs`` as compressed rows, for both orders (``x`` rows, then ``y`` rows): for each cluster
     of one set, the clusters of the other that may hold a point closer than ``radius`` to one of its points.
 
     Returns ``(perm_x, perm_y, forward, transposed, kept)``: the sort orders, then for each order ``(row ranges,
-    ptr, cols, col ranges)`` as int64 numpy arrays over the sorted points, and the fraction of the ``M N`` pairs
-    visited."""
+    ptr, cols, col ranges)`` as int64 numpy arrays over the sorted points (``transposed`` None unless asked for:
+    only a backward pass into ``y`` needs it), and the fraction of the ``M N`` pairs visited."""
     (px, rx), (py, ry), keep, kept = cluster_pairs(x, y, radius, cell)
     rx, ry = rx.long().numpy(), ry.long().numpy()
 
@@ -201,7 +201,7 @@ def neighbour_plan(x: torch.Tensor, y: torch.Tensor, radius: float, cell: float)
         cols = mask.nonzero()[:, 1].numpy().astype(np.int64)
         return np.ascontiguousarray(row_ranges), ptr, cols, np.ascontiguousarray(col_ranges)
 
-    return px, py, csr(keep, rx, ry), csr(keep.T.contiguous(), ry, rx), kept
+    return px, py, csr(keep, rx, ry), csr(keep.T.contiguous(), ry, rx) if transposed else None, kept
 
 
 def _row_pass(plan, x, w, y, g, r2, grad):
@@ -231,10 +231,15 @@ def _unsort(perm, t, like):
 class TruncatedPairSum(torch.autograd.Function):
     """``Σ_i w_i · Σ_j k_R(c_i, d_j) g_j`` over every pair closer than ``R`` (points divided by the width), by the
     compiled pass (module docstring); CPU tensors. ``plan`` is ``neighbour_plan(c, d, R, cell)[:4]``, ``r2 = R²``.
-    Returns a float64 0-d tensor; the backward pass is not itself differentiable."""
+    Returns a float64 0-d tensor; the backward pass is not itself differentiable.
+
+    The backward pass is the transposed pass, run only when ``d`` or ``g`` needs a gradient (not against a fixed
+    target: ``neighbour_plan(..., transposed=False)`` then suffices). With ``symmetric`` (``d, g`` are ``c, w``
+    themselves and the plan is ``c``'s against itself) the sum is symmetric in its two sides and the forward's row
+    quantities are also the columns': no pass at all in the backward."""
 
     @staticmethod
-    def forward(ctx, c, w, d, g, plan, r2):
+    def forward(ctx, c, w, d, g, plan, r2, symmetric=False):
         px, py, fwd, _ = plan
         grad = any(ctx.needs_input_grad[:4])
         ws = w[px]
@@ -242,7 +247,7 @@ class TruncatedPairSum(torch.autograd.Function):
         total = (ws.double() * kg.double()).sum()
         if grad:
             ctx.save_for_backward(c, w, d, g)
-            ctx.plan, ctx.r2, ctx.kg, ctx.gc = plan, r2, kg, gc
+            ctx.plan, ctx.r2, ctx.kg, ctx.gc, ctx.symmetric = plan, r2, kg, gc, symmetric
         return total
 
     @staticmethod
@@ -251,11 +256,15 @@ class TruncatedPairSum(torch.autograd.Function):
         c, w, d, g = ctx.saved_tensors
         px, py, _, tr = ctx.plan
         up = float(up)
-        ktw, gd = _row_pass(tr, d[py], g[py], c[px], w[px], ctx.r2, ctx.needs_input_grad[2])
-        grads = [_unsort(px, ctx.gc * up, c), _unsort(px, ctx.kg * up, w), None, _unsort(py, ktw * up, g)]
-        if gd is not None:
-            grads[2] = _unsort(py, gd * up, d)
-        return (*grads, None, None)
+        grads = [_unsort(px, ctx.gc * up, c), _unsort(px, ctx.kg * up, w), None, None]
+        if ctx.symmetric:
+            grads[2:] = grads[:2]
+        elif ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+            ktw, gd = _row_pass(tr, d[py], g[py], c[px], w[px], ctx.r2, ctx.needs_input_grad[2])
+            grads[3] = _unsort(py, ktw * up, g)
+            if gd is not None:
+                grads[2] = _unsort(py, gd * up, d)
+        return (*grads, None, None, None)
 
 
 #: ``r2`` of a sum without truncation: every pair inside, ``t = 0`` (the plain Gaussian)

@@ -216,18 +216,20 @@ class ShapeDistance:
             return None
         return "keops" if cl.device.type == "cuda" and B.keops_available() else "dense"
 
-    def _block_sum(self, k, left, right) -> torch.Tensor:
+    def _block_sum(self, k, left, right, symmetric: bool = False) -> torch.Tensor:
         """The same formula over the pairs of neighbouring clusters: for Gaussian sums of cell features on the CPU,
         by the compiled pass of ``_native`` (every pair within the radius, skipped beyond it before any
-        exponential); otherwise on padded dense blocks of cluster pairs (``_blocks.block_pairs``), in local
-        coordinates (each block centred on its row cluster: no cancellation in float32)."""
+        exponential; ``symmetric``: ``right`` is ``left``, no backward pass); otherwise on padded dense blocks of
+        cluster pairs (``_blocks.block_pairs``), in local coordinates (each block centred on its row cluster: no
+        cancellation in float32)."""
         (c, w, u), (d, g, v) = left, right
         cell = filled_cell(d.detach(), BLOCK_CELLS, BLOCK_SIZE)
         if (u is None and type(k) is GaussianKernel and c.device.type == "cpu"
                 and compiled_available(c.shape[1], w.shape[1])):
-            plan = neighbour_plan(c.detach(), d.detach(), self.truncate, cell)
+            columns = not symmetric and torch.is_grad_enabled() and (d.requires_grad or g.requires_grad)
+            plan = neighbour_plan(c.detach(), d.detach(), self.truncate, cell, transposed=columns)
             self.last_kept = plan[-1]
-            return TruncatedPairSum.apply(c, w, d, g, plan[:4], self.truncate**2)
+            return TruncatedPairSum.apply(c, w, d, g, plan[:4], self.truncate**2, symmetric)
         rows, cols, pairs, self.last_kept = block_pairs(c.detach(), d.detach(), self.truncate, cell, BLOCK_SIZE)
         (ri, rm, rc, _), (ci, cm, _, _) = rows, cols
         if u is None and type(k) is GaussianKernel:  # sums of cell features: the written backward (``_fused``)
@@ -265,15 +267,17 @@ class ShapeDistance:
 
         Returns a float64 0-d tensor whatever the inputs' dtype: the kernel sums run in the inputs' dtype, their
         totals are added in float64 (a distance is a small difference of such totals)."""
+        symmetric = right is left  # ⟨S, S⟩: the compiled sums need no backward pass
         (c, w, u), (d, g, v) = left, right
         total = c.new_zeros((), dtype=torch.float64)
         for weight, k in _components(self.kernel):
             s = 1.0 / k.sigma
-            cl, cr, wl, gr, ul, vr = c * s, d * s, w, g, u, v
+            cl, wl, ul = c * s, w, u
+            cr, gr, vr = (cl, wl, ul) if symmetric else (d * s, g, v)
             ranges = None
             sparse = self._sparse(k, cl, cr)
             if sparse == "dense":
-                total = total + weight * self._block_sum(k, (cl, wl, ul), (cr, gr, vr))
+                total = total + weight * self._block_sum(k, (cl, wl, ul), (cr, gr, vr), symmetric)
                 continue
             if sparse == "keops":
                 b = "keops"
@@ -286,7 +290,8 @@ class ShapeDistance:
                 if b == "dense" and ul is None and self.truncate is None and type(k) is GaussianKernel:
                     if cl.device.type == "cpu" and compiled_available(cl.shape[1], wl.shape[1]):
                         plan = every_pair_plan(cl.shape[0], cr.shape[0])
-                        total = total + weight * TruncatedPairSum.apply(cl, wl, cr, gr, plan, UNTRUNCATED)
+                        total = total + weight * TruncatedPairSum.apply(cl, wl, cr, gr, plan, UNTRUNCATED,
+                                                                        symmetric)
                     else:
                         total = total + weight * GaussianPairSum.apply(cl, wl, cr, gr)
                     continue
@@ -337,24 +342,25 @@ class ShapeDistance:
 
 
 class TargetDistance:
-    """``S ↦ D(S, T)`` for a fixed target (``ShapeDistance.attach``): ``⟨T, T⟩`` is computed once, and
-    ``⟨S,S⟩ − 2⟨S,T⟩`` is one kernel sum of the source against source and target cells together."""
+    """``S ↦ D(S, T)`` for a fixed target (``ShapeDistance.attach``): ``⟨T, T⟩`` is computed once; ``⟨S,S⟩`` and
+    ``−2⟨S,T⟩`` are two sums over the source's rows, the first symmetric and the second against constant columns,
+    so that the compiled sums' backward passes are the forward's row quantities (one pass over the pairs in all,
+    where one sum against source and target cells together took a pass forward and one backward)."""
 
     def __init__(self, term: ShapeDistance, target: Cells):
         self.term = term
         self.target = target
         c, g, v = term.side(target)
-        self._target_side = (c.detach(), g.detach(), None if v is None else v.detach())
+        target_side = (c.detach(), g.detach(), None if v is None else v.detach())
         with torch.no_grad():
-            self.target_energy = term.pair_sum(self._target_side, self._target_side)
+            self.target_energy = term.pair_sum(target_side, target_side)
+        self._cross_side = (target_side[0], -2.0 * target_side[1], target_side[2])
 
     def __call__(self, source) -> torch.Tensor:
         S = as_cells(source, "source")
         self.term._check_pair(S, self.target)
-        c, f, u = self.term.side(S)
-        d, g, v = self._target_side
-        right = (torch.cat([c, d]), torch.cat([f, -2.0 * g]), None if u is None else torch.cat([u, v]))
-        return self.term.pair_sum((c, f, u), right) + self.target_energy
+        side = self.term.side(S)
+        return self.term.pair_sum(side, side) + self.term.pair_sum(side, self._cross_side) + self.target_energy
 
 
 class Currents(ShapeDistance):
