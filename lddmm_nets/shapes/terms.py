@@ -40,7 +40,8 @@ only the pairs of cell clusters that may hold a pair closer than ``Rσ`` (``Lazy
 ``lddmm_nets.shapes._blocks``): O(F k) work for ``k`` neighbours instead of O(F²), and ``auto`` takes that path
 whenever the shapes' extent exceeds ``TRUNCATE_SPAN`` supports and the sum has more than ``TRUNCATE_MIN_PAIRS``
 pairs. On the CPU the Gaussian sums of cell features run that truncation in compiled code
-(``lddmm_nets.shapes._native``: only the pairs within the radius, one pass forward and one backward), and padded
+(``lddmm_nets.shapes._native``: only the pairs within the radius, one pass forward and one backward, none
+backward for a distance to a fixed target), and padded
 dense torch blocks otherwise (no compiler, or the spherical direction kernels).
 """
 

@@ -65,7 +65,7 @@ WHITEN_MAX = 4096
 #: kernel within 3e-3 of the Gaussian, summed block-sparsely when the shapes span many widths), used by the levels
 #: whose data term has at least ``TRUNCATE_MIN_CELL_PAIRS`` pairs of cells (from where the full sums leave dense
 #: matrices for KeOps). Measured on fsaverage5 white against pial at 3.5 mm, one thread (forward and backward):
-#: 10,242 vertices 73 s in full (KeOps) against 4 s truncated in torch blocks and 0.2-0.35 s in the compiled pass
+#: 10,242 vertices 73 s in full (KeOps) against 4 s truncated in torch blocks and 0.17 s in the compiled pass
 #: (``lddmm_nets.shapes._native``); 2,562 vertices 4.6 s against 0.4-0.6 s (torch blocks); 642 vertices: the full
 #: dense sums are 4x faster
 TRUNCATE = 4.0
