@@ -197,6 +197,7 @@ def main() -> int:
     import torch
     from distributed import Client, LocalCluster
 
+    from registration.atlas import WORKER_PRELOAD
     from registration.atlas.population import class_thresholds, mni152_volume, synthetic_population
     from registration.io import Image
 
@@ -205,7 +206,8 @@ def main() -> int:
     rows, panels = [], {}
     logging.getLogger("distributed").setLevel(logging.ERROR)
     dask.config.set({"logging.distributed": "error"})
-    cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+    cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                           preload=list(WORKER_PRELOAD))  # as the default cluster's: imports before the timing
     client = Client(cluster)
     try:
         for config in args.configs.split(","):

@@ -137,3 +137,27 @@ def test_worker_tasks_reuse_memory_under_dasks_malloc_settings():
         pytest.skip("no glibc mallinfo2 here")
     assert outside >= 4 << 20  # mapped on its own
     assert inside == 0
+
+
+def _imported(names):
+    import sys
+
+    return sorted(n for n in names if n in sys.modules)
+
+
+def test_default_cluster_workers_import_the_package_when_they_start():
+    """The default LocalCluster's workers import ``WORKER_PRELOAD`` (torch, the registrations, the readers) while the
+    cluster starts, so that the first round's tasks do not pay it (about 2 s per fresh worker); a plain worker has
+    not imported the readers (running this check imports the package there, with this test module)."""
+    from registration.atlas import WORKER_PRELOAD
+    from registration.atlas._executor import make_executor
+
+    executor = make_executor(None, workers=1, threads=1, retries=0, n_tasks=1)
+    try:
+        seen = executor.client.run(_imported, list(WORKER_PRELOAD) + ["torch"])
+    finally:
+        executor.close()
+    assert list(seen.values()) == [sorted(list(WORKER_PRELOAD) + ["torch"])]
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as \
+            cluster, distributed.Client(cluster) as plain:
+        assert list(plain.run(_imported, ["nibabel", "scipy.ndimage"]).values()) == [[]]
