@@ -76,8 +76,8 @@ def _near(cx: torch.Tensor, ax: torch.Tensor, cy: torch.Tensor, ay: torch.Tensor
 
 
 def cluster_pairs(x: torch.Tensor, y: torch.Tensor, radius: float, cell: float):
-    """The cubic-cell clusters of ``x`` and ``y`` (``voxel_clusters``) and the pairs of them that may hold a pair
-    ``|x_i − y_j| <= radius``.
+    """The cubic-cell clusters of ``x`` and ``y`` (``voxel_clusters``; once when ``y`` is ``x``) and the pairs of
+    them that may hold a pair ``|x_i − y_j| <= radius``.
 
     Returns
     -------
@@ -88,7 +88,7 @@ def cluster_pairs(x: torch.Tensor, y: torch.Tensor, radius: float, cell: float):
         Fraction of the ``M N`` point pairs inside the kept cluster pairs.
     """
     px, rx, cx, ax = voxel_clusters(x, cell)
-    py, ry, cy, ay = voxel_clusters(y, cell)
+    py, ry, cy, ay = (px, rx, cx, ax) if y is x else voxel_clusters(y, cell)
     with torch.no_grad():
         keep = _near(cx, ax, cy, ay, radius)
         nx = (rx[:, 1] - rx[:, 0]).to(x.dtype)

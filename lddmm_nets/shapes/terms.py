@@ -224,14 +224,16 @@ class ShapeDistance:
         cluster pairs (``_blocks.block_pairs``), in local coordinates (each block centred on its row cluster: no
         cancellation in float32)."""
         (c, w, u), (d, g, v) = left, right
-        cell = filled_cell(d.detach(), BLOCK_CELLS, BLOCK_SIZE)
+        rows = c.detach()
+        cols = rows if symmetric else d.detach()  # the same object: clustered once
+        cell = filled_cell(cols, BLOCK_CELLS, BLOCK_SIZE)
         if (u is None and type(k) is GaussianKernel and c.device.type == "cpu"
                 and compiled_available(c.shape[1], w.shape[1])):
             columns = not symmetric and torch.is_grad_enabled() and (d.requires_grad or g.requires_grad)
-            plan = neighbour_plan(c.detach(), d.detach(), self.truncate, cell, transposed=columns)
+            plan = neighbour_plan(rows, cols, self.truncate, cell, transposed=columns)
             self.last_kept = plan[-1]
             return TruncatedPairSum.apply(c, w, d, g, plan[:4], self.truncate**2, symmetric)
-        rows, cols, pairs, self.last_kept = block_pairs(c.detach(), d.detach(), self.truncate, cell, BLOCK_SIZE)
+        rows, cols, pairs, self.last_kept = block_pairs(rows, cols, self.truncate, cell, BLOCK_SIZE)
         (ri, rm, rc, _), (ci, cm, _, _) = rows, cols
         if u is None and type(k) is GaussianKernel:  # sums of cell features: the written backward (``_fused``)
             return TruncatedBlockSum.apply(c, w, d, g, (ri, rm, rc, ci, cm, self.truncate**2), pairs, BLOCK_CHUNK)

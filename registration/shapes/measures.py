@@ -17,8 +17,8 @@ from scipy.spatial import cKDTree
 
 from .shape import Shape
 
-__all__ = ["normal_ratios", "transported_ratios", "flipped_cells", "surface_distances", "chamfer", "hausdorff", "vertex_error",
-           "point_triangle_distances", "point_segment_distances"]
+__all__ = ["normal_ratios", "vector_ratios", "transported_ratios", "flipped_cells", "surface_distances", "chamfer",
+           "hausdorff", "vertex_error", "point_triangle_distances", "point_segment_distances"]
 
 
 def _np(x) -> np.ndarray:
@@ -39,9 +39,15 @@ def normal_ratios(source: Shape, warped) -> np.ndarray:
     v = warped.vertices if isinstance(warped, Shape) else torch.as_tensor(warped)
     ns = source.cells_geometry().vectors.detach()
     nw = source.cells_geometry(v.to(source.vertices)).vectors.detach()
-    den = (ns * ns).sum(1)
-    ratio = (nw * ns).sum(1) / torch.where(den > 0, den, torch.ones_like(den))
-    return _np(torch.where(den > 0, ratio, torch.ones_like(ratio)))  # degenerate source cells cannot flip
+    return _np(vector_ratios(ns, nw))
+
+
+def vector_ratios(reference: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """``v · r / |r|²`` per row of ``(F, d)`` cell vectors (normals or tangents) against their ``reference``,
+    differentiable in both; 1 where the reference is degenerate (``|r| = 0``: such a cell cannot flip)."""
+    den = (reference * reference).sum(1)
+    ratio = (vectors * reference).sum(1) / torch.where(den > 0, den, torch.ones_like(den))
+    return torch.where(den > 0, ratio, torch.ones_like(ratio))
 
 
 def transported_ratios(source: Shape, warped, jacobian) -> np.ndarray:
@@ -70,9 +76,7 @@ def transported_ratios(source: Shape, warped, jacobian) -> np.ndarray:
         nj = torch.linalg.det(J)[:, None] * torch.linalg.solve(J.transpose(1, 2), ns[:, :, None])[:, :, 0]
     else:
         nj = (J @ ns[:, :, None])[:, :, 0]
-    den = (nj * nj).sum(1)
-    ratio = (nw * nj).sum(1) / torch.where(den > 0, den, torch.ones_like(den))
-    return _np(torch.where(den > 0, ratio, torch.ones_like(ratio)))
+    return _np(vector_ratios(nj, nw))
 
 
 def flipped_cells(source: Shape, warped) -> int:

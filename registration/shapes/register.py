@@ -51,7 +51,7 @@ from lddmm_nets.optim import ConvergenceWarning, minimize
 from lddmm_nets.shapes import Currents, Measure, ShapeDistance, Varifold
 
 from .control import CONTROL_POINTS, control_points as make_control_points
-from .measures import normal_ratios
+from .measures import vector_ratios
 from .pyramid import Pyramid
 from .result import LevelRecord, ShapeRegistration
 from .shape import Shape, as_shape
@@ -218,9 +218,7 @@ class _Level:
         for s, c, ref in zip(self.sources, cells, self.reference):
             if ref is None or not guarded or s.kind not in GUARD_KINDS:
                 continue
-            den = (ref * ref).sum(1)
-            ratio = (c.vectors * ref).sum(1) / torch.where(den > 0, den, torch.ones_like(den))
-            ratio = torch.where(den > 0, ratio, torch.ones_like(ratio))
+            ratio = vector_ratios(ref, c.vectors)
             worst = min(worst, float(ratio.detach().min()))
             if barrier > 0 and worst > floor:
                 penalty = penalty + (barrier / len(ratio)) * flip_barrier(ratio, floor)
