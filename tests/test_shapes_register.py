@@ -166,6 +166,10 @@ def test_flip_barrier_is_c1_at_its_threshold_and_unbounded_at_the_margin():
     assert abs(float(grad[0])) < 2 * h / (tau - m) ** 2 and float(grad[1]) == float(grad[2]) == 0.0
     near = [float(flip_barrier(torch.tensor([m + e], dtype=F64), m)) for e in (1e-3, 1e-6, 1e-9)]
     assert near[0] < near[1] < near[2] and near[2] - near[1] == pytest.approx(3 * math.log(10), abs=1e-4)
+    with pytest.raises(ValueError, match="ratio: expected normal ratios above floor"):
+        flip_barrier(torch.tensor([0.5, m], dtype=F64), m)
+    with pytest.raises(ValueError, match="floor: expected a value below"):
+        flip_barrier(r.detach(), tau)
 
 
 @pytest.mark.filterwarnings("ignore::lddmm_nets.optim.ConvergenceWarning")

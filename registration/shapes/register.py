@@ -96,9 +96,19 @@ def flip_barrier(ratio: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
     ratio : (F,) tensor
         Normal ratios (``registration.shapes.measures.normal_ratios``), all above ``floor``.
     floor : float
-        Where the barrier is infinite (``FLIP_MARGIN`` when flips are infeasible).
+        Where the barrier is infinite (``FLIP_MARGIN`` when flips are infeasible), below ``τ``.
+
+    Raises
+    ------
+    ValueError
+        A ratio at or below ``floor`` (the barrier is infinite there), or ``floor`` not below ``τ``.
     """
+    if not floor < BARRIER_THRESHOLD:
+        raise ValueError(f"floor: expected a value below BARRIER_THRESHOLD={BARRIER_THRESHOLD}, got {floor}")
     low = (ratio[ratio < BARRIER_THRESHOLD] - floor) / (BARRIER_THRESHOLD - floor)
+    if low.numel() and not float(low.detach().min()) > 0:
+        raise ValueError(f"ratio: expected normal ratios above floor={floor}, got "
+                         f"{float(ratio.detach().min()):.6g}")
     return (low - low.log() - 1.0).sum()
 
 
