@@ -33,6 +33,7 @@ __all__ = [
     "shoot_vector_momentum",
     "shoot_image",
     "image_momentum",
+    "coadjoint_transport",
     "grid_energy",
 ]
 
@@ -102,6 +103,30 @@ def image_momentum(image: torch.Tensor, scalar_momentum: torch.Tensor, grid: Gri
     if m.dim() > d + 1:
         m = m.reshape((-1, d) + tuple(m.shape[-d:])).sum(0)
     return m
+
+
+def coadjoint_transport(m0: torch.Tensor, psi: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """The vector momentum ``m0`` transported as a one-form density by the map ``psi``:
+    ``|D psi| (D psi)^T (m0 ∘ psi)`` (``m_t`` of a geodesic with ``psi = psi_t = phi_t^{-1}``).
+
+    Parameters
+    ----------
+    m0 : torch.Tensor
+        ``(d, *grid.shape)`` momentum (density per unit volume, components along the grid's axes); zero outside
+        the grid.
+    psi : torch.Tensor
+        ``(d, *grid.shape)`` map in frame coordinates (``grid.identity_map()`` for the identity).
+    grid : Grid
+
+    Returns
+    -------
+    torch.Tensor
+        ``(d, *grid.shape)``.
+    """
+    jac = jacobian_matrix(psi, grid)  # (d, d, *shape) [i, j] = dpsi_i/dx_j
+    det = determinant(jac, grid.ndim)
+    w = interpolate(m0, psi, grid, padding="zeros")  # m0 ∘ psi, (d, *shape)
+    return det * (jac * w.unsqueeze(1)).sum(0)  # (D psi)^T w
 
 
 def _operator(smoother) -> GridOperator:
@@ -192,12 +217,7 @@ def shoot_vector_momentum(m0: torch.Tensor, smoother: GridOperator, *, n_steps: 
         raise ValueError(f"m0: expected shape {(d,) + grid.shape} (the smoother's grid), got {tuple(m0.shape)}")
 
     def transport(psi, first):
-        if first:
-            return m0
-        jac = jacobian_matrix(psi, grid)  # (d, d, *shape) [i, j] = dpsi_i/dx_j
-        det = determinant(jac, d)
-        w = interpolate(m0, psi, grid, padding="zeros")  # m0 ∘ psi, (d, *shape)
-        return det * (jac * w.unsqueeze(1)).sum(0)  # (D psi)^T w
+        return m0 if first else coadjoint_transport(m0, psi, grid)
 
     return _shoot(transport, smoother, m0.dtype, m0.device, n_steps=n_steps, forward_map=forward_map,
                   checkpoint=checkpoint, final_momentum=final_momentum)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from lddmm_nets.epdiff import grid_energy, image_momentum, shoot_image, shoot_vector_momentum
+from lddmm_nets.epdiff import coadjoint_transport, grid_energy, image_momentum, shoot_image, shoot_vector_momentum
 from lddmm_nets.fields import compose, interpolate, jacobian_determinant
 from lddmm_nets.grid import Grid
 from lddmm_nets.kernels import GaussianKernel
@@ -134,3 +134,22 @@ def test_bad_inputs():
         shoot_vector_momentum(torch.zeros(2, 8, 9), op)
     with pytest.raises(TypeError, match="smoother"):
         shoot_vector_momentum(torch.zeros(2, 8, 8), lambda m: m)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_coadjoint_transport_of_a_linear_momentum_by_a_linear_map_is_exact(d):
+    """For psi(x) = A x + c and a linear m0 (both reproduced exactly by the finite differences and the linear
+    interpolation inside the grid), |D psi| (D psi)^T m0(psi(x)) = det(A) A^T m0(A x + c) at every interior node."""
+    g = torch.Generator().manual_seed(d)
+    grid = Grid((12,) * d, spacing=tuple(0.5 + 0.25 * i for i in range(d)))
+    x = grid.identity_map(dtype=torch.float64)
+    centre = x.reshape(d, -1).mean(1)
+    a = torch.eye(d, dtype=torch.float64) + 0.05 * torch.randn(d, d, generator=g, dtype=torch.float64)
+    shape1 = (d,) + (1,) * d
+    psi = torch.einsum("ij,j...->i...", a, x - centre.reshape(shape1)) + centre.reshape(shape1)
+    b = torch.randn(d, d, generator=g, dtype=torch.float64)
+    m0_of = lambda y: torch.einsum("ij,j...->i...", b, y) + 1.0  # noqa: E731
+    m = coadjoint_transport(m0_of(x), psi, grid)
+    expected = torch.linalg.det(a) * torch.einsum("ji,j...->i...", a, m0_of(psi))
+    inner = (slice(None),) + (slice(2, -2),) * d
+    torch.testing.assert_close(m[inner], expected[inner], rtol=1e-10, atol=1e-10)

@@ -240,20 +240,19 @@ def template_momentum(res, world: np.ndarray | None = None) -> np.ndarray:
     Components along the template's voxel axes, density per mm^d (as ``res.momentum``). ``world``: the transform's
     ``world_map()`` if the caller has it already.
     """
-    from scipy.ndimage import map_coordinates
+    import torch
+
+    from lddmm_nets.epdiff import coadjoint_transport
+    from lddmm_nets.grid import Grid
 
     fixed, tr = res.fixed, res.transform
-    d, spacing = fixed.ndim, np.asarray(fixed.spacing)
-    m0 = np.asarray(res.momentum.data, np.float64)
+    d, spacing = fixed.ndim, np.asarray(fixed.spacing, np.float64)
+    grid = Grid(fixed.shape, spacing=tuple(spacing))  # frame coordinates: voxel-axis mm from the first voxel
     vox = _voxels(fixed.affine, tr.world_map() if world is None else world)
-    m0_at_psi = np.stack([map_coordinates(m0[..., j], vox, order=1, mode="constant") for j in range(d)])
-    rot = fixed.affine[:d, :d] / spacing[None, :]  # world components -> voxel-axis components: rot^T
-    u = np.tensordot(rot.T, tr.displacement, axes=1)
-    jac = np.stack([np.stack(np.gradient(u[i], *spacing)) for i in range(d)]) \
-        + np.eye(d).reshape((d, d) + (1,) * d)  # jac[i, j] = ∂ψ_i / ∂x_j
-    det = np.linalg.det(np.moveaxis(jac, (0, 1), (-2, -1)))
-    m1 = det * np.einsum("ji...,j...->i...", jac, m0_at_psi)
-    return np.moveaxis(-m1, 0, -1).astype(np.float32)
+    psi = torch.from_numpy(vox * spacing.reshape((d,) + (1,) * d))
+    m0 = torch.from_numpy(np.moveaxis(np.asarray(res.momentum.data, np.float64), -1, 0).copy())
+    m1 = coadjoint_transport(m0, psi, grid)
+    return np.moveaxis(-m1.numpy(), 0, -1).astype(np.float32)
 
 
 def spline_resample(image: Image, world: np.ndarray, *, fill: float | None) -> np.ndarray:
