@@ -58,7 +58,7 @@ import numpy as np
 
 from ..metrics import get_metric
 
-__all__ = ["RegistrationConfig", "KERNELS", "GEODESICS", "MOMENTA", "DTYPES"]
+__all__ = ["RegistrationConfig", "NOISE_LEVEL", "KERNELS", "GEODESICS", "MOMENTA", "DTYPES"]
 
 KERNELS = ("sum", "gaussian", "matern")
 GEODESICS = ("single", "composed")
@@ -67,7 +67,11 @@ DTYPES = ("float32", "float64")
 
 #: the 2-D defaults, applied by ``RegistrationConfig.for_dim(2)`` over the (3-D) field defaults
 DEFAULTS_2D = dict(window=7, regularization=1e-3, n_steps=2, geodesics="composed", shrink_factors=(8, 4, 2, 1),
-                   iterations=(30, 20, 20, 5), segments=(4, 2, 1, 1))
+                   iterations=(20, 20, 20, 10), noisy_iterations=5, segments=(4, 2, 1, 1))
+
+#: ``noisy_iterations`` applies where the fixed or the moving image has more noise than this fraction of its
+#: intensity range (``preprocessing.noise_level``)
+NOISE_LEVEL = 0.01
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,10 @@ class RegistrationConfig:
         Gaussian smoothing of both images per level, in fine voxels.
     iterations : tuple of int
         L-BFGS budget per level (per segment for composed geodesics).
+    noisy_iterations : int or None
+        The finest level's budget instead, where either image is noisy (its noise above ``NOISE_LEVEL`` of its
+        intensity range): fewer full-resolution iterations fit less of the noise. None: ``iterations`` always;
+        explicit ``iterations`` or ``shrink_factors`` set it to None unless it is given too.
     n_steps : int
         Time steps of the shooting.
     momentum : {"vector", "scalar"}
@@ -122,6 +130,7 @@ class RegistrationConfig:
     shrink_factors: tuple = (4, 1)
     smoothing_sigmas: tuple = (2.0, 0.0)
     iterations: tuple = (50, 9)
+    noisy_iterations: int | None = None
     n_steps: int = 2
     momentum: str = "vector"
     geodesics: str = "composed"
@@ -152,6 +161,8 @@ class RegistrationConfig:
             raise ValueError(f"options: unknown {unknown}; expected among {sorted(names)}")
         given = {k: v for k, v in options.items() if v is not None}
         base = cls() if d >= 3 else replace(cls(), **DEFAULTS_2D)
+        if "iterations" in given or "shrink_factors" in given:
+            base = replace(base, noisy_iterations=None)
         if "shrink_factors" in given:
             n = len(tuple(given["shrink_factors"]))
             base = replace(base, shrink_factors=tuple(given["shrink_factors"]), iterations=(50,) * (n - 1) + (10,),
@@ -193,6 +204,9 @@ class RegistrationConfig:
         _positive_int("max_deformation_nodes", self.max_deformation_nodes)
         if self.deformation_shrink is not None:
             _positive_int("deformation_shrink", self.deformation_shrink)
+        if self.noisy_iterations is not None and (isinstance(self.noisy_iterations, bool) or not isinstance(
+                self.noisy_iterations, (int, np.integer)) or self.noisy_iterations < 0):
+            raise ValueError(f"noisy_iterations: expected None or an integer >= 0, got {self.noisy_iterations!r}")
         if len(self.segments) != n or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1
                                           for k in self.segments):
             raise ValueError(f"segments: expected a positive integer or one per level ({n}), got {self.segments!r}")

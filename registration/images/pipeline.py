@@ -40,10 +40,10 @@ from lddmm_nets.optim import ConvergenceWarning, minimize
 from ..metrics import get_metric
 from ..threads import resolve_threads
 from .affine import affine_prealign, apply_affine, from_world, to_world
-from .config import RegistrationConfig
+from .config import NOISE_LEVEL, RegistrationConfig
 from .geodesic import (LevelGeodesic, deformation_shrink, kernel_width, make_kernel, momentum_on, resolve_geometry,
                        shoot_maps)
-from .preprocessing import PreparedPair, gaussian_smooth, piecewise_constant, prepare_pair
+from .preprocessing import PreparedPair, gaussian_smooth, noise_level, piecewise_constant, prepare_pair
 from .result import ImageRegistration, LevelReport, maps_to_transform, momentum_array
 from .similarity import BoxSimilarity
 
@@ -94,6 +94,8 @@ class _State:
 def _problem(pair: PreparedPair, cfg: RegistrationConfig, callback) -> _Problem:
     if cfg.metric == "auto":  # LNCC has no signal inside uniform regions: shapes get SSD
         cfg = replace(cfg, metric="ssd" if piecewise_constant(pair.fixed) else "lncc")
+    if cfg.noisy_iterations is not None and max(noise_level(pair.fixed), noise_level(pair.moving)) > NOISE_LEVEL:
+        cfg = replace(cfg, iterations=cfg.iterations[:-1] + (cfg.noisy_iterations,))
     grid = pair.grid
     dtype = torch.float32 if cfg.dtype == "float32" else torch.float64
     dev = torch.device(cfg.device)

@@ -18,7 +18,7 @@ from lddmm_nets.grid import Grid
 
 from ..io import Image, load_image, resample_image
 
-__all__ = ["piecewise_constant", "normalize_intensity", "intensity_range", "rescale", "gaussian_smooth", "prepare_mask", "PreparedPair",
+__all__ = ["piecewise_constant", "noise_level", "normalize_intensity", "intensity_range", "rescale", "gaussian_smooth", "prepare_mask", "PreparedPair",
            "prepare_pair", "TINY_INTENSITY"]
 
 #: normalised intensities below this are set to 0 (far below float32's resolution of [0, 1])
@@ -73,6 +73,27 @@ def piecewise_constant(normalized: np.ndarray, *, tolerance: float = 0.01, fract
     a = np.asarray(normalized)
     extreme = (a <= tolerance) | (a >= 1.0 - tolerance)
     return bool(extreme.mean() >= fraction)
+
+
+def noise_level(data: np.ndarray) -> float:
+    """The standard deviation of an image's white noise over its intensity range (0.5th to 99.5th percentile).
+
+    Immerkær's estimator ("Fast noise variance estimation", CVIU 1996), written for any dimension: the image is
+    filtered by the tensor product of ``[1, -2, 1]`` along every axis, which cancels locally (multi)linear
+    intensities and maps white noise of deviation ``s`` to deviation ``6^(d/2) s``; the mean absolute response of
+    the interior is ``sqrt(2/π) 6^(d/2) s``. Edges add a little (a noise-free MNI152 slice reads 0.004-0.006, a
+    binary shape 0.005; the suite's 2 % noise reads 0.020-0.023).
+    """
+    from scipy.ndimage import correlate1d
+
+    a = np.asarray(data, np.float64)
+    lo, hi = np.percentile(a, [0.5, 99.5])
+    if not hi > lo or min(a.shape) < 3:
+        return 0.0
+    for axis in range(a.ndim):
+        a = correlate1d(a, [1.0, -2.0, 1.0], axis=axis, mode="nearest")
+    inner = a[(slice(1, -1),) * a.ndim]
+    return float(np.sqrt(np.pi / 2) * np.abs(inner).mean() / 6.0 ** (a.ndim / 2) / (hi - lo))
 
 
 def gaussian_smooth(data: np.ndarray, sigma: float) -> np.ndarray:
