@@ -67,9 +67,9 @@ DTYPES = ("float32", "float64")
 
 #: the 2-D defaults, applied by ``RegistrationConfig.for_dim(2)`` over the (3-D) field defaults
 DEFAULTS_2D = dict(window=7, regularization=1e-3, n_steps=2, geodesics="composed", shrink_factors=(8, 4, 2, 1),
-                   iterations=(20, 20, 20, 10), noisy_iterations=5, segments=(4, 2, 1, 1))
+                   iterations=(20, 20, 20, 10), noisy_iterations=5, noisy_window=9, segments=(4, 2, 1, 1))
 
-#: ``noisy_iterations`` applies where the fixed or the moving image has more noise than this fraction of its
+#: ``noisy_iterations`` and ``noisy_window`` apply where the fixed or the moving image has more noise than this fraction of its
 #: intensity range (``preprocessing.noise_level``)
 NOISE_LEVEL = 0.01
 
@@ -99,6 +99,9 @@ class RegistrationConfig:
         The finest level's budget instead, where either image is noisy (its noise above ``NOISE_LEVEL`` of its
         intensity range): fewer full-resolution iterations fit less of the noise. None: ``iterations`` always;
         explicit ``iterations`` or ``shrink_factors`` set it to None unless it is given too.
+    noisy_window : int or None
+        The LNCC window instead, for noisy images (as ``noisy_iterations``): a wider window averages more of the
+        noise. None: ``window`` always; an explicit ``window`` sets it to None unless it is given too.
     n_steps : int
         Time steps of the shooting.
     momentum : {"vector", "scalar"}
@@ -131,6 +134,7 @@ class RegistrationConfig:
     smoothing_sigmas: tuple = (2.0, 0.0)
     iterations: tuple = (50, 9)
     noisy_iterations: int | None = None
+    noisy_window: int | None = None
     n_steps: int = 2
     momentum: str = "vector"
     geodesics: str = "composed"
@@ -163,6 +167,8 @@ class RegistrationConfig:
         base = cls() if d >= 3 else replace(cls(), **DEFAULTS_2D)
         if "iterations" in given or "shrink_factors" in given:
             base = replace(base, noisy_iterations=None)
+        if "window" in given:
+            base = replace(base, noisy_window=None)
         if "shrink_factors" in given:
             n = len(tuple(given["shrink_factors"]))
             base = replace(base, shrink_factors=tuple(given["shrink_factors"]), iterations=(50,) * (n - 1) + (10,),
@@ -180,6 +186,9 @@ class RegistrationConfig:
     def validated(self) -> "RegistrationConfig":
         """This config, checked (every error names the option and shows expected vs actual)."""
         get_metric("lncc" if self.metric == "auto" else self.metric, window=self.window)
+        w = self.noisy_window
+        if w is not None and (isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 3 or w % 2 == 0):
+            raise ValueError(f"noisy_window: expected None or an odd integer >= 3 (voxels), got {w!r}")
         for name, value, choices in (("kernel", self.kernel, KERNELS), ("geodesics", self.geodesics, GEODESICS),
                                      ("momentum", self.momentum, MOMENTA), ("dtype", self.dtype, DTYPES)):
             if value not in choices:

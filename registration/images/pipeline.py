@@ -94,8 +94,10 @@ class _State:
 def _problem(pair: PreparedPair, cfg: RegistrationConfig, callback) -> _Problem:
     if cfg.metric == "auto":  # LNCC has no signal inside uniform regions: shapes get SSD
         cfg = replace(cfg, metric="ssd" if piecewise_constant(pair.fixed) else "lncc")
-    if cfg.noisy_iterations is not None and max(noise_level(pair.fixed), noise_level(pair.moving)) > NOISE_LEVEL:
-        cfg = replace(cfg, iterations=cfg.iterations[:-1] + (cfg.noisy_iterations,))
+    if (cfg.noisy_iterations, cfg.noisy_window) != (None, None) and max(
+            noise_level(pair.fixed), noise_level(pair.moving)) > NOISE_LEVEL:  # noisy images: fit less of the noise
+        noisy = cfg.iterations[:-1] + (cfg.noisy_iterations,) if cfg.noisy_iterations is not None else cfg.iterations
+        cfg = replace(cfg, iterations=noisy, window=cfg.noisy_window or cfg.window)
     grid = pair.grid
     dtype = torch.float32 if cfg.dtype == "float32" else torch.float64
     dev = torch.device(cfg.device)
