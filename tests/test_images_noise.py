@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from registration import Image, register_images
-from registration.images.config import NOISE_LEVEL, RegistrationConfig
-from registration.images.preprocessing import noise_level
+from registration.images.config import RegistrationConfig
+from registration.images.preprocessing import NOISE_LEVEL, noise_level
 
 
 def _smooth(shape, seed=0):

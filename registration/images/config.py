@@ -54,7 +54,7 @@ best peer, median (worst)):
   3 voxels wide at the finest level with 10 iterations −0.0011 (−0.0074), 13, +0.040 mm; 3 voxels on every level
   +0.80 mm (large warps); λ 2e-3 −0.0015 (−0.0086), 16. Hence a budget that follows the images' noise
   (``preprocessing.noise_level``, Immerkær's estimator: the suite's noise-free slices read 0.002-0.006 of their
-  range, its 2 % noise 0.020-0.023; threshold ``NOISE_LEVEL`` 0.01): 10 iterations, 5 for noisy images; with 20
+  range, its 2 % noise 0.020-0.023; threshold ``preprocessing.NOISE_LEVEL`` 0.01): 10 iterations, 5 for noisy images; with 20
   iterations instead of 30 at the coarse levels: 8 cases more than 0.002 below the best peer, every map error
   within +0.03 mm, time median 0.44× dipy's (in-process). For the noisy images, on their 12 cases (Dice median
   (worst), cases below, map error median): window 7 −0.0030 (−0.0084), 8, −0.030 mm; window 9 −0.0020
@@ -78,7 +78,7 @@ import numpy as np
 
 from ..metrics import get_metric
 
-__all__ = ["RegistrationConfig", "NOISE_LEVEL", "KERNELS", "GEODESICS", "MOMENTA", "DTYPES"]
+__all__ = ["RegistrationConfig", "KERNELS", "GEODESICS", "MOMENTA", "DTYPES"]
 
 KERNELS = ("sum", "gaussian", "matern")
 GEODESICS = ("single", "composed")
@@ -87,11 +87,9 @@ DTYPES = ("float32", "float64")
 
 #: the 2-D defaults, applied by ``RegistrationConfig.for_dim(2)`` over the (3-D) field defaults
 DEFAULTS_2D = dict(window=7, regularization=1e-3, n_steps=2, geodesics="composed", shrink_factors=(8, 4, 2, 1),
-                   iterations=(20, 20, 20, 10), noisy_iterations=5, noisy_window=9, segments=(4, 2, 1, 1))
+                   iterations=(20, 20, 20, 10), noisy_iterations=5, noisy_window=9, noisy_denoise=True,
+                   segments=(4, 2, 1, 1))
 
-#: ``noisy_iterations`` and ``noisy_window`` apply where the fixed or the moving image has more noise than this fraction of its
-#: intensity range (``preprocessing.noise_level``)
-NOISE_LEVEL = 0.01
 
 
 @dataclass(frozen=True)
@@ -116,12 +114,15 @@ class RegistrationConfig:
     iterations : tuple of int
         L-BFGS budget per level (per segment for composed geodesics).
     noisy_iterations : int or None
-        The finest level's budget instead, where either image is noisy (its noise above ``NOISE_LEVEL`` of its
+        The finest level's budget instead, where either image is noisy (its noise above ``preprocessing.NOISE_LEVEL`` of its
         intensity range): fewer full-resolution iterations fit less of the noise. None: ``iterations`` always;
         explicit ``iterations`` or ``shrink_factors`` set it to None unless it is given too.
     noisy_window : int or None
         The LNCC window instead, for noisy images (as ``noisy_iterations``): a wider window averages more of the
         noise. None: ``window`` always; an explicit ``window`` sets it to None unless it is given too.
+    noisy_denoise : bool
+        Register each noisy image after an edge-preserving diffusion (``preprocessing.denoise``); the outputs
+        warp the image as given.
     n_steps : int
         Time steps of the shooting.
     momentum : {"vector", "scalar"}
@@ -155,6 +156,7 @@ class RegistrationConfig:
     iterations: tuple = (50, 9)
     noisy_iterations: int | None = None
     noisy_window: int | None = None
+    noisy_denoise: bool = False
     n_steps: int = 2
     momentum: str = "vector"
     geodesics: str = "composed"
@@ -203,9 +205,18 @@ class RegistrationConfig:
             given["segments"] = (int(given["segments"]),) * n_levels
         return replace(base, **_normalised(given)).validated()
 
+    def noise_mode(self) -> str:
+        """``prepare_pair``'s ``noise`` for these options: whether the images' noise must be measured, and whether
+        the noisy ones are denoised."""
+        if self.noisy_denoise:
+            return "denoise"
+        return "ignore" if (self.noisy_iterations, self.noisy_window) == (None, None) else "measure"
+
     def validated(self) -> "RegistrationConfig":
         """This config, checked (every error names the option and shows expected vs actual)."""
         get_metric("lncc" if self.metric == "auto" else self.metric, window=self.window)
+        if not isinstance(self.noisy_denoise, (bool, np.bool_)):
+            raise ValueError(f"noisy_denoise: expected True or False, got {self.noisy_denoise!r}")
         w = self.noisy_window
         if w is not None and (isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 3 or w % 2 == 0):
             raise ValueError(f"noisy_window: expected None or an odd integer >= 3 (voxels), got {w!r}")

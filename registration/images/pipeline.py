@@ -37,13 +37,14 @@ from lddmm_nets.fields import compose, interpolate, jacobian_determinant, resamp
 from lddmm_nets.grid import Grid
 from lddmm_nets.optim import ConvergenceWarning, minimize
 
+from ..io import load_image
 from ..metrics import get_metric
 from ..threads import resolve_threads
 from .affine import affine_prealign, apply_affine, from_world, to_world
-from .config import NOISE_LEVEL, RegistrationConfig
+from .config import RegistrationConfig
 from .geodesic import (LevelGeodesic, deformation_shrink, kernel_width, make_kernel, momentum_on, resolve_geometry,
                        shoot_maps)
-from .preprocessing import PreparedPair, gaussian_smooth, noise_level, piecewise_constant, prepare_pair
+from .preprocessing import PreparedPair, gaussian_smooth, piecewise_constant, prepare_pair
 from .result import ImageRegistration, LevelReport, maps_to_transform, momentum_array
 from .similarity import BoxSimilarity
 
@@ -91,13 +92,19 @@ class _State:
     levels: list = field(default_factory=list)
 
 
+def _noisy_images(pair: PreparedPair, cfg: RegistrationConfig) -> RegistrationConfig:
+    """The options for noisy images (``RegistrationConfig.noisy_*``) where either image is noisy: fit less of the
+    noise (a shorter finest level, a wider LNCC window; ``prepare_pair`` has denoised the noisy images)."""
+    if not any(pair.noisy):
+        return cfg
+    finest = cfg.iterations[:-1] + (cfg.noisy_iterations,) if cfg.noisy_iterations is not None else cfg.iterations
+    return replace(cfg, iterations=finest, window=cfg.noisy_window or cfg.window)
+
+
 def _problem(pair: PreparedPair, cfg: RegistrationConfig, callback) -> _Problem:
     if cfg.metric == "auto":  # LNCC has no signal inside uniform regions: shapes get SSD
         cfg = replace(cfg, metric="ssd" if piecewise_constant(pair.fixed) else "lncc")
-    if (cfg.noisy_iterations, cfg.noisy_window) != (None, None) and max(
-            noise_level(pair.fixed), noise_level(pair.moving)) > NOISE_LEVEL:  # noisy images: fit less of the noise
-        noisy = cfg.iterations[:-1] + (cfg.noisy_iterations,) if cfg.noisy_iterations is not None else cfg.iterations
-        cfg = replace(cfg, iterations=noisy, window=cfg.noisy_window or cfg.window)
+    cfg = _noisy_images(pair, cfg)
     grid = pair.grid
     dtype = torch.float32 if cfg.dtype == "float32" else torch.float64
     dev = torch.device(cfg.device)
@@ -333,8 +340,6 @@ def geodesic_transform(fixed, momentum, **options):
     -------
     DisplacementTransform
     """
-    from ..io import load_image
-
     img = load_image(fixed, name="fixed")
     grid = img.grid
     cfg = resolve_geometry(RegistrationConfig.for_dim(grid.ndim, **{**options, "geodesics": "single"}), grid)
@@ -465,8 +470,9 @@ def register_images(fixed, moving, *, metric: str | None = None, window: int | N
                    patience=patience, dtype=dtype, device=device)
     with _torch_threads(threads):
         t0 = time.perf_counter()
-        pair = prepare_pair(fixed, moving, fixed_mask, moving_mask, initial_affine)
-        cfg = RegistrationConfig.for_dim(pair.grid.ndim, **options)
+        fixed = load_image(fixed, name="fixed")  # its dimension chooses the defaults, which say how to treat noise
+        cfg = RegistrationConfig.for_dim(fixed.ndim, **options)
+        pair = prepare_pair(fixed, moving, fixed_mask, moving_mask, initial_affine, noise=cfg.noise_mode())
         pb = _problem(pair, cfg, callback)
         st = _State(P=_initial_momentum(initial_momentum, pb))
         for li, (shrink, smooth, iters, n_seg) in enumerate(zip(pb.cfg.shrink_factors, pb.cfg.smoothing_sigmas,

@@ -18,9 +18,13 @@ from lddmm_nets.grid import Grid
 
 from ..io import Image, load_image, resample_image
 
-__all__ = ["piecewise_constant", "noise_level", "normalize_intensity", "intensity_range", "rescale", "gaussian_smooth", "prepare_mask", "PreparedPair",
+__all__ = ["piecewise_constant", "noise_level", "denoise", "NOISE_LEVEL", "NOISE_MODES", "normalize_intensity", "intensity_range", "rescale", "gaussian_smooth", "prepare_mask", "PreparedPair",
            "prepare_pair", "TINY_INTENSITY"]
 
+#: an image is noisy when its white noise (``noise_level``) is above this fraction of its intensity range
+NOISE_LEVEL = 0.01
+#: ``prepare_pair``'s ``noise`` choices
+NOISE_MODES = ("ignore", "measure", "denoise")
 #: normalised intensities below this are set to 0 (far below float32's resolution of [0, 1])
 TINY_INTENSITY = 1e-6
 
@@ -97,6 +101,24 @@ def noise_level(data: np.ndarray) -> float:
     return float(np.sqrt(np.pi / 2) * np.abs(inner).mean() / 6.0 ** (a.ndim / 2) / (hi - lo))
 
 
+def denoise(data: np.ndarray, *, iterations: int = 5, conductance: float = 1.0) -> np.ndarray:
+    """Edge-preserving smoothing of a noisy image: Perona-Malik gradient anisotropic diffusion (SimpleITK's
+    ``GradientAnisotropicDiffusion``, its stable time step ``2^-(d+1)``; the conductance is relative to the image's
+    mean gradient magnitude, so the result does not depend on the intensity scale).
+
+    A Gaussian smoothing of the finest level (0.7 or 1 voxel) made the registration of the benchmark's noisy slices
+    worse (it blurs the edges the labels follow); this diffusion, applied to the noisy image only, brought 4 of its 6
+    noisy cases within 0.002 of the best peer's Dice (``registration.images.config``).
+    """
+    import SimpleITK as sitk
+
+    a = np.asarray(data, np.float32)
+    img = sitk.GetImageFromArray(a)
+    out = sitk.GradientAnisotropicDiffusion(img, timeStep=2.0 ** -(a.ndim + 1), conductanceParameter=conductance,
+                                            numberOfIterations=iterations)
+    return sitk.GetArrayFromImage(out).astype(np.float32, copy=False)
+
+
 def gaussian_smooth(data: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian smoothing with a width in voxels (``sigma <= 0``: unchanged), nearest-value boundary."""
     if sigma <= 0:
@@ -146,6 +168,10 @@ class PreparedPair:
         The moving image was already on the fixed grid (no resampling, no initial affine).
     initial_affine : numpy.ndarray or None
         ``(d+1, d+1)`` world (RAS) fixed -> moving affine the moving image was resampled through.
+    noisy : tuple of bool
+        Whether the fixed and the moving image have white noise above ``NOISE_LEVEL`` of their range (measured
+        only when ``prepare_pair`` is asked to; ``fixed`` and ``moving`` are then the denoised images if it was
+        asked to denoise).
     """
 
     fixed_image: Image
@@ -156,6 +182,7 @@ class PreparedPair:
     mask: np.ndarray | None
     same_grid: bool
     initial_affine: np.ndarray | None = None
+    noisy: tuple = (False, False)
 
 
 def _initial_affine(initial_affine, d: int):
@@ -172,11 +199,15 @@ def _initial_affine(initial_affine, d: int):
     return None if np.allclose(A, np.eye(d + 1), atol=1e-12) else A
 
 
-def prepare_pair(fixed, moving, fixed_mask=None, moving_mask=None, initial_affine=None) -> PreparedPair:
+def prepare_pair(fixed, moving, fixed_mask=None, moving_mask=None, initial_affine=None, *,
+                 noise: str = "ignore") -> PreparedPair:
     """Read, check, resample and normalise a pair (see the module docstring).
 
     ``initial_affine`` (a ``(d+1, d+1)`` world fixed -> moving matrix, or a path to an ITK / ANTs / plain matrix
-    file) resamples the moving image through that affine: the registration then starts from it.
+    file) resamples the moving image through that affine: the registration then starts from it. ``noise``:
+    ``"measure"`` sets ``PreparedPair.noisy`` (``noise_level`` of each image as given), ``"denoise"`` also smooths
+    each noisy image by ``denoise`` before its normalisation (the clipping to the intensity range would otherwise
+    rectify the noise of a dark background), ``"ignore"`` does neither.
 
     Raises
     ------
@@ -191,13 +222,22 @@ def prepare_pair(fixed, moving, fixed_mask=None, moving_mask=None, initial_affin
         raise ValueError(f"moving: expected a {fixed_img.ndim}-D image like fixed, got {moving_img.ndim}-D "
                          f"(shapes {fixed_img.shape} and {moving_img.shape})")
     A = _initial_affine(initial_affine, fixed_img.ndim)
-    f_np = normalize_intensity(np.asarray(fixed_img.data, dtype=np.float32), name="fixed")
+    if noise not in NOISE_MODES:
+        raise ValueError(f"noise: expected one of {NOISE_MODES}, got {noise!r}")
+    f_data, m_data = np.asarray(fixed_img.data, dtype=np.float32), np.asarray(moving_img.data, dtype=np.float32)
+    noisy = (False, False)
+    if noise != "ignore":
+        _, _ = intensity_range(f_data, name="fixed"), intensity_range(m_data, name="moving")  # NaN: the usual error
+        noisy = tuple(noise_level(a) > NOISE_LEVEL for a in (f_data, m_data))
+        if noise == "denoise":
+            f_data, m_data = (denoise(a) if n else a for a, n in zip((f_data, m_data), noisy))
+    f_np = normalize_intensity(f_data, name="fixed")
     same_grid = A is None and moving_img.shape == fixed_img.shape and np.allclose(moving_img.affine,
                                                                                   fixed_img.affine, atol=1e-6)
-    moving_f32 = Image(np.asarray(moving_img.data, dtype=np.float32), moving_img.affine)
+    moving_f32 = Image(m_data, moving_img.affine)
     # normalise with the moving image's own statistics (this also rejects NaNs and constant images), then apply the
     # same map to the resampled copy (background outside its field of view stays at 0)
-    _, lo, hi = intensity_range(moving_img.data, name="moving")
+    _, lo, hi = intensity_range(m_data, name="moving")
     world = None
     if A is not None:  # sample the moving image at A x for every fixed voxel x: one interpolation
         d = fixed_img.ndim
@@ -221,4 +261,4 @@ def prepare_pair(fixed, moving, fixed_mask=None, moving_mask=None, initial_affin
             raise ValueError("moving: its field of view does not overlap the fixed image's")
         if not fov.all():
             mask = fov.astype(np.float32) if mask is None else mask * fov
-    return PreparedPair(fixed_img, moving_img, fixed_img.grid, f_np, m_np, mask, same_grid, A)
+    return PreparedPair(fixed_img, moving_img, fixed_img.grid, f_np, m_np, mask, same_grid, A, noisy)
