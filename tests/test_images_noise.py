@@ -62,3 +62,47 @@ def test_the_finest_budget_and_the_window_follow_the_noise_of_either_image():
         res = register_images(fixed, moving, threads=1)
         assert res.config.iterations == default.iterations[:-1] + (finest,)
         assert res.config.window == (default.window if finest == default.iterations[-1] else default.noisy_window)
+
+
+def test_denoise_removes_noise_and_keeps_an_edge():
+    from registration.images.preprocessing import denoise
+
+    step = np.zeros((96, 96))
+    step[:, 48:] = 1.0
+    noisy = step + np.random.default_rng(2).standard_normal(step.shape) * 0.03
+    out = denoise(noisy)
+    assert noise_level(out) < 0.5 * noise_level(noisy)
+    contrast = out[:, 52:60].mean() - out[:, 36:44].mean()
+    assert contrast == pytest.approx(1.0, abs=0.05)
+    # the conductance is relative to the mean gradient: the same result at any intensity scale
+    np.testing.assert_allclose(denoise(noisy * 1000.0) / 1000.0, out, atol=1e-4)
+
+
+def test_prepare_pair_measures_and_denoises_each_noisy_image_alone():
+    from registration.images.preprocessing import prepare_pair
+
+    clean = Image(_smooth((80, 72)), np.eye(4))
+    lo, hi = np.percentile(clean.data, [0.5, 99.5])
+    noisy = Image(clean.data + np.random.default_rng(3).standard_normal(clean.shape) * 0.03 * (hi - lo), clean.affine)
+    ignored = prepare_pair(clean, noisy)
+    measured = prepare_pair(clean, noisy, noise="measure")
+    denoised = prepare_pair(clean, noisy, noise="denoise")
+    assert ignored.noisy == (False, False) and measured.noisy == denoised.noisy == (False, True)
+    np.testing.assert_array_equal(measured.moving, ignored.moving)
+    np.testing.assert_array_equal(denoised.fixed, measured.fixed)  # the clean image is left alone
+    assert noise_level(denoised.moving) < 0.5 * noise_level(measured.moving)
+    assert denoised.moving_image is not None and np.array_equal(denoised.moving_image.data, noisy.data)
+    with pytest.raises(ValueError, match="noise"):
+        prepare_pair(clean, noisy, noise="median")
+
+
+def test_a_denoised_registration_warps_the_image_as_given():
+    from registration.data import load_t1_slice
+
+    t1 = load_t1_slice()
+    lo, hi = np.percentile(t1.data, [0.5, 99.5])
+    noisy = Image(t1.data + np.random.default_rng(4).standard_normal(t1.shape) * 0.03 * (hi - lo), t1.affine)
+    res = register_images(t1, noisy, threads=1)
+    assert res.config.noisy_denoise and noise_level(res.warped.data) > NOISE_LEVEL
+    with pytest.raises(ValueError, match="noisy_denoise"):
+        RegistrationConfig.for_dim(2, noisy_denoise="yes")
