@@ -18,8 +18,9 @@ from lddmm_nets.grid import Grid
 
 from ..io import Image, load_image, resample_image
 
-__all__ = ["piecewise_constant", "noise_level", "denoise", "NOISE_LEVEL", "NOISE_MODES", "normalize_intensity", "intensity_range", "rescale", "gaussian_smooth", "prepare_mask", "PreparedPair",
-           "prepare_pair", "TINY_INTENSITY"]
+__all__ = ["piecewise_constant", "noise_level", "denoise", "NOISE_LEVEL", "NOISE_MODES", "normalize_intensity",
+           "intensity_range", "rescale", "gaussian_smooth", "prepare_mask", "PreparedPair", "prepare_pair",
+           "TINY_INTENSITY"]
 
 #: an image is noisy when its white noise (``noise_level``) is above this fraction of its intensity range
 NOISE_LEVEL = 0.01
@@ -226,8 +227,7 @@ def prepare_pair(fixed, moving, fixed_mask=None, moving_mask=None, initial_affin
         raise ValueError(f"noise: expected one of {NOISE_MODES}, got {noise!r}")
     f_data, m_data = np.asarray(fixed_img.data, dtype=np.float32), np.asarray(moving_img.data, dtype=np.float32)
     noisy = (False, False)
-    if noise != "ignore":
-        _, _ = intensity_range(f_data, name="fixed"), intensity_range(m_data, name="moving")  # NaN: the usual error
+    if noise != "ignore":  # (NaN voxels read as noise-free here and get their error from the normalisation)
         noisy = tuple(noise_level(a) > NOISE_LEVEL for a in (f_data, m_data))
         if noise == "denoise":
             f_data, m_data = (denoise(a) if n else a for a, n in zip((f_data, m_data), noisy))
