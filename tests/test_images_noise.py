@@ -106,3 +106,23 @@ def test_a_denoised_registration_warps_the_image_as_given():
     assert res.config.noisy_denoise and noise_level(res.warped.data) > NOISE_LEVEL
     with pytest.raises(ValueError, match="noisy_denoise"):
         RegistrationConfig.for_dim(2, noisy_denoise="yes")
+
+
+def test_denoise_is_an_option_of_register_images_and_of_the_command_line():
+    import argparse
+
+    from registration.cli.register import add_parsers
+
+    assert RegistrationConfig.for_dim(3).noise_mode() == "ignore"  # 3-D measures nothing by default
+    assert RegistrationConfig.for_dim(3, noisy_denoise=True).noise_mode() == "denoise"
+    assert RegistrationConfig.for_dim(2).noise_mode() == "denoise"
+    assert RegistrationConfig.for_dim(2, noisy_denoise=False).noise_mode() == "measure"
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers(dest="command"))
+    for flag, value in (([], None), (["--denoise"], True), (["--no-denoise"], False)):
+        assert parser.parse_args(["register", "f", "m", "--out", "o"] + flag).denoise is value
+    small = Image(_smooth((64, 60)), np.eye(4))
+    lo, hi = np.percentile(small.data, [0.5, 99.5])
+    noisy = Image(small.data + np.random.default_rng(5).standard_normal(small.shape) * 0.03 * (hi - lo), small.affine)
+    res = register_images(small, noisy, denoise=False, iterations=(5, 5, 5, 2), threads=1)
+    assert not res.config.noisy_denoise and res.config.window == RegistrationConfig.for_dim(2).noisy_window

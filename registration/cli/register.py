@@ -57,7 +57,10 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--metric", default=None, choices=["auto", "lncc", "ncc", "ssd"],
                    help="similarity (default auto: lncc, or ssd for a piecewise-constant fixed image)")
-    p.add_argument("--window", type=int, default=None, help="LNCC window in voxels (odd, default 5)")
+    p.add_argument("--window", type=int, default=None,
+                   help="LNCC window in voxels (odd; default 5 in 3-D, 7 in 2-D, 9 for noisy 2-D images)")
+    p.add_argument("--denoise", action=argparse.BooleanOptionalAction, default=None,
+                   help="register noisy images after an edge-preserving diffusion (default: on in 2-D, off in 3-D)")
     p.add_argument("--sigma", type=float, default=None, help="kernel width in mm (default: 2 voxels)")
     p.add_argument("--kernel", default=None, choices=["sum", "gaussian", "matern"],
                    help="kernel: multi-scale Gaussian sum (default), Gaussian, Matern 5/2")
@@ -141,7 +144,7 @@ def run_register(args) -> int:
         raise ValueError(f"--out: expected a directory, got an existing file {args.out}")
     check_out_path(args.out.rstrip("/") or args.out, "--out")
     kwargs = {k: v for k, v in dict(
-        metric=args.metric, window=args.window, sigma=args.sigma, kernel=args.kernel,
+        metric=args.metric, window=args.window, denoise=args.denoise, sigma=args.sigma, kernel=args.kernel,
         regularization=args.regularization, shrink_factors=args.shrink_factors,
         smoothing_sigmas=args.smoothing_sigmas, iterations=args.iterations, n_steps=args.n_steps,
         momentum=args.momentum, geodesics=args.geodesics,

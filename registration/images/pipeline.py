@@ -366,7 +366,7 @@ def _torch_threads(threads):
 
 
 def register_images(fixed, moving, *, metric: str | None = None, window: int | None = None,
-                    sigma: float | None = None, kernel: str | None = None, regularization: float | None = None,
+                    denoise: bool | None = None, sigma: float | None = None, kernel: str | None = None, regularization: float | None = None,
                     shrink_factors: Sequence[int] | None = None, smoothing_sigmas: Sequence[float] | None = None,
                     iterations: Sequence[int] | None = None, n_steps: int | None = None, momentum: str | None = None,
                     geodesics: str | None = None, segments: int | Sequence[int] | None = None,
@@ -389,7 +389,13 @@ def register_images(fixed, moving, *, metric: str | None = None, window: int | N
         changes, suits MRI), except SSD on the normalised intensities for a piecewise-constant fixed image (shapes
         and masks, where LNCC has almost no signal inside uniform regions).
     window : int, optional
-        LNCC box width in voxels of each level (odd; default 5).
+        LNCC box width in voxels of each level (odd). Default 5 in 3-D; 7 in 2-D, 9 for noisy 2-D images (white
+        noise above 1 % of the intensity range in either image, ``preprocessing.noise_level``), where the finest
+        level also runs fewer iterations (``RegistrationConfig.noisy_iterations``); an explicit ``window`` or
+        ``iterations`` is used as given.
+    denoise : bool, optional
+        Register each noisy image after an edge-preserving diffusion (``preprocessing.denoise``; the outputs warp
+        the images as given). Default: True in 2-D, False in 3-D.
     sigma : float, optional
         Kernel width in mm. Default: one geodesic: the larger of 2 image voxels and 1 deformation-grid voxel,
         the same physical kernel at every level; composed geodesics: 2 voxels of each level's grid.
@@ -463,7 +469,7 @@ def register_images(fixed, moving, *, metric: str | None = None, window: int | N
     FileNotFoundError
         A missing file.
     """
-    options = dict(metric=metric, window=window, sigma=sigma, kernel=kernel, regularization=regularization,
+    options = dict(metric=metric, window=window, noisy_denoise=denoise, sigma=sigma, kernel=kernel, regularization=regularization,
                    shrink_factors=shrink_factors, smoothing_sigmas=smoothing_sigmas, iterations=iterations,
                    n_steps=n_steps, momentum=momentum, geodesics=geodesics, segments=segments,
                    deformation_shrink=deformation_shrink, affine=affine, affine_iterations=affine_iterations, tol=tol,
