@@ -78,6 +78,37 @@ def test_a_killed_worker_costs_only_its_task(client, population, reference):
     _same(out["result"], reference)
 
 
+def _slow_sum(x, shared, delay):
+    time.sleep(delay)
+    return float(np.sum(shared)) + x
+
+
+def test_a_shared_object_lost_with_its_worker_is_shared_again(client):
+    """The only worker holding a shared object dies while tasks that need it run: the executor shares the object
+    again and the tasks run again with it (the scheduler alone would cancel them: their input is gone)."""
+    import sys
+
+    import cloudpickle
+
+    from registration.atlas._executor import DaskExecutor
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    executor = DaskExecutor(client, retries=0)
+    handle = executor.share(np.arange(10.0), broadcast=False)  # on one worker only
+    (holder,) = client.who_has([handle])[handle.key]
+    out = {}
+    thread = threading.Thread(target=lambda: out.update(executor.map(_slow_sum, [(i, handle, 1.0) for i in range(4)],
+                                                                     key="lost")))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not client.processing().get(holder) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(client.run(os.getpid, workers=[holder])[holder], signal.SIGKILL)
+    thread.join(timeout=120)
+    assert out == {i: 45.0 + i for i in range(4)}
+    executor.release(handle)
+
+
 def test_dask_gives_the_synchronous_shape_template(client):
     """Shapes on the same cluster: 3 curves (the first one is the initial template), one update, the synchronous
     template and momenta."""

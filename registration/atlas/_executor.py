@@ -77,6 +77,10 @@ class SerialExecutor:
         pass
 
 
+#: times a task is submitted again because a shared object it needs was lost with the workers that held it
+MAX_RESHARES = 3
+
+
 class DaskExecutor:
     """Tasks on a ``distributed.Client``.
 
@@ -99,6 +103,8 @@ class DaskExecutor:
         self._cluster = cluster
         self._owns_client = owns_client
         self._run_id = uuid.uuid4().hex[:8]
+        self._shared = {}  # key of a shared handle -> (object, broadcast, its current handle)
+        self._root = {}  # key of every handle of a shared object (first and later scatters) -> the first key
 
     @property
     def dashboard(self) -> str | None:
@@ -122,10 +128,36 @@ class DaskExecutor:
             return self.client.scheduler_info()["workers"]
 
     def share(self, obj, *, broadcast: bool = True):
-        return self.client.scatter(obj, broadcast=broadcast, hash=False)
+        handle = self.client.scatter(obj, broadcast=broadcast, hash=False)
+        self._shared[handle.key] = (obj, broadcast, handle)
+        self._root[handle.key] = handle.key
+        return handle
 
     def release(self, handle) -> None:
-        handle.release()
+        root = self._root.get(handle.key, handle.key)
+        _, _, current = self._shared.pop(root, (None, None, handle))
+        self._root = {k: r for k, r in self._root.items() if r != root}
+        for h in {handle.key: handle, current.key: current}.values():
+            h.release()
+
+    def _reshared(self, args: tuple) -> tuple | None:
+        """``args`` with the current handle of every shared object, scattered again where the cluster lost its data
+        (every worker holding it died); None when nothing changed: the task failed for another reason."""
+        from distributed import Future
+
+        changed, out = False, []
+        for a in args:
+            root = self._root.get(a.key) if isinstance(a, Future) else None
+            if root is not None:
+                obj, broadcast, current = self._shared[root]
+                if current.status != "finished":
+                    current = self.client.scatter(obj, broadcast=broadcast, hash=False)
+                    self._shared[root] = (obj, broadcast, current)
+                    self._root[current.key] = root
+                if current is not a:
+                    a, changed = current, True
+            out.append(a)
+        return tuple(out) if changed else None
 
     def threads(self):
         """``{worker address: torch threads}`` and ``"*"`` for workers that join later (or the fixed number)."""
@@ -145,15 +177,29 @@ class DaskExecutor:
     def map(self, fn, jobs: list, *, key: str):
         from distributed import as_completed
 
+        jobs = list(jobs)
         futures = {self.client.submit(fn, *args, key=f"{key}-{i}-{self._run_id}", retries=self.retries,
                                       pure=False): i for i, args in enumerate(jobs)}
+        resubmitted = [0] * len(jobs)
         try:
-            for fut in as_completed(list(futures)):
+            stream = as_completed(list(futures))
+            for fut in stream:
                 i = futures[fut]
                 try:
                     result = fut.result()
                 except Exception as exc:
-                    raise TaskError(i, exc) from exc
+                    # a shared object lost with its workers cancels the tasks that need it: share it again and
+                    # run them again (a few times at most); any other failure is the task's own
+                    again = self._reshared(jobs[i]) if resubmitted[i] < MAX_RESHARES else None
+                    if again is None:
+                        raise TaskError(i, exc) from exc
+                    resubmitted[i] += 1
+                    jobs[i] = again
+                    new = self.client.submit(fn, *again, key=f"{key}-{i}-{self._run_id}-r{resubmitted[i]}",
+                                             retries=self.retries, pure=False)
+                    futures[new] = i
+                    stream.add(new)
+                    continue
                 fut.release()
                 yield i, result
         finally:
