@@ -54,10 +54,10 @@ best peer, median (worst)):
   3 voxels wide at the finest level with 10 iterations −0.0011 (−0.0074), 13, +0.040 mm; 3 voxels on every level
   +0.80 mm (large warps); λ 2e-3 −0.0015 (−0.0086), 16. Hence a budget that follows the images' noise
   (``preprocessing.noise_level``, Immerkær's estimator: the suite's noise-free slices read 0.002-0.006 of their
-  range, its 2 % noise 0.020-0.023; threshold ``preprocessing.NOISE_LEVEL`` 0.01): 10 iterations, 5 for noisy images; with 20
-  iterations instead of 30 at the coarse levels: 8 cases more than 0.002 below the best peer, every map error
-  within +0.03 mm, time median 0.44× dipy's (in-process). For the noisy images, on their 12 cases (Dice median
-  (worst), cases below, map error median): window 7 −0.0030 (−0.0084), 8, −0.030 mm; window 9 −0.0020
+  range, its 2 % noise 0.020-0.023; threshold ``preprocessing.NOISE_LEVEL`` 0.01): 10 iterations, 5 for noisy
+  images; with 20 iterations instead of 30 at the coarse levels: 8 cases more than 0.002 below the best peer,
+  every map error within +0.03 mm, time median 0.44× dipy's (in-process). For the noisy images, on their 12
+  cases (Dice median (worst), cases below, map error median): window 7 −0.0030 (−0.0084), 8, −0.030 mm; window 9 −0.0020
   (−0.0067), 6, −0.061 mm (a wider window averages more of the noise; 11 of 12 as good or better, the exception
   ``t1slice/svf-1/bias-noise`` −0.0034 → −0.0047); 3 or 8 iterations, or 30 at the level before, no better.
   Registering the noisy image after an edge-preserving diffusion (``preprocessing.denoise``, Perona-Malik, 5
@@ -100,7 +100,6 @@ DEFAULTS_2D = dict(window=7, regularization=1e-3, n_steps=2, geodesics="composed
                    segments=(4, 2, 1, 1))
 
 
-
 @dataclass(frozen=True)
 class RegistrationConfig:
     """Options of ``register_images`` (see its docstring); the field defaults are the 3-D defaults.
@@ -123,9 +122,10 @@ class RegistrationConfig:
     iterations : tuple of int
         L-BFGS budget per level (per segment for composed geodesics).
     noisy_iterations : int or None
-        The finest level's budget instead, where either image is noisy (its noise above ``preprocessing.NOISE_LEVEL`` of its
-        intensity range): fewer full-resolution iterations fit less of the noise. None: ``iterations`` always;
-        explicit ``iterations`` or ``shrink_factors`` set it to None unless it is given too.
+        The finest level's budget instead, where either image is noisy (its noise above
+        ``preprocessing.NOISE_LEVEL`` of its intensity range): fewer full-resolution iterations fit less of the
+        noise. None: ``iterations`` always; explicit ``iterations`` or ``shrink_factors`` set it to None unless it
+        is given too.
     noisy_window : int or None
         The LNCC window instead, for noisy images (as ``noisy_iterations``): a wider window averages more of the
         noise. None: ``window`` always; an explicit ``window`` sets it to None unless it is given too.

@@ -366,14 +366,15 @@ def _torch_threads(threads):
 
 
 def register_images(fixed, moving, *, metric: str | None = None, window: int | None = None,
-                    denoise: bool | None = None, sigma: float | None = None, kernel: str | None = None, regularization: float | None = None,
-                    shrink_factors: Sequence[int] | None = None, smoothing_sigmas: Sequence[float] | None = None,
-                    iterations: Sequence[int] | None = None, n_steps: int | None = None, momentum: str | None = None,
-                    geodesics: str | None = None, segments: int | Sequence[int] | None = None,
-                    deformation_shrink: int | None = None, affine: bool | None = None,
-                    affine_iterations: int | None = None, fixed_mask=None, moving_mask=None, tol: float | None = None,
-                    patience: int | None = None, dtype: str | None = None, device: str | None = None,
-                    initial_affine=None, initial_momentum=None, threads: int | str | None = "auto",
+                    denoise: bool | None = None, sigma: float | None = None, kernel: str | None = None,
+                    regularization: float | None = None, shrink_factors: Sequence[int] | None = None,
+                    smoothing_sigmas: Sequence[float] | None = None, iterations: Sequence[int] | None = None,
+                    n_steps: int | None = None, momentum: str | None = None, geodesics: str | None = None,
+                    segments: int | Sequence[int] | None = None, deformation_shrink: int | None = None,
+                    affine: bool | None = None, affine_iterations: int | None = None, fixed_mask=None,
+                    moving_mask=None, tol: float | None = None, patience: int | None = None, dtype: str | None = None,
+                    device: str | None = None, initial_affine=None, initial_momentum=None,
+                    threads: int | str | None = "auto",
                     callback: Callable[[dict], None] | None = None) -> ImageRegistration:
     """Register ``moving`` onto ``fixed`` by geodesic shooting (diffeomorphic, in physical space).
 
@@ -469,9 +470,9 @@ def register_images(fixed, moving, *, metric: str | None = None, window: int | N
     FileNotFoundError
         A missing file.
     """
-    options = dict(metric=metric, window=window, noisy_denoise=denoise, sigma=sigma, kernel=kernel, regularization=regularization,
-                   shrink_factors=shrink_factors, smoothing_sigmas=smoothing_sigmas, iterations=iterations,
-                   n_steps=n_steps, momentum=momentum, geodesics=geodesics, segments=segments,
+    options = dict(metric=metric, window=window, noisy_denoise=denoise, sigma=sigma, kernel=kernel,
+                   regularization=regularization, shrink_factors=shrink_factors, smoothing_sigmas=smoothing_sigmas,
+                   iterations=iterations, n_steps=n_steps, momentum=momentum, geodesics=geodesics, segments=segments,
                    deformation_shrink=deformation_shrink, affine=affine, affine_iterations=affine_iterations, tol=tol,
                    patience=patience, dtype=dtype, device=device)
     with _torch_threads(threads):
