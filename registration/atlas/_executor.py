@@ -137,8 +137,9 @@ class DaskExecutor:
         root = self._root.get(handle.key, handle.key)
         _, _, current = self._shared.pop(root, (None, None, handle))
         self._root = {k: r for k, r in self._root.items() if r != root}
-        for h in {handle.key: handle, current.key: current}.values():
-            h.release()
+        handle.release()
+        if current is not handle:  # scattered again after a loss
+            current.release()
 
     def _reshared(self, args: tuple) -> tuple | None:
         """``args`` with the current handle of every shared object, scattered again where the cluster lost its data
