@@ -11,7 +11,7 @@ import pytest
 
 from registration import register_images
 from registration.atlas import SubjectExcludedWarning, build_template
-from registration.atlas._images import ImageKind, spline_resample, template_momentum
+from registration.atlas._images import WARM_ITERATIONS, ImageKind, spline_resample, template_momentum
 from registration.atlas.population import (correlation, label_dice, mni152_slice, synthetic_population,
                                            translated)
 from registration.io import Image, save_image
@@ -55,6 +55,60 @@ def test_update_is_the_jacobian_weighted_mean(tmp_path):
     w, j = jac.astype(np.float32).astype(np.float64), warped.astype(np.float32).astype(np.float64)
     np.testing.assert_allclose(new.data, (w * j).sum(0) / w.sum(0), rtol=1e-6)
     np.testing.assert_array_equal(new.affine, aff)
+
+
+def test_a_refined_warm_start_runs_a_short_finest_level_unless_the_pyramid_is_given(tmp_path):
+    """With the pair's pyramid (no ``iterations`` / ``shrink_factors`` / ``smoothing_sigmas`` given) a refined warm
+    start runs ``WARM_ITERATIONS`` at the finest level only; a cold start, or a warm one not refined, the pair's
+    pyramid; given options are kept. Rounds before the last write their fields uncompressed, the last one the
+    delivered ``.nii.gz``, and the update reads either."""
+    t1, _ = mni152_slice(4)
+    subject = synthetic_population(t1, n=2, seed=1).subjects[0]
+    kind, folders = ImageKind(), {k: tmp_path / k for k in ("cold", "warm", "refined", "given", "last")}
+    for f in folders.values():
+        f.mkdir()
+    _, cold = kind.register(t1, subject, {"register": {}}, str(folders["cold"]), False)
+    assert len(cold["iterations"]) > 1 and sum(cold["iterations"]) > WARM_ITERATIONS  # the 2-D pyramid
+    start = str(folders["cold"])
+    _, warm = kind.register(t1, subject, {"register": {}}, str(folders["warm"]), False, start)
+    assert warm["warm_start"] and not warm["refined"] and len(warm["iterations"]) == len(cold["iterations"])
+    refine = {"register": {}, "refine": True}
+    _, short = kind.register(t1, subject, refine, str(folders["refined"]), False, start)
+    assert short["refined"] and len(short["iterations"]) == 1 and 0 < short["iterations"][0] <= WARM_ITERATIONS
+    assert short["similarity_after"] <= cold["similarity_after"] * 1.01  # it goes on from where the first ended
+    _, cold_refine = kind.register(t1, subject, refine, str(folders["given"]), False)  # nothing to refine
+    assert not cold_refine["refined"] and cold_refine["iterations"] == cold["iterations"]
+    given = {"register": {"shrink_factors": (2, 1), "iterations": (4, 4)}, "refine": True}
+    _, kept = kind.register(t1, subject, given, str(folders["given"]), False, start)
+    assert kept["refined"] and len(kept["iterations"]) == 2
+    kind.register(t1, subject, refine, str(folders["last"]), True, start)
+    assert sorted(os.listdir(folders["refined"])) == ["jacobian.nii", "start_momentum.npy", "warped.nii"]
+    assert {"jacobian.nii.gz", "warped.nii.gz", "displacement.nii.gz"} <= set(os.listdir(folders["last"]))
+    new = kind.update(t1, [str(folders["refined"]), str(folders["last"])], {})
+    assert new.shape == t1.shape and np.isfinite(new.data).all()
+
+
+@pytest.mark.parametrize("threshold", [0.0, np.inf])
+def test_rounds_that_feed_an_update_are_refined_and_the_final_one_when_the_template_settled(threshold, monkeypatch,
+                                                                                            tmp_path):
+    """``build_template`` refines every warm start of a round followed by an update; the final round's only when
+    the last update changed the template by less than ``REFINE_CHANGE`` (0: never; inf: always)."""
+    from registration.atlas import _run
+
+    monkeypatch.setattr(_run, "REFINE_CHANGE", threshold)
+    seen, register = [], ImageKind.register
+
+    def spy(self, template, subject, options, folder, write_transform, start=None):
+        seen.append((write_transform, start is not None, options["refine"]))
+        return register(self, template, subject, options, folder, write_transform, start)
+
+    monkeypatch.setattr(ImageKind, "register", spy)
+    t1, _ = mni152_slice(6)
+    build_template(synthetic_population(t1, n=2, seed=2).subjects, iterations=2, register_options=FAST, **SYNC)
+    assert len(seen) == 6
+    assert [r for w, s, r in seen if not s] == [False, False]  # the first round: cold
+    assert [r for w, s, r in seen if s and not w] == [True, True]  # round 1, before the second update
+    assert [r for w, s, r in seen if w] == [bool(threshold)] * 2
 
 
 @pytest.mark.parametrize("A", [np.eye(2), np.array([[1.1, 0.2], [-0.1, 0.9]])])

@@ -29,6 +29,14 @@ __all__ = ["ImageKind", "IMAGE_FILES"]
 #: the files of a subject's folder that ``AtlasResult.save`` delivers (the transforms only in the last round)
 IMAGE_FILES = ("displacement.nii.gz", "inverse_displacement.nii.gz", "warped.nii.gz", "jacobian.nii.gz")
 INITIAL = ("affine", "mean")
+#: a refined registration (``options["refine"]``: a warm start the driver judged close, ``_run.REFINE_CHANGE``) runs
+#: this many iterations at the finest level only, from the subject's momentum of the previous round.
+#: 4 mm MNI152, 8 subjects, seeds 0 and 1, serial: 23.5 / 23.3 s against 32.6 / 32.6 s with the pair defaults (9
+#: iterations), template correlation 0.9374 / 0.9368 against 0.9376 / 0.9369, voted Dice GM / WM 0.9991 / 0.9963
+#: against 0.9991 / 0.9962 (5 iterations: 28.9 / 27.4 s, 0.9375 / 0.9369)
+WARM_ITERATIONS = 3
+#: register options that set the pyramid: given any of them, refined registrations run the given pyramid
+PYRAMID_OPTIONS = ("iterations", "shrink_factors", "smoothing_sigmas")
 
 
 def check_register_options(options) -> dict:
@@ -50,8 +58,12 @@ def check_register_options(options) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}
 
 
-def _registration_options(options: dict) -> dict:
+def _registration_options(options: dict, *, refine: bool = False) -> dict:
+    """``register_images``' keywords of a subject task; ``refine``: its registration starts from a previous momentum
+    close to the optimum (``WARM_ITERATIONS`` at the finest level, unless the user set the pyramid)."""
     reg = dict(options.get("register", {}))
+    if refine and not any(k in reg for k in PYRAMID_OPTIONS):
+        reg.update(shrink_factors=(1,), smoothing_sigmas=(0.0,), iterations=(WARM_ITERATIONS,))
     reg["geodesics"] = "single"  # one geodesic per subject: one initial momentum, which .shoot can shoot
     # the task has set torch's threads for its slot of the machine (``_tasks._task_resources``): register_images'
     # default "auto" would count the cores free at its start, where workers starting together could each take
@@ -146,7 +158,7 @@ class ImageKind:
 
     def prepare(self, reference: Image, subject: Image, options: dict, folder: str, mode: str) -> dict:
         """The subject on the reference grid (``"resample"``) or affinely aligned to ``reference`` (``"affine"``),
-        written as ``folder/image.nii.gz``."""
+        written as ``folder/image.nii`` (uncompressed: read once, by the mean)."""
         if options.get("normalize", True):
             subject = subject.with_data(normalize_intensity(subject.data, name="subject"))
         if mode == "resample":
@@ -157,7 +169,7 @@ class ImageKind:
             res = register_images(reference, subject, **reg)
             world = res.transform.world_map()
             summary = {"similarity_before": res.similarity_before, "similarity_after": res.similarity_after}
-        save_image(os.path.join(folder, "image.nii.gz"),
+        save_image(os.path.join(folder, "image.nii"),
                    Image(spline_resample(subject, world, fill=0.0), reference.affine))
         return summary
 
@@ -167,13 +179,18 @@ class ImageKind:
         if options.get("normalize", True):
             subject = subject.with_data(normalize_intensity(subject.data, name="subject"))
         initial = load_start(start, self.momentum_shape(template))
-        res = register_images(template, subject, initial_momentum=initial, **_registration_options(options))
+        refined = initial is not None and bool(options.get("refine", False))
+        res = register_images(template, subject, initial_momentum=initial,
+                              **_registration_options(options, refine=refined))
         np.save(os.path.join(folder, START_FILE), np.asarray(res.momentum.data, np.float32))
         jac = res.jacobian_determinant()
         world = res.transform.world_map()
         warped = spline_resample(subject, world, fill=0.0)
-        save_image(os.path.join(folder, "warped.nii.gz"), Image(warped, template.affine))
-        save_image(os.path.join(folder, "jacobian.nii.gz"), Image(jac.astype(np.float32), template.affine))
+        # the final round's files are delivered (``IMAGE_FILES``); the other rounds' are read once by the update,
+        # uncompressed (gzip took 30 ms of a 0.5 s task at 4 mm, and as long again to read back)
+        suffix = ".nii.gz" if write_transform else ".nii"
+        save_image(os.path.join(folder, "warped" + suffix), Image(warped, template.affine))
+        save_image(os.path.join(folder, "jacobian" + suffix), Image(jac.astype(np.float32), template.affine))
         if write_transform:
             res.transform.save(folder)
         summary = {"similarity_before": res.similarity_before, "similarity_after": res.similarity_after,
@@ -181,7 +198,8 @@ class ImageKind:
                    "deformation": float(np.linalg.norm(res.displacement, axis=0)[support(template)].mean()),
                    "ndv_percent": ndv_percent(jac), "sdlogj": sdlogj(jac), "jacobian_min": float(jac.min()),
                    "iterations": [lv.iterations for lv in res.levels], "stop_reason": res.stop_reason,
-                   "registration_seconds": res.seconds, "warm_start": initial is not None}
+                   "registration_seconds": res.seconds, "warm_start": initial is not None,
+                   "refined": refined}
         return template_momentum(res, world), summary
 
     # ---- the reduction ----
@@ -189,8 +207,8 @@ class ImageKind:
         """The Jacobian-weighted mean of the pulled-back subjects (streamed in subject order)."""
         num = den = None
         for folder in folders:
-            w = np.clip(load_image(os.path.join(folder, "jacobian.nii.gz")).data.astype(np.float64), 0.0, None)
-            j = load_image(os.path.join(folder, "warped.nii.gz")).data.astype(np.float64)
+            w = np.clip(_field(folder, "jacobian").astype(np.float64), 0.0, None)
+            j = _field(folder, "warped").astype(np.float64)
             num = w * j if num is None else num + w * j
             den = w if den is None else den + w
         return Image((num / np.maximum(den, 1e-12)).astype(np.float32), template.affine.copy())
@@ -218,6 +236,13 @@ def support(template: Image) -> np.ndarray:
     (in the background they move nothing)."""
     a = np.asarray(template.data, np.float64)
     return a > 0.05 * np.percentile(a, 99.5)
+
+
+def _field(folder: str, stem: str) -> np.ndarray:
+    """The voxels of ``folder/<stem>.nii`` (a round's field), or of ``<stem>.nii.gz`` (a final round's, or a round
+    written before the rounds' fields were uncompressed: a resumed run)."""
+    path = os.path.join(folder, stem + ".nii")
+    return load_image(path if os.path.exists(path) else path + ".gz").data
 
 
 def _voxels(affine: np.ndarray, world: np.ndarray) -> np.ndarray:
@@ -277,9 +302,9 @@ def spline_resample(image: Image, world: np.ndarray, *, fill: float | None) -> n
 
 
 def _average_task(kind, folders: list, affine) -> Image:
-    """The plain mean of ``folder/image.nii.gz`` over ``folders`` (in order)."""
+    """The plain mean of ``folder/image.nii`` over ``folders`` (in order)."""
     total = None
     for folder in folders:
-        a = load_image(os.path.join(folder, "image.nii.gz")).data.astype(np.float64)
+        a = _field(folder, "image").astype(np.float64)
         total = a if total is None else total + a
     return Image((total / len(folders)).astype(np.float32), np.asarray(affine, float).copy())

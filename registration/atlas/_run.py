@@ -18,6 +18,10 @@ from ._executor import TaskError
 from ._result import RoundRecord
 from ._tasks import atomic_file, probe_task, reduce_task, register_task
 
+#: the final round's warm starts are refined briefly (``refine``) when the last update changed the template by less
+#: than this (relative, ``RoundRecord.template_change``); otherwise they run the pair's budget
+REFINE_CHANGE = 0.005
+
 __all__ = ["Run", "SubjectExcludedWarning"]
 
 
@@ -206,7 +210,13 @@ class Run:
 
         previous = os.path.join(self.directory, "rounds", f"{r - 1:03d}", "subjects")
         warm = r > 0 and self.options["warm_start"]  # a subject without a previous folder starts from zero
-        done = self.map_subjects(register_task, handle, self.options, r == self.final_round,
+        final = r == self.final_round
+        moved = self.history[-1].template_change if self.history else None
+        # a warm start is only refined (the kind's short budget, ``options["refine"]``) where the registrations feed
+        # a template update, or, in the final round, whose registrations are delivered, when the template barely
+        # moved since the momenta it starts from were fitted
+        refine = warm and (not final or (moved is not None and moved < REFINE_CHANGE))
+        done = self.map_subjects(register_task, handle, dict(self.options, refine=refine), final,
                                  previous if warm else None, stage=f"round-{r}",
                                  folder=os.path.join(round_dir, "subjects"), on_result=write_row)
         rows.finish([position[i] for i, _ in done])
