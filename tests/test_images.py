@@ -418,6 +418,24 @@ def test_the_finest_level_of_composed_geodesics_makes_progress():
     assert finest.evaluations <= 2 * finest.iterations  # the line search accepts its first or second trial
 
 
+def test_a_level_without_iterations_is_not_evaluated_and_zero_momentum_is_the_identity():
+    """``iterations=0`` at every level: no evaluation of the objective, zero momentum and energy, and the transform
+    is exactly the affine pre-alignment (world points ``A x``) or, without it, the identity."""
+    from registration.data import load_t1_slice, warped_pair
+    from registration.evaluation import world_coordinates
+
+    pair = warped_pair(load_t1_slice(), max_displacement=4.0, smoothness=12.0, seed=1)
+    for affine in (False, True):
+        res = register_images(pair.fixed, pair.moving, iterations=(0, 0, 0, 0), affine=affine, threads=1)
+        assert all(lv.evaluations == 0 and lv.iterations == 0 for lv in res.levels) and res.levels
+        assert res.energy == 0.0 and not np.asarray(res.momentum.data).any()
+        x = world_coordinates(pair.fixed)
+        A = np.eye(3) if not affine else res.affine_matrix
+        assert affine == (not np.allclose(A, np.eye(3)))
+        expected = np.tensordot(A[:2, :2], x, axes=1) + A[:2, 2].reshape(2, 1, 1)
+        np.testing.assert_allclose(res.transform.world_map(), expected, atol=1e-3)  # mm, float32 maps
+
+
 def test_warm_start_and_public_shooting_share_the_registration_metric():
     # geodesic_transform(fixed, m, **options) is the registration's own geodesic; starting a registration from its
     # own momentum with no iterations gives back its transform

@@ -201,6 +201,10 @@ def _run_segment(pb: _Problem, st: _State, li: int, lv_grid: Grid, Fl, Ml, maskl
     with torch.no_grad():  # the loss where the segment starts (its map: the identity), with the same arithmetic
         start = geo.grid.identity_map(dtype=pb.dtype, device=pb.device) if before is None else before
         sim0 = max(float(sim_fn(start)), 1e-12)
+    if iters == 0:  # no budget (e.g. an affine-only registration): the level keeps its start, unevaluated
+        return geo, P0, sim0, LevelReport(shrink=shrink, shape=lv_grid.shape, spacing=lv_grid.spacing, iterations=0,
+                                          evaluations=0, objective=[], similarity=[], stop_reason="max_iter",
+                                          seconds=time.perf_counter() - t0, segment=seg, sigma=float(sigma))
     objective = _objective(pb, st, geo, sim_fn, scale, sim0, floor, before)
     report = None if pb.callback is None else (lambda it, f, sim: pb.callback(
         {"level": li, "iteration": it, "objective": f, "similarity": float(sim)}))
@@ -268,6 +272,9 @@ def _final_maps(pb: _Problem, st: _State):
     geo = LevelGeodesic(pb.cfg, pb.kernel, pb.reach, pb.grid, pb.def_shrink, pb.moving_np, 0.0, dtype=pb.dtype,
                         device=pb.device)
     P = momentum_on(st.P, geo.shape)
+    if not bool(P.any()):  # the geodesic of zero momentum stays at the identity
+        ident = pb.grid.identity_map(dtype=pb.dtype, device=pb.device)
+        return ident, ident.clone(), 0.0, P
     psi, phi, energy = geo.maps_on(P, pb.grid)
     return psi, phi, energy / pb.volume, P
 
