@@ -195,9 +195,9 @@ def main() -> int:
 
     import dask
     import torch
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    from registration.atlas import WORKER_PRELOAD
+    from registration.atlas import local_cluster
     from registration.atlas.population import class_thresholds, mni152_volume, synthetic_population
     from registration.io import Image
 
@@ -206,8 +206,7 @@ def main() -> int:
     rows, panels = [], {}
     logging.getLogger("distributed").setLevel(logging.ERROR)
     dask.config.set({"logging.distributed": "error"})
-    cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                           preload=list(WORKER_PRELOAD))  # as the default cluster's: imports before the timing
+    cluster = local_cluster(args.workers)  # the default cluster's: preloaded imports, glibc's own malloc
     client = Client(cluster)
     try:
         for config in args.configs.split(","):

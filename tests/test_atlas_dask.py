@@ -13,6 +13,7 @@ from registration.atlas import build_template
 from registration.atlas.population import mni152_slice, synthetic_population
 
 distributed = pytest.importorskip("distributed")
+dask = pytest.importorskip("dask")
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +177,10 @@ def _imported(names):
     return sorted(n for n in names if n in sys.modules)
 
 
+def _environ(names):
+    return {n: os.environ.get(n) for n in names}
+
+
 def test_default_cluster_workers_import_the_package_when_they_start():
     """The default LocalCluster's workers import ``WORKER_PRELOAD`` (torch, the registrations, the readers) while the
     cluster starts, so that the first round's tasks do not pay it (about 2 s per fresh worker); a plain worker has
@@ -186,9 +191,13 @@ def test_default_cluster_workers_import_the_package_when_they_start():
     executor = make_executor(None, workers=1, threads=1, retries=0, n_tasks=1)
     try:
         seen = executor.client.run(_imported, list(WORKER_PRELOAD) + ["torch"])
+        env = executor.client.run(_environ, ["MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS"])
     finally:
         executor.close()
     assert list(seen.values()) == [sorted(list(WORKER_PRELOAD) + ["torch"])]
+    # glibc's adaptive malloc thresholds (Dask's trim threshold dropped), Dask's other variables kept
+    assert list(env.values()) == [{"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"}]
+    assert dask.config.get("distributed.nanny.pre-spawn-environ")["MALLOC_TRIM_THRESHOLD_"] == 65536  # untouched
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as \
             cluster, distributed.Client(cluster) as plain:
         assert list(plain.run(_imported, ["nibabel", "scipy.ndimage"]).values()) == [[]]

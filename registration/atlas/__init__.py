@@ -9,10 +9,10 @@ is rescheduled, and a subject whose data fail is reported by name and excluded (
 """
 
 from ._build import build_template
-from ._executor import WORKER_PRELOAD
+from ._executor import WORKER_PRELOAD, local_cluster
 from ._result import AtlasResult, RoundRecord, SubjectSummary
 from ._run import SubjectExcludedWarning
 from ._shapes import is_shape_source
 
 __all__ = ["build_template", "AtlasResult", "RoundRecord", "SubjectSummary", "SubjectExcludedWarning",
-           "is_shape_source", "WORKER_PRELOAD"]
+           "is_shape_source", "WORKER_PRELOAD", "local_cluster"]

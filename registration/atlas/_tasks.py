@@ -89,7 +89,8 @@ def _resolve_threads(threads) -> int | None:
 #: environ``), which also fixes the mmap threshold at 128 KiB: every array of a registration was then mapped and
 #: faulted in afresh, and a 4 mm MNI152 registration took 5.4 s of CPU on a worker against 2.7 s in a plain process
 #: (2.7-3.0 s on the worker with these values). After the task ``malloc_trim(0)`` returns the free memory to the
-#: system, which is what Dask's setting is for.
+#: system, which is what Dask's setting is for. The default cluster's workers start without the variable
+#: (``_executor.WORKER_ENV_DROP``, faster still); this repairs clusters started elsewhere.
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 TASK_MALLOC = {M_MMAP_THRESHOLD: 32 << 20, M_TRIM_THRESHOLD: 256 << 20}
 FROZEN_MALLOC_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")

@@ -57,8 +57,9 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads per task (default: cores / workers)")
     p.add_argument("--no-unbias", action="store_true", help="skip the unbiasing shot")
     p.add_argument("--warm-start", default=None, choices=["on", "off"],
-                   help="start each round's registrations from the previous round's momenta (default: on for "
-                        "images, off for shapes)")
+                   help="start each round's registrations from the previous round's momenta, refined by 3 "
+                        "finest-level iterations while the template settles (default: on for images, off for "
+                        "shapes)")
     p.add_argument("--tol", type=float, default=None, help="stop updating once the template changes less than this")
     p.add_argument("--metric", default=None, choices=["lncc", "ncc", "ssd"],
                    help="similarity of the registrations (default: lncc for 3-D, ssd for 2-D)")
