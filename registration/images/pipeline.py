@@ -218,7 +218,7 @@ def _run_segment(pb: _Problem, st: _State, li: int, lv_grid: Grid, Fl, Ml, maskl
     lv = LevelReport(shrink=shrink, shape=lv_grid.shape, spacing=lv_grid.spacing, iterations=res.n_iter,
                      evaluations=evals, objective=list(res.history), similarity=[float(s) for s in res.aux_history],
                      stop_reason=res.stop_reason, seconds=time.perf_counter() - t0, segment=seg, sigma=float(sigma))
-    if res.n_iter == 0 and iters > 0:  # a budget spent is the pyramid's design; no step at all is a failure
+    if res.n_iter == 0:  # a budget spent is the pyramid's design; no step at all is a failure
         warnings.warn(f"register_images: level {li + 1} (shrink {shrink}) made no progress: {res.message} after "
                       f"{evals} evaluations", ConvergenceWarning, stacklevel=4)
     return geo, res.x * scale, sim0, lv
