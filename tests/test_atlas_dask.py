@@ -201,3 +201,16 @@ def test_default_cluster_workers_import_the_package_when_they_start():
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as \
             cluster, distributed.Client(cluster) as plain:
         assert list(plain.run(_imported, ["nibabel", "scipy.ndimage"]).values()) == [[]]
+
+
+@pytest.mark.parametrize("workers", [0, -1, True, 2.0, "2"])
+def test_a_bad_number_of_workers_is_an_error_naming_it(workers):
+    """``local_cluster`` and the default cluster of ``build_template`` refuse a worker count that is not a positive
+    integer before starting anything."""
+    from registration.atlas import local_cluster
+    from registration.atlas._executor import make_executor
+
+    with pytest.raises(ValueError, match=r"workers: expected a positive integer, got"):
+        local_cluster(workers)
+    with pytest.raises(ValueError, match=r"workers: expected a positive integer or None, got"):
+        make_executor(None, workers=workers, threads=1, retries=0, n_tasks=1)

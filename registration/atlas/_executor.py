@@ -258,8 +258,8 @@ def make_executor(client, *, workers: int | None, threads: int | None, retries: 
     address of a running scheduler; ``None``: a new ``LocalCluster`` of ``workers`` processes (default: sized to
     the machine), one task slot each, dashboard on a free port when bokeh is installed.
     """
-    if isinstance(workers, bool) or (workers is not None and (not isinstance(workers, int) or workers < 1)):
-        raise ValueError(f"workers: expected a positive integer or None, got {workers!r}")
+    if workers is not None:
+        _check_workers(workers, "a positive integer or None")
     if isinstance(client, str) and client == "synchronous":
         return SerialExecutor(threads)
     try:
@@ -284,6 +284,11 @@ def make_executor(client, *, workers: int | None, threads: int | None, retries: 
     return DaskExecutor(Client(cluster), retries=retries, threads=threads, cluster=cluster, owns_client=True)
 
 
+def _check_workers(workers, expected: str) -> None:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers: expected {expected}, got {workers!r}")
+
+
 def local_cluster(workers: int):
     """The ``distributed.LocalCluster`` that ``build_template`` starts when given no client: ``workers`` worker
     processes of one task slot each, which import ``WORKER_PRELOAD`` while the cluster starts (not in their first
@@ -298,6 +303,7 @@ def local_cluster(workers: int):
     import dask
     from distributed import LocalCluster
 
+    _check_workers(workers, "a positive integer")
     env = {k: v for k, v in (dask.config.get("distributed.nanny.pre-spawn-environ", None) or {}).items()
            if k not in WORKER_ENV_DROP}
     # A nanny writes its pre-spawn variables into the environment of the process that starts it (this one; Dask's
