@@ -19,6 +19,8 @@ Run (idle machine; the default configurations of the issue take about 20 minutes
     python scripts/bench_atlas.py                                   # n=8 and n=16 at 4 mm, n=8 at 2 mm
     python scripts/bench_atlas.py --configs 4:4 --iterations 2      # a small check (minutes)
     python scripts/bench_atlas.py --configs 4:8 --serial            # + the serial run for the speed-up
+    python scripts/bench_atlas.py --configs 4:8,4:16 --serial --serial-threads 1 --skip-ants --repeats 3
+                                                                    # the speed-up, median of 3 alternating runs
 
 Writes ``bench_atlas_out/results.json`` and ``templates.png`` (mid axial slices).
 """
@@ -46,6 +48,8 @@ def _args():
     p.add_argument("--serial", action="store_true", help="also run ours serially (speed-up of the workers)")
     p.add_argument("--serial-threads", type=int, default=None,
                    help="torch threads of the serial run (default: torch's, i.e. every core)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="runs of ours (Dask, then serial, alternating); the tables show the median time (default 1)")
     p.add_argument("--skip-ants", action="store_true")
     p.add_argument("--ants-threads", type=int, default=None, help="ITK threads for ANTs (default: all cores)")
     p.add_argument("--ants-iterations", default=None,
@@ -92,6 +96,14 @@ def run_ours(pop, args, client, thresholds, register_options, threads=None):
                bias_ratio=last.bias_ratio, bias_mm=last.bias, mean_momentum_ratio=last.mean_momentum_ratio,
                rounds=len(res.history))
     return row, res.template
+
+
+def _median_run(runs):
+    """The first run's row and template (the runs compute the same template) with the median of the runs' times;
+    ``seconds_runs``: every run's."""
+    row, template = runs[0]
+    seconds = [r["seconds"] for r, _ in runs]
+    return dict(row, seconds=float(np.median(seconds)), seconds_runs=[round(s, 1) for s in seconds]), template
 
 
 def _to_ants(image):
@@ -218,14 +230,21 @@ def main() -> int:
             name = f"{res_mm}mm n={n}"
             panels.setdefault(f"MNI152 {res_mm} mm", truth)
             panels[f"plain mean, {name}"] = Image(np.mean([s.data for s in pop.subjects], 0), truth.affine)
-            row, template = run_ours(pop, args, client, thresholds, register_options)
+            runs, serial_runs = [], []
+            for _ in range(args.repeats):  # alternating, so that a slow spell of the machine hits both
+                runs.append(run_ours(pop, args, client, thresholds, register_options))
+                if args.serial:
+                    serial_runs.append(run_ours(pop, args, "synchronous", thresholds, register_options,
+                                                args.serial_threads))
+            row, template = _median_run(runs)
             rows.append(dict(row, config=name, method=f"ours, {args.workers} Dask workers"))
             panels[f"ours, {name}"] = template
             if args.serial:
-                row, _ = run_ours(pop, args, "synchronous", thresholds, register_options, args.serial_threads)
+                row, _ = _median_run(serial_runs)
                 threads = args.serial_threads or torch.get_num_threads()
                 rows.append(dict(row, config=name, method=f"ours, serial ({threads} torch threads)"))
                 rows[-1]["speedup"] = row["seconds"] / rows[-2]["seconds"]
+                rows[-1]["speedups"] = [s[0]["seconds"] / d[0]["seconds"] for s, d in zip(serial_runs, runs)]
             if not args.skip_ants:
                 row, template = run_ants(pop, args, thresholds)
                 rows.append(dict(row, config=name, method="ANTs build_template (SyN)"))
@@ -241,7 +260,9 @@ def main() -> int:
     _table(rows)
     for r in rows:
         if "speedup" in r:
-            print(f"{r['config']}: serial / {args.workers} workers = {r['speedup']:.2f}x")
+            each = ", ".join(f"{v:.2f}" for v in r["speedups"])
+            print(f"{r['config']}: serial / {args.workers} workers = {r['speedup']:.2f}x (medians; run by run: {each}; "
+                  f"seconds {r['seconds_runs']} against {rows[rows.index(r) - 1]['seconds_runs']})")
     for r in rows:
         if "final_registration_seconds" in r:
             print(f"{r['config']}: ANTs' final registrations (for its transforms) "

@@ -181,26 +181,40 @@ def _environ(names):
     return {n: os.environ.get(n) for n in names}
 
 
+def _config(keys):
+    return {k: dask.config.get(k) for k in keys}
+
+
+def _profiling(dask_worker):
+    return dask_worker.periodic_callbacks.get("profile") is not None
+
+
 def test_default_cluster_workers_import_the_package_when_they_start():
     """The default LocalCluster's workers import ``WORKER_PRELOAD`` (torch, the registrations, the readers) while the
     cluster starts, so that the first round's tasks do not pay it (about 2 s per fresh worker); a plain worker has
-    not imported the readers (running this check imports the package there, with this test module)."""
+    not imported the readers (running this check imports the package there, with this test module). Its workers
+    run with ``LOCAL_CLUSTER_CONFIG`` (no statistical profiler), this process's configuration untouched."""
     from registration.atlas import WORKER_PRELOAD
-    from registration.atlas._executor import make_executor
+    from registration.atlas._executor import LOCAL_CLUSTER_CONFIG, make_executor
 
     executor = make_executor(None, workers=1, threads=1, retries=0, n_tasks=1)
     try:
         seen = executor.client.run(_imported, list(WORKER_PRELOAD) + ["torch"])
         env = executor.client.run(_environ, ["MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS"])
+        config = executor.client.run(_config, list(LOCAL_CLUSTER_CONFIG))
+        profiling = executor.client.run(_profiling)
     finally:
         executor.close()
     assert list(seen.values()) == [sorted(list(WORKER_PRELOAD) + ["torch"])]
     # glibc's adaptive malloc thresholds (Dask's trim threshold dropped), Dask's other variables kept
     assert list(env.values()) == [{"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"}]
     assert dask.config.get("distributed.nanny.pre-spawn-environ")["MALLOC_TRIM_THRESHOLD_"] == 65536  # untouched
+    assert list(config.values()) == [LOCAL_CLUSTER_CONFIG] and list(profiling.values()) == [False]
+    assert dask.config.get("distributed.worker.profile.enabled") is True  # untouched here
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as \
             cluster, distributed.Client(cluster) as plain:
         assert list(plain.run(_imported, ["nibabel", "scipy.ndimage"]).values()) == [[]]
+        assert list(plain.run(_profiling).values()) == [True]
 
 
 @pytest.mark.parametrize("workers", [0, -1, True, 2.0, "2"])
