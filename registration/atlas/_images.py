@@ -249,7 +249,9 @@ def _voxels(affine: np.ndarray, world: np.ndarray) -> np.ndarray:
     """Voxel coordinates ``(d, *shape)`` of the world points ``world`` (mm) on the grid of ``affine``."""
     d = world.shape[0]
     inv = np.linalg.inv(np.asarray(affine, np.float64))
-    return np.tensordot(inv[:d, :d], np.asarray(world, np.float64), axes=1) + inv[:d, 3].reshape((d,) + (1,) * d)
+    # einsum's own loop, not BLAS: a 3 x 3 by 3 x N product woke numpy's BLAS threads, which then spun on the other
+    # cores (9 s of CPU beside a 23 s serial 4 mm atlas)
+    return np.einsum("ij,j...->i...", inv[:d, :d], np.asarray(world, np.float64)) + inv[:d, 3].reshape((d,) + (1,) * d)
 
 
 def template_momentum(res, world: np.ndarray | None = None) -> np.ndarray:

@@ -245,7 +245,7 @@ def prepare_pair(fixed, moving, fixed_mask=None, moving_mask=None, initial_affin
     if A is not None:  # sample the moving image at A x for every fixed voxel x: one interpolation
         d = fixed_img.ndim
         x = fixed_img.grid.world().numpy()
-        world = np.tensordot(A[:d, :d], x, axes=1) + A[:d, d].reshape((d,) + (1,) * d)
+        world = np.einsum("ij,j...->i...", A[:d, :d], x) + A[:d, d].reshape((d,) + (1,) * d)  # no BLAS threads
     on_fixed = moving_f32 if same_grid else resample_image(moving_f32, fixed_img.affine, fixed_img.shape,
                                                            world_map=world)
     m_np = rescale(on_fixed.data, lo, hi)
