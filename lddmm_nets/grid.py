@@ -49,7 +49,8 @@ def _apply(matrix: np.ndarray, x, offset=None):
         return out
     x = np.asarray(x)
     x = x if np.issubdtype(x.dtype, np.floating) else x.astype(np.float64)  # float32 fields stay float32
-    out = np.tensordot(matrix.astype(x.dtype), x, axes=1)
+    # einsum's own loop: BLAS (tensordot) would wake numpy's BLAS threads, which then spin on the other cores
+    out = np.einsum("ij,j...->i...", matrix.astype(x.dtype), x)
     return out if offset is None else out + np.asarray(offset, dtype=x.dtype).reshape((d,) + (1,) * (x.ndim - 1))
 
 
