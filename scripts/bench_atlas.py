@@ -79,31 +79,41 @@ def _scores(template, transforms_or_fields, pop, thresholds, *, labels=None):
             "mean_displacement_mm": P.mean_displacement(fields, head)}
 
 
-def run_ours(pop, args, client, thresholds, register_options, threads=None):
+def run_ours(pop, args, client, register_options, threads=None):
+    """One timed ``build_template`` run; returns ``(row, result, directory)``: the row holds the times only, scored
+    later (``_score_runs``) so that no scoring runs between timed runs (it slowed the next Dask run by 0.3-1 s)."""
     from registration.atlas import build_template
 
+    tmp = tempfile.TemporaryDirectory()
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        res = build_template(pop.subjects, iterations=args.iterations, client=client, out=os.path.join(tmp, "run"),
-                             register_options=register_options, threads=threads)
-        seconds = time.perf_counter() - t0
-        row = _scores(res.template, [res.transform(n) for n in res.names], pop, thresholds)
+    res = build_template(pop.subjects, iterations=args.iterations, client=client, out=os.path.join(tmp.name, "run"),
+                         register_options=register_options, threads=threads)
+    seconds = time.perf_counter() - t0
     last = res.history[-1]
-    row.update(seconds=seconds, seconds_updates=sum(h.seconds for h in res.history if h.updated),
+    row = dict(seconds=seconds, seconds_updates=sum(h.seconds for h in res.history if h.updated),
                task_seconds=float(np.median([h.task_seconds for h in res.history])),
                reduce_seconds=float(np.median([h.reduce_seconds for h in res.history])),
                shot_seconds=float(np.median([h.shot_seconds for h in res.history])),
                bias_ratio=last.bias_ratio, bias_mm=last.bias, mean_momentum_ratio=last.mean_momentum_ratio,
                rounds=len(res.history))
-    return row, res.template
+    return row, res, tmp
 
 
-def _median_run(runs):
-    """The first run's row and template (the runs compute the same template) with the median of the runs' times;
-    ``seconds_runs``: every run's."""
-    row, template = runs[0]
-    seconds = [r["seconds"] for r, _ in runs]
-    return dict(row, seconds=float(np.median(seconds)), seconds_runs=[round(s, 1) for s in seconds]), template
+def _score_runs(runs, pop, thresholds):
+    """The scores of the first run, with the median of the runs' times (``seconds_runs``: every run's), and its
+    template. Every run must have computed the same template, bit for bit (the runs are deterministic)."""
+    try:
+        row, res, _ = runs[0]
+        for _, other, _ in runs[1:]:
+            if not np.array_equal(np.asarray(other.template.data), np.asarray(res.template.data)):
+                raise RuntimeError("two runs of ours computed different templates")
+        seconds = [r["seconds"] for r, _, _ in runs]
+        row = dict(row, seconds=float(np.median(seconds)), seconds_runs=[round(v, 1) for v in seconds],
+                   **_scores(res.template, [res.transform(n) for n in res.names], pop, thresholds))
+        return row, res.template
+    finally:
+        for _, _, tmp in runs:
+            tmp.cleanup()
 
 
 def _to_ants(image):
@@ -232,15 +242,17 @@ def main() -> int:
             panels[f"plain mean, {name}"] = Image(np.mean([s.data for s in pop.subjects], 0), truth.affine)
             runs, serial_runs = [], []
             for _ in range(args.repeats):  # alternating, so that a slow spell of the machine hits both
-                runs.append(run_ours(pop, args, client, thresholds, register_options))
+                runs.append(run_ours(pop, args, client, register_options))
                 if args.serial:
-                    serial_runs.append(run_ours(pop, args, "synchronous", thresholds, register_options,
-                                                args.serial_threads))
-            row, template = _median_run(runs)
+                    serial_runs.append(run_ours(pop, args, "synchronous", register_options, args.serial_threads))
+            if serial_runs and not np.array_equal(np.asarray(serial_runs[0][1].template.data),
+                                                  np.asarray(runs[0][1].template.data)):
+                raise RuntimeError("the Dask and the serial run computed different templates")
+            row, template = _score_runs(runs, pop, thresholds)
             rows.append(dict(row, config=name, method=f"ours, {args.workers} Dask workers"))
             panels[f"ours, {name}"] = template
             if args.serial:
-                row, _ = _median_run(serial_runs)
+                row, _ = _score_runs(serial_runs, pop, thresholds)
                 threads = args.serial_threads or torch.get_num_threads()
                 rows.append(dict(row, config=name, method=f"ours, serial ({threads} torch threads)"))
                 rows[-1]["speedup"] = row["seconds"] / rows[-2]["seconds"]
