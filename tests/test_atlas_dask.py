@@ -197,6 +197,7 @@ def test_default_cluster_workers_import_the_package_when_they_start():
     from registration.atlas import WORKER_PRELOAD
     from registration.atlas._executor import LOCAL_CLUSTER_CONFIG, make_executor
 
+    profiling_here = dask.config.get("distributed.worker.profile.enabled")
     executor = make_executor(None, workers=1, threads=1, retries=0, n_tasks=1)
     try:
         seen = executor.client.run(_imported, list(WORKER_PRELOAD) + ["torch"])
@@ -210,11 +211,11 @@ def test_default_cluster_workers_import_the_package_when_they_start():
     assert list(env.values()) == [{"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"}]
     assert dask.config.get("distributed.nanny.pre-spawn-environ")["MALLOC_TRIM_THRESHOLD_"] == 65536  # untouched
     assert list(config.values()) == [LOCAL_CLUSTER_CONFIG] and list(profiling.values()) == [False]
-    assert dask.config.get("distributed.worker.profile.enabled") is True  # untouched here
+    assert dask.config.get("distributed.worker.profile.enabled") == profiling_here  # untouched here
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as \
             cluster, distributed.Client(cluster) as plain:
         assert list(plain.run(_imported, ["nibabel", "scipy.ndimage"]).values()) == [[]]
-        assert list(plain.run(_profiling).values()) == [True]
+        assert list(plain.run(_profiling).values()) == [bool(profiling_here)]
 
 
 @pytest.mark.parametrize("workers", [0, -1, True, 2.0, "2"])

@@ -37,7 +37,8 @@ WORKER_ENV_DROP = ("MALLOC_TRIM_THRESHOLD_",)
 #: statistical profiler in the workers (a stack sample every 10 ms), the nannies' memory monitors (in this process)
 #: every second instead of every 0.1 s, the system monitor every 2 s and the event loops' health check every 0.2 s.
 #: 4 mm MNI152, 8 subjects, 2 workers, three runs each: 12.27-12.76 s against 13.18-13.52 s, and 1.2 s of this
-#: process's CPU against 1.6 s (``scripts/bench_atlas.py``). The dashboard's profile page stays empty.
+#: process's CPU against 1.6 s (``build_template`` timed alone, the cluster started). The dashboard's profile page stays
+#: empty.
 LOCAL_CLUSTER_CONFIG = {"distributed.worker.profile.enabled": False,
                         "distributed.worker.memory.monitor-interval": "1s",
                         "distributed.admin.system-monitor.interval": "2s",
