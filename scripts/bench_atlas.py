@@ -99,14 +99,18 @@ def run_ours(pop, args, client, register_options, threads=None):
     return row, res, tmp
 
 
+def _check_same_templates(runs) -> None:
+    """Every run of ours, Dask or serial, must have computed the same template, bit for bit (they are deterministic)."""
+    first = np.asarray(runs[0][1].template.data)
+    if any(not np.array_equal(np.asarray(res.template.data), first) for _, res, _ in runs[1:]):
+        raise RuntimeError("two runs of ours computed different templates")
+
+
 def _score_runs(runs, pop, thresholds):
     """The scores of the first run, with the median of the runs' times (``seconds_runs``: every run's), and its
-    template. Every run must have computed the same template, bit for bit (the runs are deterministic)."""
+    template (``_check_same_templates``: every run computed it)."""
     try:
         row, res, _ = runs[0]
-        for _, other, _ in runs[1:]:
-            if not np.array_equal(np.asarray(other.template.data), np.asarray(res.template.data)):
-                raise RuntimeError("two runs of ours computed different templates")
         seconds = [r["seconds"] for r, _, _ in runs]
         row = dict(row, seconds=float(np.median(seconds)), seconds_runs=[round(v, 1) for v in seconds],
                    **_scores(res.template, [res.transform(n) for n in res.names], pop, thresholds))
@@ -245,9 +249,7 @@ def main() -> int:
                 runs.append(run_ours(pop, args, client, register_options))
                 if args.serial:
                     serial_runs.append(run_ours(pop, args, "synchronous", register_options, args.serial_threads))
-            if serial_runs and not np.array_equal(np.asarray(serial_runs[0][1].template.data),
-                                                  np.asarray(runs[0][1].template.data)):
-                raise RuntimeError("the Dask and the serial run computed different templates")
+            _check_same_templates(runs + serial_runs)
             row, template = _score_runs(runs, pop, thresholds)
             rows.append(dict(row, config=name, method=f"ours, {args.workers} Dask workers"))
             panels[f"ours, {name}"] = template
