@@ -26,7 +26,7 @@ import torch
 
 from .checks import check_choice, check_positive
 
-__all__ = ["Grid", "GridOperator", "sobolev_operator", "fft_size"]
+__all__ = ["Grid", "GridOperator", "sobolev_operator", "fft_size", "apply_linear"]
 
 
 def _as_tuple(name: str, value, ndim: int) -> tuple[float, ...]:
@@ -38,8 +38,23 @@ def _as_tuple(name: str, value, ndim: int) -> tuple[float, ...]:
     return vals
 
 
-def _apply(matrix: np.ndarray, x, offset=None):
-    """``matrix @ x (+ offset)`` on channels-first ``x`` ``(d, ...)``, numpy or torch (device and dtype kept)."""
+def apply_linear(matrix: np.ndarray, x, offset=None):
+    """``matrix @ x (+ offset)`` on channels-first points.
+
+    Parameters
+    ----------
+    matrix : ndarray, shape ``(d, d)``
+    x : ndarray or Tensor, shape ``(d, ...)``
+        Points or a vector field, channels first; a torch tensor keeps its device and dtype, a float numpy array its
+        dtype (integers become float64).
+    offset : array-like, shape ``(d,)``, optional
+        Added to every point.
+
+    Returns
+    -------
+    ndarray or Tensor, shape ``(d, ...)``
+        Of ``x``'s kind. numpy goes through ``einsum``'s own loop, not BLAS, so that it wakes no BLAS threads.
+    """
     d = matrix.shape[0]
     if isinstance(x, torch.Tensor):
         m = torch.as_tensor(matrix, dtype=x.dtype, device=x.device)
@@ -167,11 +182,11 @@ class Grid:
 
     def to_world_vectors(self, v):
         """Rotate vector components from the grid's axes to world axes: ``direction · v``, ``v`` ``(d, ...)``."""
-        return v if self.direction is None else _apply(self.rotation, v)
+        return v if self.direction is None else apply_linear(self.rotation, v)
 
     def to_frame_vectors(self, v):
         """Rotate world vector components onto the grid's axes: ``direction⁻¹ · v``, ``v`` ``(d, ...)``."""
-        return v if self.direction is None else _apply(np.linalg.inv(self.rotation), v)
+        return v if self.direction is None else apply_linear(np.linalg.inv(self.rotation), v)
 
     def to_world(self, y):
         """Frame coordinates ``(d, ...)`` to world coordinates (numpy or torch)."""
@@ -183,12 +198,12 @@ class Grid:
 
     def voxel_to_world(self, index):
         """Voxel indices ``(d, ...)`` (fractional allowed; numpy or torch) to world coordinates."""
-        return _apply(self.rotation * np.asarray(self.spacing)[None, :], index, self.origin)
+        return apply_linear(self.rotation * np.asarray(self.spacing)[None, :], index, self.origin)
 
     def world_to_voxel(self, x):
         """World coordinates ``(d, ...)`` (numpy or torch) to fractional voxel indices."""
         inv = np.linalg.inv(self.rotation * np.asarray(self.spacing)[None, :])
-        return _apply(inv, x, -inv @ np.asarray(self.origin))
+        return apply_linear(inv, x, -inv @ np.asarray(self.origin))
 
     # ------------------------------------------------------------------ coordinates
     def axes(self, dtype=torch.float64, device=None) -> list[torch.Tensor]:

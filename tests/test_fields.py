@@ -9,7 +9,7 @@ import torch
 
 from lddmm_nets.fields import (compose, divergence, gradient, interpolate, jacobian_determinant, resample_map, resize,
                                restrict, warp)
-from lddmm_nets.grid import Grid
+from lddmm_nets.grid import Grid, apply_linear
 
 # origins away from 0 so that the frame coordinates' offset is exercised
 GRIDS = [Grid((40,), 0.5, origin=-3.0), Grid((24, 30), (1.0, 0.7), origin=(5.0, -2.0)),
@@ -232,6 +232,10 @@ def test_grid_from_affine_round_trips_world_and_voxel_coordinates():
                                atol=1e-10)
     np.testing.assert_allclose(grid.world_to_voxel(world), idx, atol=1e-10)
     np.testing.assert_allclose(grid.voxel_to_world(idx), world, atol=1e-10)
+    # the one affine product: numpy keeps float32, torch agrees with numpy
+    w32 = apply_linear(A[:3, :3], idx.astype(np.float32), A[:3, 3])
+    assert w32.dtype == np.float32 and np.abs(w32 - world).max() < 1e-4
+    np.testing.assert_allclose(apply_linear(A[:3, :3], torch.from_numpy(idx), A[:3, 3]).numpy(), world, atol=1e-10)
     # frame coordinates are the world ones rotated onto the grid's axes: distances along an axis are spacings
     y = grid.identity_map(dtype=torch.float64)
     np.testing.assert_allclose((y[:, 1] - y[:, 0]).numpy()[0], 1.5, atol=1e-12)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lddmm_nets.grid import Grid
+from lddmm_nets.grid import Grid, apply_linear
 
 from ..io import Image, load_image, resample_image
 
@@ -245,7 +245,7 @@ def prepare_pair(fixed, moving, fixed_mask=None, moving_mask=None, initial_affin
     if A is not None:  # sample the moving image at A x for every fixed voxel x: one interpolation
         d = fixed_img.ndim
         x = fixed_img.grid.world().numpy()
-        world = np.einsum("ij,j...->i...", A[:d, :d], x) + A[:d, d].reshape((d,) + (1,) * d)  # no BLAS threads
+        world = apply_linear(A[:d, :d], x, A[:d, d])
     on_fixed = moving_f32 if same_grid else resample_image(moving_f32, fixed_img.affine, fixed_img.shape,
                                                            world_map=world)
     m_np = rescale(on_fixed.data, lo, hi)
