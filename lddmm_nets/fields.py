@@ -255,12 +255,13 @@ def _to_grid_sample(f: torch.Tensor, x: torch.Tensor, grid: Grid):
     # depend on the distance: clamping changes nothing there. Non-finite coordinates are sampled at 0 here and their
     # values set to NaN by ``interpolate``. On the CPU one reduction (no device synchronisation to fear) tells
     # whether any coordinate needs it: the usual case then skips both operations and their backward passes (about
-    # a tenth of a 2-D registration's time); elsewhere they are applied unconditionally.
-    lo, hi = (map(float, torch.aminmax(g.detach()))) if g.device.type == "cpu" and g.numel() else (math.nan,) * 2
-    if not -3.0 <= lo <= hi <= 3.0:  # also true for NaN
+    # a tenth of a 2-D registration's time); elsewhere they are applied unconditionally. (``abs().amax()``, not
+    # ``aminmax``: on these transposed (N, d) views aminmax took 10x as long, 3 % of a 2-D registration.)
+    top = float(g.detach().abs().amax()) if g.device.type == "cpu" and g.numel() else math.nan  # NaN propagates
+    if not top <= 3.0:  # also true for NaN
         g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0).clamp_(-3.0, 3.0)
     g = g.reshape((1, -1) + (1,) * (max(d, 2) - 1) + (max(d, 2),))
-    return inp, g, lead, out_shape, math.isfinite(lo) and math.isfinite(hi)
+    return inp, g, lead, out_shape, math.isfinite(top)
 
 
 def interpolate(f: torch.Tensor, x: torch.Tensor, grid: Grid, *, interp: str = "linear",

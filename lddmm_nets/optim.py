@@ -163,17 +163,18 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a * b).sum())
 
 
-def _two_loop(g: torch.Tensor, S: list, Y: list) -> torch.Tensor:
-    """``-H g`` by the L-BFGS two-loop recursion (H0 = sᵀy / yᵀy of the newest pair)."""
+def _two_loop(g: torch.Tensor, pairs: list) -> torch.Tensor:
+    """``-H g`` by the L-BFGS two-loop recursion (H0 = sᵀy / yᵀy of the newest pair); ``pairs`` holds ``(s, y, sᵀy,
+    yᵀy)``, the products computed once when the pair was stored."""
     q = g.clone()
     alphas = []
-    for s, y in reversed(list(zip(S, Y))):
-        rho = 1.0 / _dot(y, s)
+    for s, y, sy, _ in reversed(pairs):
+        rho = 1.0 / sy
         a = rho * _dot(s, q)
         alphas.append((a, rho))
         q = q - a * y
-    q = q * (_dot(S[-1], Y[-1]) / _dot(Y[-1], Y[-1]))
-    for (s, y), (a, rho) in zip(zip(S, Y), reversed(alphas)):
+    q = q * (pairs[-1][2] / pairs[-1][3])
+    for (s, y, _, _), (a, rho) in zip(pairs, reversed(alphas)):
         b = rho * _dot(y, q)
         q = q + (a - b) * s
     return -q
@@ -301,7 +302,7 @@ def _lbfgs(evaluate: _Evaluator, x0: torch.Tensor, *, max_iter, gtol, ftol, pati
                    grad_max=math.nan)
         return out
     ls = _Armijo() if line_search == "armijo" else _Wolfe()
-    S, Y = [], []
+    pairs = []  # (s, y, sᵀy, yᵀy), oldest first
     reason = "max_iter"
     for it in range(max_iter):
         if float(g.abs().max()) <= gtol:
@@ -310,19 +311,19 @@ def _lbfgs(evaluate: _Evaluator, x0: torch.Tensor, *, max_iter, gtol, ftol, pati
         if evaluate.exhausted:
             reason = "max_eval"
             break
-        d = _two_loop(g, S, Y) if S else ls.steepest(g)
+        d = _two_loop(g, pairs) if pairs else ls.steepest(g)
         gtd = _dot(g, d)
         if not gtd < 0:  # not a descent direction: restart from steepest descent
-            S, Y = [], []
+            pairs = []
             d = ls.steepest(g)
             gtd = _dot(g, d)
             if not gtd < 0:
                 reason = "gradient"
                 break
-        step = ls.search(evaluate, x, f, g, d, gtd, first=not S)
+        step = ls.search(evaluate, x, f, g, d, gtd, first=not pairs)
         if step is None:
-            if S:  # the quasi-Newton model is stale: forget it and try steepest descent (spends the iteration)
-                S, Y = [], []
+            if pairs:  # the quasi-Newton model is stale: forget it and try steepest descent (spends the iteration)
+                pairs = []
                 continue
             reason = "line_search"
             break
@@ -330,10 +331,9 @@ def _lbfgs(evaluate: _Evaluator, x0: torch.Tensor, *, max_iter, gtol, ftol, pati
         s, y = t * d, g_new - g
         sy = _dot(s, y)
         if sy > 0 and sy > 1e-12 * float(y.norm()) * float(s.norm()):
-            S.append(s)
-            Y.append(y)
-            if len(S) > history_size:
-                S.pop(0), Y.pop(0)
+            pairs.append((s, y, sy, _dot(y, y)))
+            if len(pairs) > history_size:
+                pairs.pop(0)
         x, f, g = x + s, f_new, g_new
         out["history"].append(f)
         out["aux_history"].append(aux)
