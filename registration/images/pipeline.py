@@ -450,8 +450,8 @@ def register_images(fixed, moving, *, metric: str | None = None, window: int | N
         image is resampled through it before the deformable registration, and the result's transform is the
         composition (the affine after the deformation); with ``affine=True`` the pre-alignment starts from it.
     tol, patience : float, int, optional
-        Stopping rule: stop a level when the objective decreased by less than ``tol`` (relative, default 1e-4)
-        over the last ``patience`` (default 5) iterations.
+        Stopping rule: stop a level when the objective decreased by less than ``tol`` (relative; default 1e-4 in
+        3-D, 2e-3 in 2-D) over the last ``patience`` (default 5) iterations.
     dtype : {"float32", "float64"}, optional
     device : str, optional
         Torch device, e.g. ``"cpu"`` (default) or ``"cuda"``.
