@@ -173,7 +173,8 @@ def _two_loop(g: torch.Tensor, pairs: list) -> torch.Tensor:
         a = rho * _dot(s, q)
         alphas.append((a, rho))
         q = q - a * y
-    q = q * (pairs[-1][2] / pairs[-1][3])
+    _, _, sy, yy = pairs[-1]
+    q = q * (sy / yy)
     for (s, y, _, _), (a, rho) in zip(pairs, reversed(alphas)):
         b = rho * _dot(y, q)
         q = q + (a - b) * s
@@ -329,9 +330,9 @@ def _lbfgs(evaluate: _Evaluator, x0: torch.Tensor, *, max_iter, gtol, ftol, pati
             break
         t, f_new, g_new, aux = step
         s, y = t * d, g_new - g
-        sy = _dot(s, y)
-        if sy > 0 and sy > 1e-12 * float(y.norm()) * float(s.norm()):
-            pairs.append((s, y, sy, _dot(y, y)))
+        sy, yy = _dot(s, y), _dot(y, y)
+        if sy > 0 and sy > 1e-12 * math.sqrt(yy) * float(s.norm()):
+            pairs.append((s, y, sy, yy))
             if len(pairs) > history_size:
                 pairs.pop(0)
         x, f, g = x + s, f_new, g_new
