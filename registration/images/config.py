@@ -113,6 +113,21 @@ best peer, median (worst)):
   cases (seeds 6 and 7) 4, −0.0047 against the defaults' 4, −0.0042 (Dice median −0.0001, map error never above
   dipy's, time median 0.36× dipy's there): no gain on unseen cases; 11 at the last two 2, −0.0064; 13 at the finest
   4, −0.0039; 11 at the finest with 8 / 3 / 10 finest iterations 7 / 10 / 15 cases below.
+- what limits the noisy cases (the 24 noisy slice cases and their noise-free twins, in-process, Dice − dipy's on the
+  noisy case, median): the coarse levels lose nothing to the noise (with no finest-level iterations a noisy case and
+  its twin run with the noisy options both end −0.0054 / −0.0053); the noisy options cost the twins 0.0015 (window
+  9, 5 finest iterations and the diffusion each a part); the finest level then gains 0.008 on the twins, 0.005 on
+  the noisy images. Neither the image gradient's noise nor the interpolation explains the rest: the data term's
+  force through the noise-free fixed image's gradient (half or all of it, as in ESM) −0.0008 / −0.0015; registering
+  the other way round (the fixed image onto the moving one, then the inverse) −0.0047, worse on the twins too;
+  the noise variance that cubic convolution loses between nodes (55 % kept at a half-voxel offset in 2-D, which LNCC
+  rewards) added back into the local variance −0.0001 (4 cases below instead of 6; on the 24 further noisy cases 3
+  instead of 4, worst −0.0045 against −0.0042: within the count's spread, not kept); bilinear interpolation
+  −0.0031. Nor the denoiser: total variation (Chambolle, weight 0.8 / 1.2 × the noise), closer to the noise-free
+  image at the edges (RMS 0.017 of the range against the diffusion's 0.021), −0.0002 / −0.0016. Also no gain: the
+  finest level averaged over windows 7, 9 and 11 −0.0004 (worst −0.0032); λ 5e-4 / 2.5e-4 −0.0002 / −0.0003; a
+  full-resolution deformation grid −0.0004 (worst −0.0062); kernels of 1.5 voxels −0.0026; a full-resolution level
+  smoothed by 1 voxel before the finest −0.0024 (the defaults −0.0003, worst −0.0031, 6 cases below).
 - segments (2, 1, 1, 1) instead of (4, 2, 1, 1): 10 % less CPU, circle -> C Dice 0.994 instead of 0.997: kept (4, 2,
   1, 1) for large deformations (a level stops shooting segments as soon as one gains less than 5 %).
 """
