@@ -96,6 +96,8 @@ class OptimResult:
     grad_max : float
         ``max |g|`` at ``x``.
     seconds : float
+    x_mean : torch.Tensor or None
+        With ``average_from``: the mean of the accepted iterates from that iteration on (``x`` if none), else None.
     """
 
     x: torch.Tensor
@@ -110,6 +112,7 @@ class OptimResult:
     aux_history: list = field(default_factory=list)
     grad_max: float = math.nan
     seconds: float = 0.0
+    x_mean: torch.Tensor | None = None
 
     @property
     def message(self) -> str:
@@ -293,11 +296,13 @@ class _Wolfe:
 
 
 def _lbfgs(evaluate: _Evaluator, x0: torch.Tensor, *, max_iter, gtol, ftol, patience, history_size, line_search,
-           callback):
+           callback, average_from=None):
     """The L-BFGS loop; returns the fields of ``OptimResult`` as a dict."""
     x = x0.detach().clone()
+    x_sum, n_sum = 0.0, 0  # Polyak-Ruppert: the accepted iterates from ``average_from`` on
     f, g, aux = evaluate(x)
-    out = dict(x=x, fun=f, aux=aux, initial=f, history=[], aux_history=[], n_iter=0)
+    out = dict(x=x, fun=f, aux=aux, initial=f, history=[], aux_history=[], n_iter=0,
+               x_mean=None if average_from is None else x)
     if g is None:
         out.update(stop_reason="non_finite" if evaluate.status == "non_finite" else "infeasible_start",
                    grad_max=math.nan)
@@ -336,6 +341,8 @@ def _lbfgs(evaluate: _Evaluator, x0: torch.Tensor, *, max_iter, gtol, ftol, pati
             if len(pairs) > history_size:
                 pairs.pop(0)
         x, f, g = x + s, f_new, g_new
+        if average_from is not None and it + 1 >= average_from:
+            x_sum, n_sum = x_sum + x, n_sum + 1
         out["history"].append(f)
         out["aux_history"].append(aux)
         out["n_iter"] += 1
@@ -354,6 +361,8 @@ def _lbfgs(evaluate: _Evaluator, x0: torch.Tensor, *, max_iter, gtol, ftol, pati
         if float(g.abs().max()) <= gtol:
             reason = "gradient"
     out.update(x=x, fun=f, aux=aux, stop_reason=reason, grad_max=float(g.abs().max()))
+    if average_from is not None:
+        out["x_mean"] = x_sum / n_sum if n_sum else x
     return out
 
 
@@ -409,7 +418,7 @@ def _scipy(evaluate: _Evaluator, x0: torch.Tensor, *, max_iter, gtol, ftol, hist
 def minimize(fun: Callable, x0: torch.Tensor, *, method: str = "lbfgs", max_iter: int = 100, gtol: float = 1e-8,
              ftol: float = 1e-9, patience: int = 1, history_size: int = 10, line_search: str = "wolfe",
              max_eval: int | None = None, callback: Callable | None = None, warn: bool = True,
-             name: str = "minimize") -> OptimResult:
+             name: str = "minimize", average_from: int | None = None) -> OptimResult:
     """Minimise ``fun(x)`` by L-BFGS (see the module docstring for the methods and the stopping rule).
 
     Parameters
@@ -440,6 +449,9 @@ def minimize(fun: Callable, x0: torch.Tensor, *, method: str = "lbfgs", max_iter
         Warn with ``ConvergenceWarning`` when the run stops without converging.
     name : str
         What the warning calls the caller (e.g. ``"register_images level 2"``).
+    average_from : int, optional
+        ``"lbfgs"`` only: also return ``x_mean``, the mean of the accepted iterates from this iteration on
+        (Polyak-Ruppert averaging: where the objective is noisy, the iterates' fits to the noise partly cancel).
 
     Returns
     -------
@@ -462,18 +474,23 @@ def minimize(fun: Callable, x0: torch.Tensor, *, method: str = "lbfgs", max_iter
     history_size = check_int("history_size", history_size)
     if max_eval is not None:
         max_eval = check_int("max_eval", max_eval)
+    if average_from is not None and method != "lbfgs":
+        raise ValueError(f"average_from: expected None with method={method!r} (averaging is 'lbfgs' only)")
+    average_from = None if average_from is None else check_int("average_from", average_from)
     t0 = time.perf_counter()
     evaluate = _Evaluator(fun, max_eval)
     if max_iter == 0:
         f, g, aux = evaluate(x0)
-        out = dict(x=x0.detach().clone(), fun=f, aux=aux, initial=f, history=[], aux_history=[], n_iter=0,
-                   stop_reason="max_iter", grad_max=float(g.abs().max()) if g is not None else math.nan)
+        x = x0.detach().clone()
+        out = dict(x=x, fun=f, aux=aux, initial=f, history=[], aux_history=[], n_iter=0, stop_reason="max_iter",
+                   grad_max=float(g.abs().max()) if g is not None else math.nan, x_mean=x if average_from else None)
     elif method == "scipy":
         out = _scipy(evaluate, x0, max_iter=max_iter, gtol=gtol, ftol=ftol, history_size=history_size,
                      callback=callback, max_eval=max_eval)
     else:
         out = _lbfgs(evaluate, x0, max_iter=max_iter, gtol=gtol, ftol=ftol, patience=patience,
-                     history_size=history_size, line_search=line_search, callback=callback)
+                     history_size=history_size, line_search=line_search, callback=callback,
+                     average_from=average_from)
     res = OptimResult(**out, n_eval=evaluate.count, converged=STOP_REASONS[out["stop_reason"]][0],
                       seconds=time.perf_counter() - t0)
     if warn and not res.converged and max_iter > 0:

@@ -43,6 +43,13 @@ def test_noisy_options_are_2d_defaults_that_explicit_options_switch_off():
     for bad in (-1, 2.5, True, "5"):
         with pytest.raises(ValueError, match="noisy_iterations"):
             RegistrationConfig.for_dim(2, noisy_iterations=bad)
+    assert RegistrationConfig.for_dim(3).noisy_average is None
+    assert cfg.noisy_average is not None and cfg.noisy_average <= cfg.noisy_iterations
+    assert RegistrationConfig.for_dim(2, iterations=(5, 5, 5, 5)).noisy_average is None
+    assert RegistrationConfig.for_dim(2, shrink_factors=(2, 1), noisy_average=3).noisy_average == 3
+    for bad in (0, 2.5, True, "2"):
+        with pytest.raises(ValueError, match="noisy_average"):
+            RegistrationConfig.for_dim(2, noisy_average=bad)
     assert cfg.noisy_window is not None and cfg.noisy_window > cfg.window
     assert RegistrationConfig.for_dim(2, window=5).noisy_window is None
     for bad in (4, 1, 7.0, True):

@@ -87,7 +87,28 @@ def test_aux_values_and_history_follow_the_iterations():
     assert abs(res.aux - 6.0) < 1e-6
 
 
+def test_polyak_average_is_the_mean_of_the_accepted_iterates():
+    # the path is deterministic: a run stopped after k iterations ends at the k-th iterate of a longer one
+    x0 = torch.zeros(4, dtype=torch.float64)
+    kw = dict(ftol=0.0, gtol=0.0, line_search="armijo", warn=False)
+    ends = [minimize(rosenbrock, x0, max_iter=k, **kw).x for k in range(3, 9)]
+    res = minimize(rosenbrock, x0, max_iter=8, average_from=3, **kw)
+    assert res.n_iter == 8 and torch.equal(res.x, ends[-1])
+    assert torch.allclose(res.x_mean, torch.stack(ends).mean(0), rtol=0.0, atol=1e-12)
+    assert not torch.allclose(res.x_mean, res.x)  # the iterates moved: the mean is not the last one
+    # a run that stops before the averaging starts keeps its last iterate; without averaging there is no mean
+    short = minimize(rosenbrock, x0, max_iter=2, average_from=3, **kw)
+    assert torch.equal(short.x_mean, short.x)
+    assert torch.equal(minimize(rosenbrock, x0, max_iter=0, average_from=1).x_mean, x0)
+    assert minimize(rosenbrock, x0, max_iter=2, **kw).x_mean is None
+
+
 def test_bad_options_name_the_argument():
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="average_from"):
+            minimize(rosenbrock, torch.zeros(2), average_from=bad)
+    with pytest.raises(ValueError, match="average_from"):
+        minimize(rosenbrock, torch.zeros(2), method="scipy", average_from=2)
     with pytest.raises(ValueError, match="method"):
         minimize(rosenbrock, torch.zeros(2), method="bfgs")
     with pytest.raises(ValueError, match="line_search"):

@@ -160,8 +160,8 @@ DTYPES = ("float32", "float64")
 
 #: the 2-D defaults, applied by ``RegistrationConfig.for_dim(2)`` over the (3-D) field defaults
 DEFAULTS_2D = dict(window=7, regularization=1e-3, n_steps=2, geodesics="composed", shrink_factors=(8, 4, 2, 1),
-                   iterations=(20, 20, 20, 10), noisy_iterations=5, noisy_window=9, noisy_denoise=True,
-                   segments=(4, 2, 1, 1), tol=2e-3)
+                   iterations=(20, 20, 20, 10), noisy_iterations=8, noisy_average=2, noisy_window=9,
+                   noisy_denoise=True, segments=(4, 2, 1, 1), tol=2e-3)
 
 
 @dataclass(frozen=True)
@@ -188,8 +188,12 @@ class RegistrationConfig:
     noisy_iterations : int or None
         The finest level's budget instead, where either image is noisy (its noise above
         ``preprocessing.NOISE_LEVEL`` of its intensity range): fewer full-resolution iterations fit less of the
-        noise. None: ``iterations`` always; explicit ``iterations`` or ``shrink_factors`` set it to None unless it
+        noise (2-D: 8, averaged from the 2nd on, ``noisy_average``). None: ``iterations`` always; explicit ``iterations`` or ``shrink_factors`` set it to None unless it
         is given too.
+    noisy_average : int or None
+        For noisy images, the finest level's momentum is the mean of its L-BFGS iterates from this iteration on
+        (Polyak-Ruppert averaging: the iterates' fits to the noise partly cancel). None: its last iterate; explicit
+        ``iterations`` or ``shrink_factors`` set it to None unless it is given too.
     noisy_window : int or None
         The LNCC window instead, for noisy images (as ``noisy_iterations``): a wider window averages more of the
         noise. None: ``window`` always; an explicit ``window`` sets it to None unless it is given too.
@@ -229,6 +233,7 @@ class RegistrationConfig:
     smoothing_sigmas: tuple = (2.0, 0.0)
     iterations: tuple = (50, 9)
     noisy_iterations: int | None = None
+    noisy_average: int | None = None
     noisy_window: int | None = None
     noisy_denoise: bool = False
     n_steps: int = 2
@@ -262,7 +267,7 @@ class RegistrationConfig:
         given = {k: v for k, v in options.items() if v is not None}
         base = cls() if d >= 3 else replace(cls(), **DEFAULTS_2D)
         if "iterations" in given or "shrink_factors" in given:
-            base = replace(base, noisy_iterations=None)
+            base = replace(base, noisy_iterations=None, noisy_average=None)
         if "window" in given:
             base = replace(base, noisy_window=None)
         if "shrink_factors" in given:
@@ -284,13 +289,17 @@ class RegistrationConfig:
         the noisy ones are denoised."""
         if self.noisy_denoise:
             return "denoise"
-        return "ignore" if (self.noisy_iterations, self.noisy_window) == (None, None) else "measure"
+        noisy_options = (self.noisy_iterations, self.noisy_average, self.noisy_window)
+        return "ignore" if noisy_options == (None, None, None) else "measure"
 
     def validated(self) -> "RegistrationConfig":
         """This config, checked (every error names the option and shows expected vs actual)."""
         get_metric("lncc" if self.metric == "auto" else self.metric, window=self.window)
         if not isinstance(self.noisy_denoise, (bool, np.bool_)):
             raise ValueError(f"noisy_denoise: expected True or False, got {self.noisy_denoise!r}")
+        a = self.noisy_average
+        if a is not None and (isinstance(a, bool) or not isinstance(a, (int, np.integer)) or a < 1):
+            raise ValueError(f"noisy_average: expected None or an integer >= 1 (an iteration), got {a!r}")
         w = self.noisy_window
         if w is not None and (isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 3 or w % 2 == 0):
             raise ValueError(f"noisy_window: expected None or an odd integer >= 3 (voxels), got {w!r}")

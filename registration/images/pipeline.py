@@ -94,7 +94,8 @@ class _State:
 
 def _noisy_images(pair: PreparedPair, cfg: RegistrationConfig) -> RegistrationConfig:
     """The options for noisy images (``RegistrationConfig.noisy_*``) where either image is noisy: fit less of the
-    noise (a shorter finest level, a wider LNCC window; ``prepare_pair`` has denoised the noisy images)."""
+    noise (a shorter finest level, a wider LNCC window; ``prepare_pair`` has denoised the noisy images; the
+    finest level's iterates are averaged in ``_run_segment``)."""
     if not any(pair.noisy):
         return cfg
     finest = cfg.iterations[:-1] + (cfg.noisy_iterations,) if cfg.noisy_iterations is not None else cfg.iterations
@@ -208,8 +209,9 @@ def _run_segment(pb: _Problem, st: _State, li: int, lv_grid: Grid, Fl, Ml, maskl
     objective = _objective(pb, st, geo, sim_fn, scale, sim0, floor, before)
     report = None if pb.callback is None else (lambda it, f, sim: pb.callback(
         {"level": li, "iteration": it, "objective": f, "similarity": float(sim)}))
+    average = cfg.noisy_average if any(pb.pair.noisy) and li == len(cfg.shrink_factors) - 1 else None
     options = dict(max_iter=iters, gtol=0.0, ftol=cfg.tol, patience=cfg.patience, line_search="armijo",
-                   callback=report, warn=False, name=f"register_images level {li + 1}")
+                   callback=report, warn=False, name=f"register_images level {li + 1}", average_from=average)
     res = minimize(objective, P0 / scale, **options)
     evals = res.n_eval
     if res.stop_reason == "infeasible_start":  # the guess upsampled from a coarser level folds here: restart at 0
@@ -221,7 +223,7 @@ def _run_segment(pb: _Problem, st: _State, li: int, lv_grid: Grid, Fl, Ml, maskl
     if res.n_iter == 0:  # a budget spent is the pyramid's design; no step at all is a failure
         warnings.warn(f"register_images: level {li + 1} (shrink {shrink}) made no progress: {res.message} after "
                       f"{evals} evaluations", ConvergenceWarning, stacklevel=4)
-    return geo, res.x * scale, sim0, lv
+    return geo, (res.x if average is None else res.x_mean) * scale, sim0, lv
 
 
 def _compose_segment(pb: _Problem, st: _State, geo: LevelGeodesic, P: torch.Tensor) -> None:
@@ -399,8 +401,8 @@ def register_images(fixed, moving, *, metric: str | None = None, window: int | N
     window : int, optional
         LNCC box width in voxels of each level (odd). Default 5 in 3-D; 7 in 2-D, 9 for noisy 2-D images (white
         noise above 1 % of the intensity range in either image, ``preprocessing.noise_level``), where the finest
-        level also runs fewer iterations (``RegistrationConfig.noisy_iterations``); an explicit ``window`` or
-        ``iterations`` is used as given.
+        level also runs fewer iterations and keeps the mean of its iterates (``RegistrationConfig.noisy_iterations``
+        and ``noisy_average``); an explicit ``window`` or ``iterations`` is used as given.
     denoise : bool, optional
         Register each noisy image after an edge-preserving diffusion (``preprocessing.denoise``; the outputs warp
         the images as given). Default: True in 2-D, False in 3-D.
