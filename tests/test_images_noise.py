@@ -133,3 +133,36 @@ def test_denoise_is_an_option_of_register_images_and_of_the_command_line():
     noisy = Image(small.data + np.random.default_rng(5).standard_normal(small.shape) * 0.03 * (hi - lo), small.affine)
     res = register_images(small, noisy, denoise=False, iterations=(5, 5, 5, 2), threads=1)
     assert not res.config.noisy_denoise and res.config.window == RegistrationConfig.for_dim(2).noisy_window
+
+
+def test_the_finest_level_keeps_the_mean_of_its_iterates_only_where_it_does_not_fold(monkeypatch):
+    import torch
+
+    import registration.images.pipeline as pipeline
+    from registration.data import load_t1_slice
+
+    t1 = load_t1_slice()
+    fixed = Image(t1.data[::2, ::2].copy(), t1.affine @ np.diag([2.0, 2.0, 1.0, 1.0]))
+    lo, hi = np.percentile(fixed.data, [0.5, 99.5])
+    shifted = np.roll(fixed.data, 2, axis=0)
+    moving = Image(shifted + np.random.default_rng(0).standard_normal(fixed.shape) * 0.03 * (hi - lo), fixed.affine)
+    real = pipeline.minimize
+
+    def run(mean_of):  # the finest level's x_mean replaced by mean_of(result)
+        def fake(fun, x0, **kw):
+            res = real(fun, x0, **kw)
+            if kw.get("average_from") is not None:
+                res.x_mean = mean_of(res)
+            return res
+
+        monkeypatch.setattr(pipeline, "minimize", fake)
+        return register_images(fixed, moving, threads=1)
+
+    last = run(lambda res: res.x)  # the mean equal to the last iterate: no averaging
+    folding = run(lambda res: res.x + 1e4 * torch.randn(res.x.shape, generator=torch.Generator().manual_seed(0),
+                                                         dtype=res.x.dtype))
+    averaged = run(lambda res: res.x_mean)
+    assert folding.ndv_percent == 0.0
+    np.testing.assert_array_equal(folding.displacement, last.displacement)  # the folding mean was not kept
+    assert not np.array_equal(averaged.displacement, last.displacement)  # the real mean is kept
+    assert averaged.ndv_percent == 0.0

@@ -94,8 +94,7 @@ class _State:
 
 def _noisy_images(pair: PreparedPair, cfg: RegistrationConfig) -> RegistrationConfig:
     """The options for noisy images (``RegistrationConfig.noisy_*``) where either image is noisy: fit less of the
-    noise (a shorter finest level, a wider LNCC window; ``prepare_pair`` has denoised the noisy images; the
-    finest level's iterates are averaged in ``_run_segment``)."""
+    noise (a shorter finest level, averaged in ``_run_segment``, a wider LNCC window; ``prepare_pair`` denoises)."""
     if not any(pair.noisy):
         return cfg
     finest = cfg.iterations[:-1] + (cfg.noisy_iterations,) if cfg.noisy_iterations is not None else cfg.iterations
@@ -223,7 +222,11 @@ def _run_segment(pb: _Problem, st: _State, li: int, lv_grid: Grid, Fl, Ml, maskl
     if res.n_iter == 0:  # a budget spent is the pyramid's design; no step at all is a failure
         warnings.warn(f"register_images: level {li + 1} (shrink {shrink}) made no progress: {res.message} after "
                       f"{evals} evaluations", ConvergenceWarning, stacklevel=4)
-    return geo, (res.x if average is None else res.x_mean) * scale, sim0, lv
+    P = res.x
+    if average is not None and not torch.equal(res.x_mean, P):  # the mean of fold-free iterates may fold
+        with torch.no_grad():
+            P = res.x_mean if objective(res.x_mean) is not None else P
+    return geo, P * scale, sim0, lv
 
 
 def _compose_segment(pb: _Problem, st: _State, geo: LevelGeodesic, P: torch.Tensor) -> None:
