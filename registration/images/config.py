@@ -148,8 +148,9 @@ best peer, median (worst)):
   of 6 + 4, worst −0.0035 instead of −0.0042, no case more than 0.0005 worse than before, map error within dipy's
   + 0.031 mm. Iterates 3-6: 1 + 3 below, worst −0.0045; 3-8: 2 + 2, −0.0035, median +0.0004; 2-10: 4 + 3, +0.0005.
   Hence 8 iterations averaged from the 2nd. Noise-free images keep their last iterate: on the 48 noise-free slice
-  cases the mean of iterates 4-10 / 2-10 of 10 gave worst −0.0055 / −0.0065 against −0.0025 (2 / 3 cases below, 1). The suite per process: 1 of 37 below (``mni_sag/svf-1/bias-noise``, WM
-  −0.0027; 2 before), time median 0.38× dipy's (worst 0.70×); unseen seeds 3-5 in-process: 3 of 36 below (5).
+  cases the mean of iterates 4-10 / 2-10 of 10 gave worst −0.0055 / −0.0065 against −0.0025 (2 / 3 cases below,
+  1). The suite per process: 1 of 37 below (``mni_sag/svf-1/bias-noise``, WM −0.0027; 2 before), time median 0.38×
+  dipy's (worst 0.70×); unseen seeds 3-5 in-process: 3 of 36 below (5).
 - segments (2, 1, 1, 1) instead of (4, 2, 1, 1): 10 % less CPU, circle -> C Dice 0.994 instead of 0.997: kept (4, 2,
   1, 1) for large deformations (a level stops shooting segments as soon as one gains less than 5 %).
 """
@@ -159,6 +160,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
+
+from lddmm_nets.checks import check_int
 
 from ..metrics import get_metric
 
@@ -199,8 +202,8 @@ class RegistrationConfig:
     noisy_iterations : int or None
         The finest level's budget instead, where either image is noisy (its noise above
         ``preprocessing.NOISE_LEVEL`` of its intensity range): fewer full-resolution iterations fit less of the
-        noise (2-D: 8, averaged from the 2nd on, ``noisy_average``). None: ``iterations`` always; explicit ``iterations`` or ``shrink_factors`` set it to None unless it
-        is given too.
+        noise (2-D: 8, averaged from the 2nd on, ``noisy_average``). None: ``iterations`` always; explicit
+        ``iterations`` or ``shrink_factors`` set it to None unless it is given too.
     noisy_average : int or None
         For noisy images, the finest level's momentum is the mean of its L-BFGS iterates from this iteration on
         (Polyak-Ruppert averaging: the iterates' fits to the noise partly cancel). None: its last iterate; explicit
@@ -308,9 +311,8 @@ class RegistrationConfig:
         get_metric("lncc" if self.metric == "auto" else self.metric, window=self.window)
         if not isinstance(self.noisy_denoise, (bool, np.bool_)):
             raise ValueError(f"noisy_denoise: expected True or False, got {self.noisy_denoise!r}")
-        a = self.noisy_average
-        if a is not None and (isinstance(a, bool) or not isinstance(a, (int, np.integer)) or a < 1):
-            raise ValueError(f"noisy_average: expected None or an integer >= 1 (an iteration), got {a!r}")
+        if self.noisy_average is not None:
+            check_int("noisy_average", self.noisy_average)
         w = self.noisy_window
         if w is not None and (isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 3 or w % 2 == 0):
             raise ValueError(f"noisy_window: expected None or an odd integer >= 3 (voxels), got {w!r}")
