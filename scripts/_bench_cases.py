@@ -5,7 +5,8 @@ from its name alone, so any seed can be asked for (the suite's seeds are 0, 1, 2
 
 Images (all bundled with installed packages): ``mni2`` / ``mni1`` (nilearn's MNI152 T1 at 2 / 1 mm, 3-D),
 ``t1slice`` (dipy's T1 coronal slice, 256², unit spacing), ``mni_ax`` / ``mni_cor`` / ``mni_sag`` (the middle
-axial, coronal, sagittal slices of the 1 mm template, 2-D with their 2-D affine), ``circle`` (dipy's circle ->
+axial, coronal, sagittal slices of the 1 mm template, 2-D with their 2-D affine; ``mni_ax+20`` / ``mni_sag-15``: the
+slice that many voxels (mm) off the middle, a hold-out of other slices), ``circle`` (dipy's circle ->
 C, the classic large deformation, no known map). Labels: GM / WM masks for MNI (3-D and slices); for
 ``t1slice`` three intensity classes, the terciles of the foreground (smoothed image > 10 % of its max) of the
 Gaussian-smoothed (1 px) image.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -117,8 +119,10 @@ def parse(name: str) -> dict:
     if len(parts) != 3 or "-" not in parts[1]:
         raise ValueError(f"--cases: expected IMAGE/FAMILY-SEED/PERTURBATION or one of {LEGACY}, got {name!r}")
     image, (family, seed), pert = parts[0], parts[1].rsplit("-", 1), parts[2]
-    if image not in IMAGES:
-        raise ValueError(f"--cases {name!r}: image expected one of {IMAGES}, got {image!r}")
+    offset = re.fullmatch(r"(mni_ax|mni_cor|mni_sag)([+-][0-9]+)", image)
+    if image not in IMAGES and offset is None:
+        raise ValueError(f"--cases {name!r}: image expected one of {IMAGES} (slices also with an offset in "
+                         f"voxels, e.g. mni_ax+20), got {image!r}")
     if family not in FAMILIES:
         raise ValueError(f"--cases {name!r}: family expected one of {FAMILIES}, got {family!r}")
     if not seed.isdigit():
@@ -184,8 +188,11 @@ def base_image(image: str):
         t1 = load_t1_slice()
         return t1, _terciles(t1), "2d"
     m = _mni(1)
-    axis = {"mni_sag": 0, "mni_cor": 1, "mni_ax": 2}[image]
-    index = m.t1.shape[axis] // 2
+    base, offset = re.fullmatch(r"(mni_ax|mni_cor|mni_sag)([+-][0-9]+)?", image).groups()
+    axis = {"mni_sag": 0, "mni_cor": 1, "mni_ax": 2}[base]
+    index = m.t1.shape[axis] // 2 + int(offset or 0)
+    if not 0 <= index < m.t1.shape[axis]:
+        raise ValueError(f"--cases: slice offset of {image!r} expected within +-{m.t1.shape[axis] // 2}, got {offset}")
     t1 = _slice(m.t1, axis, index)
     return t1, {k: _slice(v, axis, index).data.astype(np.uint8) for k, v in (("gm", m.gm), ("wm", m.wm))}, "2d"
 
