@@ -5,7 +5,8 @@ Sign and scale (all dimensionless, all resolution independent because they are m
 - ``ssd``:  ``mean((I - J)²)`` over the mask; images are normalised to [0, 1] upstream, so it lies in [0, 1].
 - ``ncc``:  ``1 - ncc(I, J)`` with the global normalised cross-correlation, in [0, 2].
 - ``lncc``: ``1 - mean(lncc²)`` where ``lncc`` is the local correlation in a box window of ``window`` voxels per
-  side (ANTs' CC uses the square of the local correlation; so do we), in [0, 1].
+  side (ANTs' CC uses the square of the local correlation; so do we), in [0, 1]. With ``floor > 0`` the fixed
+  image's local variance is raised by ``floor`` times its median over the foreground (``fixed_statistics``).
 
 Each takes tensors of the same shape ``(*shape)`` (d = 1, 2 or 3 spatial axes) and an optional mask (same shape,
 values in [0, 1]) that weights the voxels. One implementation for every dimension.
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from lddmm_nets.checks import check_positive
 
 __all__ = ["METRICS", "Metric", "ssd", "ncc", "lncc", "get_metric", "box_mean", "fixed_statistics"]
 
@@ -131,16 +134,27 @@ class _LNCCLoss(torch.autograd.Function):
         return back[0] + back[1] * fixed + 2.0 * warped * back[2], None, None, None, None, None
 
 
-def fixed_statistics(fixed: torch.Tensor, window: int):
-    """Local mean and variance of the fixed image, reused by every LNCC evaluation against it."""
+def fixed_statistics(fixed: torch.Tensor, window: int, floor: float = 0.0, mask: torch.Tensor | None = None):
+    """Local mean and variance of the fixed image, reused by every LNCC evaluation against it.
+
+    ``floor > 0`` adds ``floor`` times the median local variance of the foreground (the mask's voxels, else those
+    above a tenth of the fixed image's range) to every local variance. A window of far less contrast than the
+    image's typical one (a plateau such as deep white matter) then weighs ``v / (v + floor median)`` instead of
+    fully: plain LNCC normalises its faint texture up to full weight, where a bias field's ramp or the noise of the
+    moving image correlates with it and pushes the map. Returns ``(fixed, mean, variance)``, each ``(*shape)``.
+    """
     f = fixed
     mj = box_mean(f, window)
     vj = (box_mean(f * f, window) - mj * mj).clamp_min(0)
+    if floor > 0:
+        lo, hi = f.min(), f.max()
+        fg = mask > 0 if mask is not None else f > lo + 0.1 * (hi - lo)
+        vj = vj + floor * (vj[fg] if bool(fg.any()) else vj).median()
     return f, mj, vj
 
 
 def lncc(warped: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None = None, *,
-         window: int = 5, fixed_stats=None) -> torch.Tensor:
+         window: int = 5, floor: float = 0.0, fixed_stats=None) -> torch.Tensor:
     """``1 - mean(lncc²)``: local normalised cross-correlation in a ``window``-voxel box. Scalar tensor.
 
     Parameters
@@ -151,8 +165,11 @@ def lncc(warped: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None = 
         ``(*shape)`` weights of the voxels in the mean.
     window : int
         Odd box width in voxels (``>= 3``).
+    floor : float
+        Relative floor of the fixed image's local variance (``fixed_statistics``; 0: plain LNCC).
     fixed_stats : tuple, optional
-        ``fixed_statistics(fixed, window)`` computed once (the fixed image does not change during an optimisation).
+        ``fixed_statistics(fixed, window, floor, mask)`` computed once (the fixed image does not change during an
+        optimisation).
     """
     _check_pair(warped, fixed, mask)
     if not isinstance(window, int) or window < 3 or window % 2 == 0:
@@ -162,7 +179,7 @@ def lncc(warped: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None = 
     # local statistics by direct box sums (separable pooling) in the inputs' dtype: the variances are
     # differences of nearly equal local means, accurate to ~1e-7 in float32 for [0, 1] intensities (running sums
     # in float32 were not: their rounding noise made the loss random in flat regions)
-    fixed, mj, vj = fixed_statistics(fixed, window) if fixed_stats is None else fixed_stats
+    fixed, mj, vj = fixed_statistics(fixed, window, floor, mask) if fixed_stats is None else fixed_stats
     if not (fixed.requires_grad or mj.requires_grad or vj.requires_grad
             or (mask is not None and mask.requires_grad)):  # the usual case: the warped image alone is optimised
         return _LNCCLoss.apply(warped, fixed, mj, vj, mask, window)
@@ -187,10 +204,11 @@ class Metric:
 
     name: str
     window: int = 5
+    floor: float = 0.0
 
     def __call__(self, warped: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None = None):
         if self.name == "lncc":
-            return lncc(warped, fixed, mask, window=self.window)
+            return lncc(warped, fixed, mask, window=self.window, floor=self.floor)
         return METRICS[self.name](warped, fixed, mask)
 
     def bind(self, fixed: torch.Tensor, mask: torch.Tensor | None = None):
@@ -201,20 +219,20 @@ class Metric:
         stats = None
         if not fixed.requires_grad:
             with torch.no_grad():
-                stats = fixed_statistics(fixed, self.window)
-        return lambda warped: lncc(warped, fixed, mask, window=self.window, fixed_stats=stats)
+                stats = fixed_statistics(fixed, self.window, self.floor, mask)
+        return lambda warped: lncc(warped, fixed, mask, window=self.window, floor=self.floor, fixed_stats=stats)
 
 
-def get_metric(name: str, *, window: int = 5) -> Metric:
-    """The ``Metric`` for ``name`` in ``METRICS`` (``window`` applies to ``lncc``).
+def get_metric(name: str, *, window: int = 5, floor: float = 0.0) -> Metric:
+    """The ``Metric`` for ``name`` in ``METRICS`` (``window`` and ``floor`` apply to ``lncc``).
 
     Raises
     ------
     ValueError
-        An unknown name, or an LNCC window that is not an odd integer >= 3.
+        An unknown name, an LNCC window that is not an odd integer >= 3, or a floor that is not a finite number >= 0.
     """
     if name not in METRICS:
         raise ValueError(f"metric: expected one of {sorted(METRICS)}, got {name!r}")
     if name == "lncc" and (isinstance(window, bool) or not isinstance(window, int) or window < 3 or window % 2 == 0):
         raise ValueError(f"window: expected an odd integer >= 3 (voxels), got {window!r}")
-    return Metric(name, int(window))
+    return Metric(name, int(window), check_positive("floor", floor, allow_zero=True))

@@ -15,10 +15,11 @@ coronal slice, MNI 2 mm) on the 2-core machine at a load average of 3.6-4.8 (oth
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
-__all__ = ["THREAD_POLICIES", "available_cores", "free_cores", "resolve_threads"]
+__all__ = ["THREAD_POLICIES", "available_cores", "free_cores", "resolve_threads", "torch_threads"]
 
 THREAD_POLICIES = ("auto", "all")
 
@@ -83,3 +84,19 @@ def resolve_threads(threads) -> int:
     elif isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1:
         return threads
     raise ValueError(f"threads: expected a positive integer, 'auto' or 'all', got {threads!r}")
+
+
+@contextlib.contextmanager
+def torch_threads(threads):
+    """Run a block with ``resolve_threads(threads)`` torch threads, restored afterwards (None: torch's setting)."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(resolve_threads(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -121,10 +121,11 @@ def test_register_2d_arrays(tmp_path):
     np.save(tmp_path / "f.npy", fixed)
     np.save(tmp_path / "m.npy", moving)
     assert _run(["register", str(tmp_path / "f.npy"), str(tmp_path / "m.npy"), "--out", str(tmp_path / "o"),
-                 "--no-overview", "--metric", "ssd"] + FAST) == 0
+                 "--no-overview", "--metric", "ssd", "--lncc-floor", "0.25"] + FAST) == 0
     assert sorted(os.listdir(tmp_path / "o")) == sorted(f for f in FILES if f != "overview.png")
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["similarity_after"] < 0.3 * report["similarity_before"]
+    assert report["config"]["lncc_floor"] == 0.25
 
 
 @pytest.mark.parametrize("case", ["missing", "four_d", "dims", "constant", "nan", "unreadable"])

@@ -70,6 +70,9 @@ def test_image_options_and_mixed_inputs_are_one_line_errors(result, capsys):
     assert main(["register", str(tmp / "fixed.gii"), str(tmp / "moving.gii"), "--out", str(tmp / "o2"),
                  "--no-denoise"]) == 2
     assert "--denoise" in capsys.readouterr().err
+    assert main(["register", str(tmp / "fixed.gii"), str(tmp / "moving.gii"), "--out", str(tmp / "o2"),
+                 "--lncc-floor", "0"]) == 2
+    assert "--lncc-floor" in capsys.readouterr().err
     np.save(tmp / "image.npy", np.zeros((8, 8, 8), np.float32))
     assert main(["register", str(tmp / "fixed.gii"), str(tmp / "image.npy"), "--out", str(tmp / "o3")]) == 2
     assert "mesh" in capsys.readouterr().err

@@ -51,6 +51,9 @@ def test_bad_options():
         get_metric("mi")
     with pytest.raises(ValueError, match="window"):
         get_metric("lncc", window=4)
+    for floor in (-0.1, float("nan"), float("inf"), "x"):
+        with pytest.raises(ValueError, match="floor"):
+            get_metric("lncc", floor=floor)
     a, b = _pair()
     with pytest.raises(ValueError, match="warped"):
         ssd(a[:5], b)
@@ -89,9 +92,39 @@ def test_direct_sum_box_filter_equals_the_cropped_box_mean(shape):
     assert float((box_mean(flat * flat, 5) - m * m).abs().max()) < 1e-6
 
 
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_lncc_floor_adds_a_fraction_of_the_foreground_median_to_the_fixed_local_variance(with_mask):
+    """The floor's definition, against average pooling: ``cc² = cross² / (v_w (v_f + floor median_fg v_f))``."""
+    import torch.nn.functional as F
+
+    fixed, warped = _pair((16, 14), seed=5)
+    fixed[:, :4] = 0.0  # a background, outside the foreground
+    mask = (torch.rand(16, 14, generator=torch.Generator().manual_seed(6), dtype=torch.float64) > 0.3).double() \
+        if with_mask else None
+
+    def pool(x):
+        return F.avg_pool2d(x[None, None], 5, 1, 2, count_include_pad=False)[0, 0]
+
+    mf, mw = pool(fixed), pool(warped)
+    vf, vw, cross = pool(fixed * fixed) - mf * mf, pool(warped * warped) - mw * mw, pool(fixed * warped) - mf * mw
+    fg = mask > 0 if with_mask else fixed > 0.1 * fixed.max()
+    tau = 0.1 * vf[fg].median()
+    cc2 = cross ** 2 / (vw * (vf + tau))
+    expected = 1.0 - (float((cc2 * mask).sum() / mask.sum()) if with_mask else float(cc2.mean()))
+    assert float(lncc(warped, fixed, mask, window=5, floor=0.1)) == pytest.approx(expected, rel=1e-7)
+    assert float(get_metric("lncc", window=5, floor=0.1).bind(fixed, mask)(warped)) == pytest.approx(expected, rel=1e-7)
+    # the image itself: each window weighs v / (v + tau) instead of 1 (plateaus count less than edges)
+    same = 1.0 - vf / (vf + tau)
+    expected_same = float((same * mask).sum() / mask.sum()) if with_mask else float(same.mean())
+    assert float(lncc(fixed, fixed, mask, window=5, floor=0.1)) == pytest.approx(expected_same, rel=1e-6)
+    # the floor is relative: an affine change of either image's intensities changes nothing
+    assert float(lncc(2 * warped - 5, 3 * fixed + 1, mask, window=5, floor=0.1)) == pytest.approx(expected, rel=1e-6)
+
+
 @pytest.mark.parametrize("shape", [(9, 8, 7), (12, 10), (20,)])
 @pytest.mark.parametrize("with_mask", [False, True])
-def test_lncc_hand_written_gradient_matches_autograd(shape, with_mask):
+@pytest.mark.parametrize("floor", [0.0, 0.1])
+def test_lncc_hand_written_gradient_matches_autograd(shape, with_mask, floor):
     """The warped-image gradient of LNCC (hand-written backward) equals autograd's through the box sums."""
     gen = torch.Generator().manual_seed(3)
     fixed = torch.rand(shape, generator=gen, dtype=torch.float64)
@@ -100,12 +133,12 @@ def test_lncc_hand_written_gradient_matches_autograd(shape, with_mask):
     warped[..., -3:] = 0.5  # a flat patch (zero local variance)
     mask = (torch.rand(shape, generator=gen, dtype=torch.float64) > 0.3).double() if with_mask else None
     x = warped.clone().requires_grad_(True)
-    loss = lncc(x, fixed, mask)
+    loss = lncc(x, fixed, mask, floor=floor)
     (g,) = torch.autograd.grad(loss, x)
     # a fixed image that requires grad takes the plain autograd path
     x2 = warped.clone().requires_grad_(True)
-    ref = lncc(x2, fixed.clone().requires_grad_(True), mask)
+    ref = lncc(x2, fixed.clone().requires_grad_(True), mask, floor=floor)
     (g_ref,) = torch.autograd.grad(ref, x2)
     assert abs(float(loss.detach()) - float(ref.detach())) < 1e-14
     assert torch.allclose(g, g_ref, rtol=1e-10, atol=1e-14)
-    assert torch.autograd.gradcheck(lambda t: lncc(t, fixed, mask), (warped.clone().requires_grad_(True),))
+    assert torch.autograd.gradcheck(lambda t: lncc(t, fixed, mask, floor=floor), (warped.clone().requires_grad_(True),))

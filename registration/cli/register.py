@@ -59,6 +59,9 @@ def add_parsers(subparsers) -> None:
                    help="similarity (default auto: lncc, or ssd for a piecewise-constant fixed image)")
     p.add_argument("--window", type=int, default=None,
                    help="LNCC window in voxels (odd; default 5 in 3-D, 7 in 2-D, 9 for noisy 2-D images)")
+    p.add_argument("--lncc-floor", type=float, default=None,
+                   help="floor of the fixed image's LNCC local variance, a fraction of its median (default 0.05 in "
+                        "2-D, 0 in 3-D: plain LNCC): plateaus weigh less than edges")
     p.add_argument("--denoise", action=argparse.BooleanOptionalAction, default=None,
                    help="register noisy images after an edge-preserving diffusion (default: on in 2-D, off in 3-D)")
     p.add_argument("--sigma", type=float, default=None, help="kernel width in mm (default: 2 voxels)")
@@ -144,8 +147,8 @@ def run_register(args) -> int:
         raise ValueError(f"--out: expected a directory, got an existing file {args.out}")
     check_out_path(args.out.rstrip("/") or args.out, "--out")
     kwargs = {k: v for k, v in dict(
-        metric=args.metric, window=args.window, denoise=args.denoise, sigma=args.sigma, kernel=args.kernel,
-        regularization=args.regularization, shrink_factors=args.shrink_factors,
+        metric=args.metric, window=args.window, lncc_floor=args.lncc_floor, denoise=args.denoise, sigma=args.sigma,
+        kernel=args.kernel, regularization=args.regularization, shrink_factors=args.shrink_factors,
         smoothing_sigmas=args.smoothing_sigmas, iterations=args.iterations, n_steps=args.n_steps,
         momentum=args.momentum, geodesics=args.geodesics,
         segments=None if args.segments is None else (args.segments[0] if len(args.segments) == 1 else args.segments),

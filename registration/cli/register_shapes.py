@@ -22,8 +22,8 @@ import numpy as np
 __all__ = ["is_shape_path", "run_register_shapes", "run_apply_shapes", "add_shape_options", "IMAGE_ONLY_OPTIONS"]
 
 #: image options whose default is "not given": an error when given with meshes
-IMAGE_ONLY_OPTIONS = ("metric", "window", "denoise", "kernel", "shrink_factors", "smoothing_sigmas", "momentum",
-                      "geodesics", "segments", "fixed_mask", "moving_mask", "initial_affine")
+IMAGE_ONLY_OPTIONS = ("metric", "window", "lncc_floor", "denoise", "kernel", "shrink_factors", "smoothing_sigmas",
+                      "momentum", "geodesics", "segments", "fixed_mask", "moving_mask", "initial_affine")
 
 
 def is_shape_path(path) -> bool:

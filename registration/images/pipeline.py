@@ -23,7 +23,6 @@ every piece is, and checked on the composed map).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 import warnings
@@ -39,7 +38,7 @@ from lddmm_nets.optim import ConvergenceWarning, minimize
 
 from ..io import load_image
 from ..metrics import get_metric
-from ..threads import resolve_threads
+from ..threads import torch_threads
 from .affine import affine_prealign, apply_affine, from_world, to_world
 from .config import RegistrationConfig
 from .geodesic import (LevelGeodesic, deformation_shrink, kernel_width, make_kernel, momentum_on, resolve_geometry,
@@ -108,7 +107,7 @@ def _problem(pair: PreparedPair, cfg: RegistrationConfig, callback) -> _Problem:
     grid = pair.grid
     dtype = torch.float32 if cfg.dtype == "float32" else torch.float64
     dev = torch.device(cfg.device)
-    loss_fn = get_metric(cfg.metric, window=cfg.window)
+    loss_fn = get_metric(cfg.metric, window=cfg.window, floor=cfg.lncc_floor)
     F = torch.as_tensor(pair.fixed, dtype=dtype, device=dev)
     M = torch.as_tensor(pair.moving, dtype=dtype, device=dev)
     mask = None if pair.mask is None else torch.as_tensor(pair.mask, dtype=dtype, device=dev)
@@ -363,23 +362,10 @@ def geodesic_transform(fixed, momentum, **options):
     return maps_to_transform(grid, psi, phi)
 
 
-@contextlib.contextmanager
-def _torch_threads(threads):
-    if threads is None:
-        yield
-        return
-    n = resolve_threads(threads)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def register_images(fixed, moving, *, metric: str | None = None, window: int | None = None,
-                    denoise: bool | None = None, sigma: float | None = None, kernel: str | None = None,
-                    regularization: float | None = None, shrink_factors: Sequence[int] | None = None,
+                    lncc_floor: float | None = None, denoise: bool | None = None, sigma: float | None = None,
+                    kernel: str | None = None, regularization: float | None = None,
+                    shrink_factors: Sequence[int] | None = None,
                     smoothing_sigmas: Sequence[float] | None = None, iterations: Sequence[int] | None = None,
                     n_steps: int | None = None, momentum: str | None = None, geodesics: str | None = None,
                     segments: int | Sequence[int] | None = None, deformation_shrink: int | None = None,
@@ -406,6 +392,10 @@ def register_images(fixed, moving, *, metric: str | None = None, window: int | N
         noise above 1 % of the intensity range in either image, ``preprocessing.noise_level``), where the finest
         level also runs fewer iterations and keeps the mean of its iterates (``RegistrationConfig.noisy_iterations``
         and ``noisy_average``); an explicit ``window`` or ``iterations`` is used as given.
+    lncc_floor : float, optional
+        LNCC's local variance of the fixed image gets a floor of this fraction of its median over the foreground,
+        so that plateaus (deep white matter) weigh less than edges (``registration.metrics.fixed_statistics``).
+        Default 0.05 in 2-D; 0 (plain LNCC) in 3-D, where it made the maps worse.
     denoise : bool, optional
         Register each noisy image after an edge-preserving diffusion (``preprocessing.denoise``; the outputs warp
         the images as given). Default: True in 2-D, False in 3-D.
@@ -421,11 +411,11 @@ def register_images(fixed, moving, *, metric: str | None = None, window: int | N
     shrink_factors, smoothing_sigmas, iterations : sequences, optional
         The pyramid: per level the shrink factor, the Gaussian smoothing (fine voxels) of both images and the
         L-BFGS iteration budget (per segment). Defaults: 3-D ``(4, 1)`` and ``(50, 9)``; 2-D ``(8, 4, 2, 1)`` and
-        ``(30, 20, 20, 5)``; smoothing ``shrink / 2`` (0 at shrink 1); with explicit shrink factors but no
+        ``(20, 20, 20, 10)``; smoothing ``shrink / 2`` (0 at shrink 1); with explicit shrink factors but no
         iterations, 50 per coarse level and 10 at the last. Levels whose grid would be smaller than 16 voxels
         along an axis are dropped.
     n_steps : int, optional
-        Time steps of the shooting (semi-Lagrangian, first order in time). Default 2 (3-D), 4 (2-D).
+        Time steps of the shooting (semi-Lagrangian, first order in time). Default 2.
     momentum : {"vector", "scalar"}, optional
         Optimise a vector momentum ``m_0`` (EPDiff, default) or the scalar image momentum ``P_0`` with
         ``m_0 = -P_0 ∇M`` (THEORY §4). The vector parametrisation converges in far fewer L-BFGS iterations (its
@@ -482,12 +472,13 @@ def register_images(fixed, moving, *, metric: str | None = None, window: int | N
     FileNotFoundError
         A missing file.
     """
-    options = dict(metric=metric, window=window, noisy_denoise=denoise, sigma=sigma, kernel=kernel,
-                   regularization=regularization, shrink_factors=shrink_factors, smoothing_sigmas=smoothing_sigmas,
+    options = dict(metric=metric, window=window, lncc_floor=lncc_floor, noisy_denoise=denoise, sigma=sigma,
+                   kernel=kernel, regularization=regularization, shrink_factors=shrink_factors,
+                   smoothing_sigmas=smoothing_sigmas,
                    iterations=iterations, n_steps=n_steps, momentum=momentum, geodesics=geodesics, segments=segments,
                    deformation_shrink=deformation_shrink, affine=affine, affine_iterations=affine_iterations, tol=tol,
                    patience=patience, dtype=dtype, device=device)
-    with _torch_threads(threads):
+    with torch_threads(threads):
         t0 = time.perf_counter()
         fixed = load_image(fixed, name="fixed")  # its dimension chooses the defaults, which say how to treat noise
         cfg = RegistrationConfig.for_dim(fixed.ndim, **options)
