@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..io import output
+from ..threads import torch_threads
 from ._kinds import MEAN_FILE
 
 __all__ = ["Outcome", "DATA_ERRORS", "probe_task", "prepare_task", "register_task", "reduce_task",
@@ -113,20 +114,15 @@ def _glibc():
 @contextlib.contextmanager
 def _task_resources(threads):
     """Run a task with its torch threads and, under frozen malloc thresholds, ``TASK_MALLOC``."""
-    import torch
-
     n = _resolve_threads(threads)
-    previous = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(int(n))
     libc = _glibc()
     if libc is not None:
         for param, value in TASK_MALLOC.items():
             libc.mallopt(param, value)
     try:
-        yield
+        with torch_threads(None if n is None else int(n)):
+            yield
     finally:
-        torch.set_num_threads(previous)
         if libc is not None:
             libc.malloc_trim(0)
 
