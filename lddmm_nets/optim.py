@@ -483,7 +483,7 @@ def minimize(fun: Callable, x0: torch.Tensor, *, method: str = "lbfgs", max_iter
         f, g, aux = evaluate(x0)
         x = x0.detach().clone()
         out = dict(x=x, fun=f, aux=aux, initial=f, history=[], aux_history=[], n_iter=0, stop_reason="max_iter",
-                   grad_max=float(g.abs().max()) if g is not None else math.nan, x_mean=x if average_from else None)
+                   grad_max=float(g.abs().max()) if g is not None else math.nan, x_mean=None if average_from is None else x)
     elif method == "scipy":
         out = _scipy(evaluate, x0, max_iter=max_iter, gtol=gtol, ftol=ftol, history_size=history_size,
                      callback=callback, max_eval=max_eval)

@@ -147,8 +147,7 @@ def fixed_statistics(fixed: torch.Tensor, window: int, floor: float = 0.0, mask:
     mj = box_mean(f, window)
     vj = (box_mean(f * f, window) - mj * mj).clamp_min(0)
     if floor > 0:
-        lo, hi = f.min(), f.max()
-        fg = mask > 0 if mask is not None else f > lo + 0.1 * (hi - lo)
+        fg = mask > 0 if mask is not None else f > f.min() + 0.1 * (f.max() - f.min())
         vj = vj + floor * (vj[fg] if bool(fg.any()) else vj).median()
     return f, mj, vj
 
