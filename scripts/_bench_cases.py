@@ -42,6 +42,9 @@ WARP_TABLE = {
 }
 BIAS, NOISE = 0.2, 0.02
 LEGACY = ("circle", "mni")
+#: the MNI slices by the axis they cut; a name may carry an offset in voxels from the middle slice (``mni_ax+20``)
+SLICE_AXES = {"mni_sag": 0, "mni_cor": 1, "mni_ax": 2}
+_SLICE_NAME = re.compile(r"(mni_sag|mni_cor|mni_ax)([+-][0-9]+)?")
 
 
 @dataclass
@@ -119,8 +122,7 @@ def parse(name: str) -> dict:
     if len(parts) != 3 or "-" not in parts[1]:
         raise ValueError(f"--cases: expected IMAGE/FAMILY-SEED/PERTURBATION or one of {LEGACY}, got {name!r}")
     image, (family, seed), pert = parts[0], parts[1].rsplit("-", 1), parts[2]
-    offset = re.fullmatch(r"(mni_ax|mni_cor|mni_sag)([+-][0-9]+)", image)
-    if image not in IMAGES and offset is None:
+    if image not in IMAGES and _SLICE_NAME.fullmatch(image) is None:
         raise ValueError(f"--cases {name!r}: image expected one of {IMAGES} (slices also with an offset in "
                          f"voxels, e.g. mni_ax+20), got {image!r}")
     if family not in FAMILIES:
@@ -188,8 +190,8 @@ def base_image(image: str):
         t1 = load_t1_slice()
         return t1, _terciles(t1), "2d"
     m = _mni(1)
-    base, offset = re.fullmatch(r"(mni_ax|mni_cor|mni_sag)([+-][0-9]+)?", image).groups()
-    axis = {"mni_sag": 0, "mni_cor": 1, "mni_ax": 2}[base]
+    base, offset = _SLICE_NAME.fullmatch(image).groups()
+    axis = SLICE_AXES[base]
     index = m.t1.shape[axis] // 2 + int(offset or 0)
     if not 0 <= index < m.t1.shape[axis]:
         raise ValueError(f"--cases: slice offset of {image!r} expected within +-{m.t1.shape[axis] // 2}, got {offset}")
