@@ -460,7 +460,11 @@ def test_the_lncc_floor_reduces_what_a_bias_field_alone_moves_on_real_t1_slices(
     white matter's plateaus full weight, the bias ramp correlates with it and moves the map there; the floor of the
     fixed image's local variance (the 2-D default ``lncc_floor``) leaves 0.59-0.68 of it here."""
     from registration.data import load_mni152
+    from registration.images.config import RegistrationConfig
 
+    for bad in (-0.1, float("nan"), float("inf"), "x"):
+        with pytest.raises(ValueError, match="lncc_floor"):
+            RegistrationConfig.for_dim(2, lncc_floor=bad)
     t1 = load_mni152(1).t1.data
     for axis, index in ((0, 116), (1, 109), (2, 91)):  # a lateral sagittal, the middle coronal and axial slices
         fixed = np.take(t1, index, axis=axis).astype(np.float32)
